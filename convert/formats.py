@@ -1,0 +1,192 @@
+"""Weight files as plain ``{canonical name: np.ndarray}``: one lazy reader and one streaming writer per format.
+
+Every reader presents canonical (PyTorch state-dict) names and layouts, whatever the file stores, and reads a
+tensor only when asked (:meth:`TensorReader.read`). Every writer takes the tensors' infos up front and a
+callback that produces one tensor at a time, so a conversion holds about one tensor in memory.
+
+Formats (DESIGN §3):
+  ``safetensors``  model.safetensors, sharded with model.safetensors.index.json       (convert/safetensors_io.py)
+  ``bin``          pytorch_model.bin (weights_only=True), sharded with an index       (convert/torch_bin.py)
+  ``tf_h5``        the reference's Keras-2 tf_model.h5                                (convert/tf_h5.py)
+  ``keras_h5``     Keras 3 model.weights.h5 of our TF implementation                  (convert/keras_h5.py)
+  ``msgpack``      flax_model.msgpack (flax serialization of the nested parameter dict) (convert/flax_msgpack.py)
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import os
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from impls.errors import CheckpointError
+
+try:
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    BFLOAT16 = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+class TensorReader(abc.ABC):
+    """A weights file opened lazily. Names and layouts are canonical."""
+
+    format: str = ""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @abc.abstractmethod
+    def infos(self) -> dict[str, TensorInfo]:
+        """Canonical name -> shape and dtype, without reading any data."""
+
+    @abc.abstractmethod
+    def read(self, name: str) -> np.ndarray:
+        """One tensor, in canonical layout."""
+
+    def metadata(self) -> dict[str, str]:
+        return {}
+
+    def keys(self) -> list[str]:
+        return list(self.infos())
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self.infos().items()}
+
+    def read_all(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        return {n: self.read(n) for n in (self.keys() if names is None else names)}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "TensorReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+Producer = Callable[[str], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    name: str
+    module: str            # convert.<module> with open_reader(path, **kw) and write(path, infos, get, **kw)
+    filenames: tuple[str, ...]
+    framework: str         # the framework that writes it by default
+
+    def _mod(self):
+        return importlib.import_module(self.module)
+
+    def open(self, path: str, **kwargs) -> TensorReader:
+        return self._mod().open_reader(path, **kwargs)
+
+    def write(self, path: str, infos: Mapping[str, TensorInfo], get: Producer, **kwargs) -> None:
+        self._mod().write(path, infos, get, **kwargs)
+
+
+FORMATS: dict[str, Format] = {
+    "safetensors": Format("safetensors", "convert.safetensors_io",
+                          ("model.safetensors", "model.safetensors.index.json"), "torch"),
+    "bin": Format("bin", "convert.torch_bin", ("pytorch_model.bin", "pytorch_model.bin.index.json"), "torch"),
+    "tf_h5": Format("tf_h5", "convert.tf_h5", ("tf_model.h5",), "tf"),
+    "keras_h5": Format("keras_h5", "convert.keras_h5", ("model.weights.h5",), "tf"),
+    "msgpack": Format("msgpack", "convert.flax_msgpack", ("flax_model.msgpack",), "flax"),
+}
+# What each framework's save_pretrained / `convert --to` writes, and the formats it may write with --format.
+DEFAULT_FORMAT = {"torch": "safetensors", "tf": "tf_h5", "flax": "msgpack"}
+FRAMEWORK_FORMATS = {"torch": ("safetensors", "bin"), "tf": ("tf_h5", "keras_h5"), "flax": ("msgpack", "safetensors")}
+# The order in which each framework looks for a weights file in a checkpoint directory: its own first.
+SEARCH_ORDER = {
+    "torch": ("safetensors", "bin", "tf_h5", "keras_h5", "msgpack"),
+    "tf": ("tf_h5", "keras_h5", "safetensors", "bin", "msgpack"),
+    "flax": ("msgpack", "safetensors", "bin", "tf_h5", "keras_h5"),
+}
+
+
+def detect_format(path: str) -> Format:
+    """The format of a weights file, from its name."""
+    base = os.path.basename(path)
+    if base.endswith(".safetensors") or base.endswith(".safetensors.index.json"):
+        return FORMATS["safetensors"]
+    if base.endswith(".bin") or base.endswith(".bin.index.json") or base.endswith(".pt") or base.endswith(".pth"):
+        return FORMATS["bin"]
+    if base.endswith(".weights.h5"):
+        return FORMATS["keras_h5"]
+    if base.endswith(".h5"):
+        return FORMATS["tf_h5"]
+    if base.endswith(".msgpack"):
+        return FORMATS["msgpack"]
+    raise CheckpointError(
+        f"{path}: unknown weights format (expected .safetensors, .bin, tf_model.h5, .weights.h5 or .msgpack)")
+
+
+def find_weights(directory: str, framework: str = "torch") -> tuple[str, Format]:
+    """The weights file a framework loads from a checkpoint directory: its own format first, then any other."""
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: not a directory")
+    for fmt_name in SEARCH_ORDER[framework]:
+        fmt = FORMATS[fmt_name]
+        for filename in reversed(fmt.filenames):  # prefer the index of a sharded checkpoint
+            path = os.path.join(directory, filename)
+            if os.path.isfile(path):
+                return path, fmt
+    wanted = ", ".join(f for n in SEARCH_ORDER[framework] for f in FORMATS[n].filenames)
+    raise CheckpointError(f"{directory}: no weights file found (looked for {wanted})")
+
+
+def open_weights(path: str, **kwargs) -> TensorReader:
+    """Open a weights file (or the index of a sharded one) lazily, in canonical names and layouts."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: weights file not found")
+    return detect_format(path).open(path, **kwargs)
+
+
+def write_weights(path: str, infos: Mapping[str, TensorInfo], get: Producer, format: str | None = None,
+                  **kwargs) -> None:
+    """Write tensors (canonical names/layouts) in ``format`` (default: from the file name), atomically."""
+    fmt = FORMATS[format] if format else detect_format(path)
+    fmt.write(path, infos, get, **kwargs)
+
+
+def write_arrays(path: str, tensors: Mapping[str, np.ndarray], format: str | None = None, **kwargs) -> None:
+    """Convenience: write a dict of arrays."""
+    infos = {k: TensorInfo(tuple(v.shape), np.asarray(v).dtype) for k, v in tensors.items()}
+    write_weights(path, infos, lambda k: np.asarray(tensors[k]), format=format, **kwargs)
+
+
+def cast_dtype(name: str) -> np.dtype | None:
+    """``--dtype`` name -> numpy dtype (None for "keep")."""
+    table = {"keep": None, "float32": np.dtype(np.float32), "fp32": np.dtype(np.float32),
+             "float16": np.dtype(np.float16), "fp16": np.dtype(np.float16), "bfloat16": BFLOAT16,
+             "bf16": BFLOAT16}
+    if name not in table:
+        raise CheckpointError(f"unknown dtype {name!r} (expected keep, float32, float16 or bfloat16)")
+    return table[name]
+
+
+def iter_progress(items: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None,
+                  unit: str = "tensor") -> Iterator:
+    """A tqdm progress bar when stderr is a terminal (or when forced), else the plain iterable."""
+    if enabled is None:
+        enabled = os.isatty(2)
+    if not enabled:
+        return iter(items)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(items, total=total, desc=desc, unit=unit, leave=False))

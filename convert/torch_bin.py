@@ -1,0 +1,100 @@
+"""``pytorch_model.bin`` (and sharded ``pytorch_model.bin.index.json``): pickled state dicts.
+
+Loaded only with ``torch.load(weights_only=True)`` (memory-mapped when the file is a zip archive), so a pickle
+that would run code is refused with a clear error instead of being executed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from typing import Mapping
+
+import numpy as np
+
+from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader
+from convert.safetensors_io import ShardedReader
+from impls.errors import CheckpointError
+from impls.fileio import atomic_path
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError("reading or writing pytorch_model.bin needs PyTorch: pip install 'deberta-xf[torch]'") \
+            from None
+    return torch
+
+
+def tensor_to_numpy(tensor) -> np.ndarray:
+    """A CPU torch tensor -> numpy, keeping bfloat16 (as ml_dtypes.bfloat16)."""
+    torch = _torch()
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.contiguous().view(torch.int16).numpy().view(BFLOAT16)
+    return tensor.numpy()
+
+
+def numpy_to_tensor(array: np.ndarray):
+    torch = _torch()
+    array = np.asarray(array)
+    if array.dtype == BFLOAT16:
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class TorchBinReader(TensorReader):
+    format = "bin"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        torch = _torch()
+        try:
+            mmap = zipfile.is_zipfile(path)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"{path}: refused to load: this pickle holds objects other than tensors and could run code when "
+                f"unpickled (torch.load weights_only=True: {first})") from None
+        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+            raise CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got "
+                                  f"{type(state).__name__}")
+        bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:10]))}")
+        self._state = dict(state)
+
+    def infos(self) -> dict[str, TensorInfo]:
+        out = {}
+        for name, t in self._state.items():
+            dtype = BFLOAT16 if str(t.dtype) == "torch.bfloat16" else np.dtype(str(t.dtype).replace("torch.", ""))
+            out[name] = TensorInfo(tuple(t.shape), dtype)
+        return out
+
+    def read(self, name: str) -> np.ndarray:
+        if name not in self._state:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        return np.array(tensor_to_numpy(self._state[name]))
+
+    def close(self) -> None:
+        self._state = {}
+
+
+def open_reader(path: str) -> TensorReader:
+    if path.endswith(".index.json"):
+        return ShardedReader(path, TorchBinReader)
+    return TorchBinReader(path)
+
+
+def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=None, **_: object) -> None:
+    """Write a pickled state dict (torch.save needs every tensor at once, so this one is not streamed)."""
+    torch = _torch()
+    names = list(infos)
+    state = {name: numpy_to_tensor(get(name)).clone() for name in (progress(names) if progress else names)}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

@@ -1,0 +1,304 @@
+"""`DebertaV2Config`: the fields and defaults of transformers' `DebertaV2Config` (4.57.6), framework-free.
+
+The reference reads some fields with ``getattr(config, name, default)`` (``position_buckets``, ``share_att_key``,
+``conv_kernel_size``, ...); here they are ordinary fields with those defaults, so a config that omits them means
+what it means to the reference. Keys this class does not know (``architectures``, ``torch_dtype``, ...) are kept
+and written back, so a ``config.json`` survives a round trip.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from typing import Any
+
+from impls.errors import ConfigError
+
+CONFIG_NAME = "config.json"
+MODEL_TYPE = "deberta-v2"
+
+# Activations every implementation provides (exact erf GELU for "gelu", as ACT2FN).
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "sigmoid", "silu", "swish", "linear")
+POS_ATT_TYPES = ("c2p", "p2c")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+# Constructor arguments of the reference, with its code defaults.
+_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 128100,
+    "hidden_size": 1536,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 24,
+    "intermediate_size": 6144,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 0,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-7,
+    "relative_attention": False,
+    "max_relative_positions": -1,
+    "pad_token_id": 0,
+    "position_biased_input": True,
+    "pos_att_type": None,
+    "pooler_dropout": 0,
+    "pooler_hidden_act": "gelu",
+    "legacy": True,
+    # Read by the reference with getattr(); these are the getattr defaults.
+    "position_buckets": -1,
+    "norm_rel_ebd": "none",
+    "share_att_key": False,
+    "conv_kernel_size": 0,
+    "conv_groups": 1,
+    "conv_act": "tanh",
+    "cls_dropout": None,
+    # None means "the reference's derived default" (hidden_size, hidden_size // heads, hidden_size); these are
+    # left out of config.json while None, because the reference would read an explicit null as a value.
+    "embedding_size": None,
+    "attention_head_size": None,
+    "pooler_hidden_size": None,
+    # Label fields of PretrainedConfig.
+    "num_labels": 2,
+    "id2label": None,
+    "label2id": None,
+    "problem_type": None,
+}
+_OMIT_WHEN_NONE = ("embedding_size", "attention_head_size", "pooler_hidden_size")
+
+
+class DebertaV2Config:
+    """Configuration of a DeBERTa-v2/v3 model.
+
+    Every field of the reference with its code default (note: ``relative_attention=False`` and
+    ``position_biased_input=True`` are the code defaults, the published checkpoints set the opposite).
+    ``pos_att_type`` accepts ``"p2c|c2p"`` or a list. Invalid values raise one :class:`ConfigError` that lists
+    every problem.
+    """
+
+    model_type = MODEL_TYPE
+
+    def __init__(self, **kwargs: Any):
+        kwargs.pop("model_type", None)  # checked by from_dict; constructing this class means deberta-v2
+        values = {**_DEFAULTS, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DEFAULTS}}
+        if isinstance(values["pos_att_type"], str):
+            values["pos_att_type"] = [x.strip() for x in values["pos_att_type"].lower().split("|") if x.strip()]
+        elif values["pos_att_type"] is not None:
+            values["pos_att_type"] = [str(x).strip().lower() for x in values["pos_att_type"]]
+        id2label = values["id2label"]
+        if id2label is not None:
+            id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+            values["num_labels"] = len(id2label)
+        else:
+            id2label = {i: f"LABEL_{i}" for i in range(values["num_labels"] or 0)} if isinstance(
+                values["num_labels"], int) else {}
+        values["id2label"] = id2label
+        values["label2id"] = (
+            {str(k): int(v) for k, v in dict(values["label2id"]).items()}
+            if values["label2id"] is not None
+            else {label: i for i, label in id2label.items()}
+        )
+        self.__dict__.update(values)
+        self._extra: dict[str, Any] = dict(kwargs)  # unknown keys, kept for the round trip
+        self.validate()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Derived quantities, computed the way the reference computes them.
+    @property
+    def embedding_dim(self) -> int:
+        """E: width of the token embeddings (``embedding_size``, default hidden_size)."""
+        return self.hidden_size if self.embedding_size is None else self.embedding_size
+
+    @property
+    def head_size(self) -> int:
+        """d: per-head width (``attention_head_size``, default hidden_size // heads)."""
+        if self.attention_head_size is not None:
+            return self.attention_head_size
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def pooler_size(self) -> int:
+        return self.hidden_size if self.pooler_hidden_size is None else self.pooler_hidden_size
+
+    @property
+    def pos_att_types(self) -> tuple[str, ...]:
+        return tuple(self.pos_att_type or ())
+
+    @property
+    def scale_factor(self) -> int:
+        """1 + #relative terms; counted even when relative attention is off, as the reference does."""
+        return 1 + ("c2p" in self.pos_att_types) + ("p2c" in self.pos_att_types)
+
+    @property
+    def max_relative_positions_resolved(self) -> int:
+        """``max_relative_positions``, with values < 1 replaced by ``max_position_embeddings``."""
+        if self.max_relative_positions < 1:
+            return self.max_position_embeddings
+        return self.max_relative_positions
+
+    @property
+    def att_span(self) -> int:
+        """Half the number of relative-embedding rows: position_buckets if > 0 else max_relative_positions."""
+        if self.position_buckets > 0:
+            return self.position_buckets
+        return self.max_relative_positions_resolved
+
+    @property
+    def norm_rel_ebd_list(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in str(self.norm_rel_ebd).lower().split("|"))
+
+    @property
+    def rel_embeddings_layer_norm(self) -> bool:
+        return "layer_norm" in self.norm_rel_ebd_list
+
+    @property
+    def classifier_dropout(self) -> float:
+        return self.hidden_dropout_prob if self.cls_dropout is None else self.cls_dropout
+
+    # ----------------------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise one ConfigError listing every problem of this config."""
+        problems: list[str] = []
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 1:
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        for name in ("type_vocab_size", "conv_kernel_size"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 0:
+                problems.append(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("max_relative_positions", "position_buckets", "pad_token_id"):
+            if not is_int(getattr(self, name)):
+                problems.append(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("embedding_size", "attention_head_size", "pooler_hidden_size"):
+            v = getattr(self, name)
+            if v is not None and (not is_int(v) or v < 1):
+                problems.append(f"{name} must be a positive integer or absent, got {v!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "pooler_dropout", "cls_dropout"):
+            v = getattr(self, name)
+            if v is None and name == "cls_dropout":
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:
+                problems.append(f"{name} must be a probability in [0, 1), got {v!r}")
+        eps = self.layer_norm_eps
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0 or not math.isfinite(eps):
+            problems.append(f"layer_norm_eps must be a positive number, got {eps!r}")
+        for name in ("hidden_act", "conv_act", "pooler_hidden_act"):
+            if getattr(self, name) not in ACTIVATIONS:
+                problems.append(f"{name} {getattr(self, name)!r} is not supported (one of {', '.join(ACTIVATIONS)})")
+        for name in ("relative_attention", "position_biased_input", "share_att_key", "legacy"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        unknown = [t for t in self.pos_att_types if t not in POS_ATT_TYPES]
+        if unknown:
+            problems.append(f"pos_att_type has unknown entries {unknown} (allowed: 'c2p', 'p2c')")
+        unknown = [t for t in self.norm_rel_ebd_list if t not in ("none", "layer_norm")]
+        if unknown:
+            problems.append(f"norm_rel_ebd has unknown entries {unknown} (allowed: 'none', 'layer_norm')")
+
+        heads, hidden = self.num_attention_heads, self.hidden_size
+        if is_int(heads) and is_int(hidden) and heads > 0:
+            if hidden % heads:
+                problems.append(f"hidden_size ({hidden}) is not a multiple of num_attention_heads ({heads})")
+            elif is_int(self.head_size) and heads * self.head_size != hidden:
+                problems.append(
+                    f"num_attention_heads * attention_head_size ({heads} * {self.head_size}) must equal hidden_size "
+                    f"({hidden}): the attention output projection is hidden_size x hidden_size")
+        if self.pooler_hidden_size is not None and self.pooler_hidden_size != hidden:
+            problems.append(f"pooler_hidden_size ({self.pooler_hidden_size}) must equal hidden_size ({hidden}): "
+                            "the pooler reads the hidden state of the first token")
+        if is_int(self.conv_kernel_size) and self.conv_kernel_size > 0:
+            if self.conv_kernel_size % 2 == 0:
+                problems.append(f"conv_kernel_size ({self.conv_kernel_size}) must be odd: the conv keeps the length "
+                                "with padding (k - 1) // 2")
+            if not is_int(self.conv_groups) or self.conv_groups < 1 or (is_int(hidden) and hidden % self.conv_groups):
+                problems.append(f"conv_groups ({self.conv_groups!r}) must be a positive divisor of hidden_size "
+                                f"({hidden})")
+        if is_int(self.pad_token_id) and is_int(self.vocab_size) and not 0 <= self.pad_token_id < self.vocab_size:
+            problems.append(f"pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})")
+        if not is_int(self.num_labels) or self.num_labels < 1:
+            problems.append(f"num_labels must be a positive integer, got {self.num_labels!r}")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            problems.append(f"problem_type {self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+        if problems:
+            raise ConfigError("invalid DebertaV2Config:\n  - " + "\n  - ".join(problems))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Serialisation
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "DebertaV2Config":
+        data = {**config_dict, **kwargs}
+        model_type = data.get("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ConfigError(f"invalid DebertaV2Config:\n  - model_type is {model_type!r}, expected {MODEL_TYPE!r}")
+        return cls(**data)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "DebertaV2Config":
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> "DebertaV2Config":
+        """Read ``config.json`` from a checkpoint directory (or a JSON file path)."""
+        path = os.fspath(path)
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
+        config = cls.from_json_file(file)
+        if kwargs:
+            config = cls.from_dict({**config.to_dict(), **kwargs})
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": MODEL_TYPE}
+        for name in _DEFAULTS:
+            value = getattr(self, name)
+            if value is None and name in _OMIT_WHEN_NONE:
+                continue
+            if name == "id2label":
+                value = {str(k): v for k, v in value.items()}
+            out[name] = copy.deepcopy(value)
+        for name, value in self._extra.items():
+            out.setdefault(name, copy.deepcopy(value))
+        return dict(sorted(out.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        from impls.fileio import atomic_write_text
+
+        atomic_write_text(path, self.to_json_string())
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        self.to_json_file(os.path.join(save_directory, CONFIG_NAME))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DebertaV2Config) and self.to_dict() == other.to_dict()
+
+    def __getattr__(self, name: str) -> Any:  # only called for missing attributes: unknown config keys
+        extra = self.__dict__.get("_extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"DebertaV2Config has no field {name!r}")
+
+    def __repr__(self) -> str:
+        return f"DebertaV2Config {self.to_json_string()}"

@@ -1,0 +1,96 @@
+"""Framework-free checkpoint loading: find the config and weights, match them to the schema, read the arrays.
+
+Each framework's ``from_pretrained`` calls :func:`load_checkpoint` and only assigns the returned canonical
+arrays to its own parameters (through the schema's layout table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from impls import schema
+from impls.configuration import CONFIG_NAME, DebertaV2Config
+from impls.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger("deberta_xf")
+
+
+def resolve_config(path: str | os.PathLike | None, config: Any = None) -> DebertaV2Config:
+    """The config given (object, dict or JSON path), else ``config.json`` of the checkpoint directory."""
+    if isinstance(config, DebertaV2Config):
+        return config
+    if isinstance(config, dict):
+        return DebertaV2Config.from_dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return DebertaV2Config.from_pretrained(config)
+    if config is not None:
+        raise TypeError(f"config must be a DebertaV2Config, a dict or a path, got {type(config).__name__}")
+    if path is None:
+        raise ConfigError("no config given and no checkpoint to read one from")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        file = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(file):
+            raise ConfigError(f"{path}: no {CONFIG_NAME} in this checkpoint directory")
+        return DebertaV2Config.from_json_file(file)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+    raise ConfigError(f"{path}: loading a weights file needs a config (pass config=...)")
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    config: DebertaV2Config
+    arrays: dict[str, np.ndarray]        # canonical name -> array in canonical (PyTorch) layout
+    report: schema.LoadReport
+    missing_head: list[str]              # head tensors absent from the checkpoint (freshly initialised)
+    weights_path: str
+
+
+def is_floating(array: np.ndarray) -> bool:
+    return array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+
+
+def weights_path_for(path: str, framework: str) -> str:
+    from convert.formats import find_weights
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return find_weights(path, framework)[0]
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, task: str, framework: str, config: Any = None,
+                    dtype: Any = np.float32) -> LoadedCheckpoint:
+    """Read a checkpoint for ``task`` in ``framework``: its config and canonical arrays, checked by the schema.
+
+    Floating-point tensors are cast to ``dtype`` (numpy dtype; fp32 by default, as the reference loads hub
+    checkpoints stored in fp16). Missing backbone tensors and shape mismatches raise :class:`CheckpointError`;
+    missing head tensors are returned (the head keeps its fresh initialisation, with a warning).
+    """
+    from convert.formats import open_weights
+
+    cfg = resolve_config(path, config)
+    weights = weights_path_for(os.fspath(path), framework)
+    with open_weights(weights) as reader:
+        mapping, report = schema.match_checkpoint(cfg, task, reader.shapes())
+        missing_head = schema.check_report(report, cfg, task, weights)
+        arrays = {}
+        for name, ckpt_name in mapping.items():
+            array = reader.read(ckpt_name)
+            if dtype is not None and is_floating(array):
+                array = array.astype(dtype, copy=False)
+            arrays[name] = array
+    if missing_head:
+        logger.warning("%s: no weights for the %s head (%s); it is freshly initialised and needs training",
+                       weights, task, ", ".join(missing_head))
+    if report.unexpected:
+        logger.warning("%s: unused weights not part of the %s model: %s", weights, task, ", ".join(report.unexpected))
+    return LoadedCheckpoint(cfg, arrays, report, missing_head, weights)

@@ -1,0 +1,40 @@
+"""Model outputs with attribute, key and index access, as the reference's ``ModelOutput``.
+
+Fields left as ``None`` are not stored: ``out.loss`` is ``None`` when no labels were given, ``"loss" in out`` is
+false, and ``out[0]`` is the first field that is set (``logits`` then), as in transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OUTPUT_FIELDS = ("loss", "logits", "start_logits", "end_logits", "last_hidden_state", "hidden_states",
+                 "attentions")
+
+
+class ModelOutput(dict):
+    def __init__(self, **fields: Any):
+        super().__init__((k, v) for k, v in fields.items() if v is not None)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, slice)):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple:
+        return tuple(self.values())
+
+    def __repr__(self) -> str:
+        def describe(v: Any) -> str:
+            if isinstance(v, (tuple, list)):
+                return f"({len(v)} x {describe(v[0]) if v else ''})"
+            shape = getattr(v, "shape", None)
+            return f"{type(v).__name__}{list(shape)}" if shape is not None else repr(v)
+
+        inner = ", ".join(f"{k}={describe(v)}" for k, v in self.items())
+        return f"ModelOutput({inner})"

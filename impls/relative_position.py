@@ -1,0 +1,75 @@
+"""Relative positions of DeBERTa-v2, written once in NumPy for all three implementations.
+
+The relative position of query i to key j is ``i - j``. With ``position_buckets > 0`` distances beyond half the
+bucket count are log-bucketed (``make_log_bucket_position``). Every quantity here depends only on the sequence
+lengths and the config, so each framework computes it at trace time from static shapes and embeds it as a
+constant: no framework re-implements the bucket arithmetic.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+def make_log_bucket_position(relative_pos: np.ndarray, bucket_size: int, max_position: int) -> np.ndarray:
+    """Log-bucket relative positions: exact for ``|rel| <= bucket_size // 2``, logarithmic beyond.
+
+    Follows the reference's float32 arithmetic (``torch.log`` / ``torch.ceil`` on float32 tensors), so the
+    integer buckets agree with it at every distance.
+    """
+    rel = np.asarray(relative_pos, dtype=np.int64)
+    sign = np.sign(rel)
+    mid = bucket_size // 2
+    abs_pos = np.where((rel < mid) & (rel > -mid), mid - 1, np.abs(rel)).astype(np.float32)
+    log_ratio = np.log(abs_pos / np.float32(mid), dtype=np.float32)
+    log_max = np.log(np.float32((max_position - 1) / mid), dtype=np.float32)
+    log_pos = np.ceil(log_ratio / log_max * np.float32(mid - 1)).astype(np.float32) + np.float32(mid)
+    bucket_pos = np.where(abs_pos <= mid, rel.astype(np.float32), log_pos * sign)
+    return bucket_pos.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _relative_position_cached(query_size: int, key_size: int, bucket_size: int, max_position: int) -> np.ndarray:
+    q_ids = np.arange(query_size, dtype=np.int64)
+    k_ids = np.arange(key_size, dtype=np.int64)
+    rel = q_ids[:, None] - k_ids[None, :]
+    if bucket_size > 0 and max_position > 0:
+        rel = make_log_bucket_position(rel, bucket_size, max_position)
+    rel.setflags(write=False)
+    return rel
+
+
+def build_relative_position(query_size: int, key_size: int, bucket_size: int = -1,
+                            max_position: int = -1) -> np.ndarray:
+    """``[query_size, key_size]`` int64 matrix of (bucketed) ``i - j``; read-only and cached."""
+    return _relative_position_cached(int(query_size), int(key_size), int(bucket_size), int(max_position))
+
+
+def c2p_index(relative_pos: np.ndarray, att_span: int) -> np.ndarray:
+    """Column of the content->position score for each (query, key): ``clamp(rel + span, 0, 2 span - 1)``."""
+    return np.clip(relative_pos + att_span, 0, 2 * att_span - 1)
+
+
+def p2c_index(relative_pos: np.ndarray, att_span: int) -> np.ndarray:
+    """Column of the position->content score for each (key, query) before the transpose:
+    ``clamp(-rel + span, 0, 2 span - 1)``."""
+    return np.clip(-relative_pos + att_span, 0, 2 * att_span - 1)
+
+
+def attention_position_indices(config, query_size: int, key_size: int | None = None) -> dict[str, np.ndarray]:
+    """The gather indices the disentangled attention needs for one sequence length.
+
+    Returns ``{"c2p": [Lq, Lk], "p2c": [Lk, Lk]}`` (only the terms in ``config.pos_att_type``). For p2c the
+    reference rebuilds the relative positions from the key length when it differs from the query length.
+    """
+    key_size = query_size if key_size is None else key_size
+    buckets, max_rel = config.position_buckets, config.max_relative_positions_resolved
+    span = config.att_span
+    out: dict[str, np.ndarray] = {}
+    if "c2p" in config.pos_att_types:
+        out["c2p"] = c2p_index(build_relative_position(query_size, key_size, buckets, max_rel), span)
+    if "p2c" in config.pos_att_types:
+        out["p2c"] = p2c_index(build_relative_position(key_size, key_size, buckets, max_rel), span)
+    return out

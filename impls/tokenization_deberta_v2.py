@@ -1,0 +1,486 @@
+"""`DebertaV2Tokenizer`: the sentencepiece ("slow") DeBERTa-v2/v3 tokenizer.
+
+Reproduces transformers 4.57.6's `DebertaV2Tokenizer` token for token:
+
+1. `add_prefix_space=True` or `is_split_into_words` prepend a space;
+2. `do_lower_case` lower-cases everything except special-token strings, one character at a time (so a
+   final capital sigma becomes "σ", never "ς");
+3. the added tokens (`[PAD] [CLS] [SEP] [UNK] [MASK]` plus any from `added_tokens.json`) are split out of
+   the text, honouring their `lstrip` / `rstrip` / `single_word` flags;
+4. every other chunk goes to sentencepiece, after splitting on punctuation when `split_by_punct`.
+
+`[MASK]` is not a sentencepiece piece: it is appended after the vocabulary (id 128000 for the v3 model).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import unicodedata
+from functools import lru_cache
+from typing import Any, Optional
+
+import sentencepiece
+
+from tokenizers import AddedToken
+
+from impls.tokenization_utils import (
+    VOCAB_FILE,
+    BatchEncoding,
+    DebertaV2TokenizerBase,
+    _write_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+_WORD_START = "\u2581"  # "▁", sentencepiece's word-boundary marker
+
+
+def load_sentencepiece(vocab_file, sp_model_kwargs: Optional[dict[str, Any]] = None):
+    """A loaded `SentencePieceProcessor`; a missing or unreadable file raises an error naming it."""
+    if vocab_file is None:
+        raise ValueError("vocab_file is required: the path of the sentencepiece model (spm.model)")
+    vocab_file = os.fspath(vocab_file)
+    if not os.path.isfile(vocab_file):
+        raise FileNotFoundError(f"SentencePiece model file not found: {vocab_file}")
+    processor = sentencepiece.SentencePieceProcessor(**(sp_model_kwargs or {}))
+    try:
+        processor.Load(vocab_file)
+    except (RuntimeError, OSError) as err:
+        raise ValueError(f"{vocab_file} is not a valid SentencePiece model: {err}") from err
+    return processor
+
+
+@lru_cache(maxsize=None)
+def _punctuation_splitter() -> re.Pattern:
+    """A regex that isolates every character the reference's `_is_punctuation` accepts: ASCII symbols
+    and punctuation, and every Unicode "P*" character. Built once, on first use (~0.3 s)."""
+    ranges, start = [], None
+    for cp in range(sys.maxunicode + 2):
+        is_punct = cp <= sys.maxunicode and (
+            33 <= cp <= 47
+            or 58 <= cp <= 64
+            or 91 <= cp <= 96
+            or 123 <= cp <= 126
+            or unicodedata.category(chr(cp)).startswith("P")
+        )
+        if is_punct and start is None:
+            start = cp
+        elif not is_punct and start is not None:
+            ranges.append(re.escape(chr(start)) + ("" if start == cp - 1 else "-" + re.escape(chr(cp - 1))))
+            start = None
+    return re.compile("([" + "".join(ranges) + "])")
+
+
+def _lower(text: str) -> str:
+    """The reference lower-cases one character at a time, which differs from `str.lower` only for the
+    context-dependent final sigma."""
+    if "\u03a3" not in text:
+        return text.lower()
+    return "".join(char.lower() for char in text)
+
+
+def _alternation(tokens) -> Optional[re.Pattern]:
+    tokens = [t for t in tokens if t]
+    return re.compile("(" + "|".join(map(re.escape, tokens)) + ")") if tokens else None
+
+
+class DebertaV2Tokenizer(DebertaV2TokenizerBase):
+    """DeBERTa-v2/v3 tokenizer on sentencepiece, with the reference's arguments and defaults.
+
+    Args:
+        vocab_file: the sentencepiece model (`spm.model`).
+        do_lower_case: lower-case the input (special-token strings excepted).
+        split_by_punct: split on punctuation before sentencepiece.
+        bos_token, eos_token, unk_token, sep_token, pad_token, cls_token, mask_token: special tokens.
+        sp_model_kwargs: passed to `sentencepiece.SentencePieceProcessor` (e.g. sampling options).
+        added_tokens_decoder: {id: AddedToken}, as read from a saved tokenizer.
+        model_max_length, padding_side, truncation_side, clean_up_tokenization_spaces: as in the reference.
+    """
+
+    vocab_files_names = {"vocab_file": VOCAB_FILE}
+
+    def __init__(
+        self,
+        vocab_file,
+        do_lower_case: bool = False,
+        split_by_punct: bool = False,
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        sp_model_kwargs: Optional[dict[str, Any]] = None,
+        added_tokens_decoder: Optional[dict[int, AddedToken]] = None,
+        **kwargs,
+    ) -> None:
+        self.sp_model_kwargs = dict(sp_model_kwargs or {})
+        self.sp_model = load_sentencepiece(vocab_file, self.sp_model_kwargs)
+        self.vocab_file = os.fspath(vocab_file)
+        self.do_lower_case = do_lower_case
+        self.split_by_punct = split_by_punct
+        self._pieces = [self.sp_model.IdToPiece(i) for i in range(self.sp_model.GetPieceSize())]
+        self._vocab = {piece: i for i, piece in enumerate(self._pieces)}
+
+        if isinstance(unk_token, str):  # the reference makes [UNK] a *normalized* special token
+            unk_token = AddedToken(unk_token, lstrip=False, rstrip=False, normalized=True, special=True)
+        kwargs.pop("tokenizer_file", None)
+        self._init_common(
+            dict(
+                bos_token=bos_token, eos_token=eos_token, unk_token=unk_token, sep_token=sep_token,
+                pad_token=pad_token, cls_token=cls_token, mask_token=mask_token,
+            ),
+            kwargs,
+        )
+
+        # Added tokens: those read from a saved tokenizer, then every special token not yet among them.
+        # A token already in the sentencepiece vocabulary keeps its id; the others go after it, in order.
+        self._added_tokens_decoder: dict[int, AddedToken] = {}
+        for index, token in sorted((added_tokens_decoder or {}).items()):
+            self._added_tokens_decoder[int(index)] = token
+        for token in self.all_special_tokens_extended:
+            if token.content not in self.added_tokens_encoder:
+                token = AddedToken(
+                    token.content, single_word=token.single_word, lstrip=token.lstrip, rstrip=token.rstrip,
+                    normalized=token.normalized, special=True,
+                )
+                index = self._vocab.get(token.content, len(self.get_vocab()))
+                self._added_tokens_decoder[index] = token
+        self._refresh_added_tokens()
+
+    def _refresh_added_tokens(self) -> None:
+        self._added_tokens_encoder = {token.content: i for i, token in sorted(self._added_tokens_decoder.items())}
+        # Longest first, so that at a given position the longest added token wins, as in the reference's trie.
+        self._added_split_re = _alternation(sorted(self._added_tokens_encoder, key=len, reverse=True))
+        # Strings `do_lower_case` leaves alone, in the reference's order: special tokens, then normalized
+        # non-special added tokens.
+        protected = self.all_special_tokens + [
+            t.content for t in self._added_tokens_decoder.values() if not t.special and t.normalized
+        ]
+        self._lowercase_protect_re = _alternation(protected)
+        self._special_strings = frozenset(self.all_special_tokens)
+        self._has_strip_rules = any(t.lstrip or t.rstrip or t.single_word for t in self._added_tokens_decoder.values())
+
+    # --- vocabulary ---
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of sentencepiece pieces (128000 for DeBERTa-v3), without added tokens such as [MASK]."""
+        return len(self._pieces)
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        return dict(self._vocab)
+
+    def get_vocab(self) -> dict[str, int]:
+        vocab = dict(self._vocab)
+        vocab.update(self.added_tokens_encoder)
+        return vocab
+
+    def __len__(self) -> int:
+        return len(self.get_vocab())
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, AddedToken]:
+        return dict(sorted(self._added_tokens_decoder.items()))
+
+    @property
+    def added_tokens_encoder(self) -> dict[str, int]:
+        return {token.content: i for i, token in sorted(self._added_tokens_decoder.items())}
+
+    def convert_tokens_to_ids(self, tokens):
+        """Token(s) to id(s): added tokens first, then sentencepiece (unknown pieces give the unk id)."""
+        if tokens is None:
+            return None
+        if isinstance(tokens, str):
+            return self._token_to_id(tokens)
+        return [self._token_to_id(token) for token in tokens]
+
+    def _token_to_id(self, token: str) -> int:
+        index = self._added_tokens_encoder.get(token)
+        return self.sp_model.PieceToId(token) if index is None else index
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        """Id(s) to token(s); ids past the sentencepiece vocabulary that are not added tokens give [UNK]."""
+        if isinstance(ids, int):
+            return self._id_to_token(ids)
+        special_ids = set(self.all_special_ids) if skip_special_tokens else ()
+        return [self._id_to_token(int(i)) for i in ids if int(i) not in special_ids]
+
+    def _id_to_token(self, index: int) -> str:
+        token = self._added_tokens_decoder.get(index)
+        if token is not None:
+            return token.content
+        return self._pieces[index] if index < len(self._pieces) else self.unk_token
+
+    # --- tokenization ---
+
+    def _split_added_tokens(self, text: str, add_prefix_space: bool) -> list[str]:
+        """The text cut into plain chunks and added-token strings (the reference's `tokenize` up to the
+        call of `_tokenize`)."""
+        if not isinstance(text, str):
+            raise TypeError(f"`text` must be a string, got {type(text).__name__}")
+        if add_prefix_space:
+            text = " " + text
+        if self.do_lower_case:
+            if self._lowercase_protect_re is None:
+                text = _lower(text)
+            else:
+                parts = self._lowercase_protect_re.split(text)
+                parts[::2] = [_lower(part) for part in parts[::2]]
+                text = "".join(parts)
+        if self._added_split_re is None:
+            return [text] if text else []
+        chunks = [chunk for chunk in self._added_split_re.split(text) if chunk]
+        if self._has_strip_rules:
+            self._apply_strip_rules(chunks)
+        return chunks
+
+    def _apply_strip_rules(self, chunks: list[str]) -> None:
+        """`lstrip` / `rstrip` eat the spaces beside an added token; `single_word` keeps a token glued to a
+        word as text. Same walk as the reference, in place."""
+        for i, chunk in enumerate(chunks):
+            index = self._added_tokens_encoder.get(chunk)
+            if index is None:
+                continue
+            token = self._added_tokens_decoder[index]
+            left = chunks[i - 1] if i > 0 else None
+            right = chunks[i + 1] if i < len(chunks) - 1 else None
+            if token.rstrip and right:
+                chunks[i + 1] = right.lstrip()
+            if token.lstrip and left:
+                chunks[i - 1] = left.rstrip()
+            if token.single_word and left and left[-1] != " ":
+                chunks[i - 1] += chunk
+                chunks[i] = ""
+            elif token.single_word and right and right[0] != " ":
+                chunks[i + 1] = chunk + chunks[i + 1]
+                chunks[i] = ""
+
+    def _spm_inputs(self, chunk: str) -> list[str]:
+        """What sentencepiece sees for one plain chunk: the chunk, or its punctuation-split words."""
+        if self.do_lower_case:
+            chunk = chunk.lower()  # the reference lower-cases again in `_tokenize` (a no-op after step 2)
+        if not self.split_by_punct:
+            return [chunk]
+        return [word for word in _punctuation_splitter().split(chunk) if word]
+
+    def _encode_text(self, text: str, add_prefix_space: bool, out_type) -> list:
+        encode = self.sp_model.encode
+        out = []
+        for chunk in self._split_added_tokens(text, add_prefix_space):
+            index = self._added_tokens_encoder.get(chunk)
+            if index is not None:
+                out.append(chunk if out_type is str else index)
+                continue
+            for piece_input in self._spm_inputs(chunk):
+                out.extend(encode(piece_input, out_type=out_type))
+        return out
+
+    def tokenize(self, text: str, *, add_prefix_space: bool = False, is_split_into_words: bool = False) -> list[str]:
+        """Text to tokens (sentencepiece pieces and added-token strings), without [CLS]/[SEP]."""
+        return self._encode_text(text, add_prefix_space or is_split_into_words, str)
+
+    def _input_ids(self, text, is_split_into_words: bool, add_prefix_space: bool) -> list[int]:
+        if is_split_into_words:
+            return [i for word in text for i in self._encode_text(word, True, int)]
+        return self._encode_text(text, add_prefix_space, int)
+
+    # --- call ---
+
+    def _encode(
+        self,
+        inputs,
+        *,
+        batched,
+        add_special_tokens,
+        padding_strategy,
+        truncation_strategy,
+        max_length,
+        is_split_into_words,
+        pad_to_multiple_of,
+        padding_side,
+        return_tensors,
+        return_token_type_ids,
+        return_attention_mask,
+        return_offsets_mapping,
+        token_type_ids_requested,
+        add_prefix_space: bool = False,
+    ) -> BatchEncoding:
+        if return_offsets_mapping:
+            raise NotImplementedError(
+                "return_offsets_mapping is not available with the sentencepiece tokenizer; "
+                "use DebertaV2TokenizerFast"
+            )
+        if token_type_ids_requested and not add_special_tokens:
+            raise ValueError(
+                "Asking to return token_type_ids while setting add_special_tokens to False is undefined; "
+                "set add_special_tokens=True or leave return_token_type_ids unset"
+            )
+        rows = []
+        for first, second in inputs:
+            ids = self._input_ids(first, is_split_into_words, add_prefix_space)
+            pair_ids = None if second is None else self._input_ids(second, is_split_into_words, add_prefix_space)
+            rows.append(self._prepare_for_model(ids, pair_ids, add_special_tokens, truncation_strategy, max_length))
+
+        if batched and padding_strategy == "longest":
+            max_length = max((len(row[0]) for row in rows), default=0)
+            padding_strategy = "max_length"
+        columns: dict[str, list] = {"input_ids": []}
+        if return_token_type_ids:
+            columns["token_type_ids"] = []
+        if return_attention_mask:
+            columns["attention_mask"] = []
+        for input_ids, token_type_ids in rows:
+            padded = self._pad(input_ids, token_type_ids, padding_strategy, max_length, pad_to_multiple_of, padding_side)
+            for key in columns:
+                columns[key].append(padded[key])
+        if not batched:
+            columns = {key: value[0] for key, value in columns.items()}
+        return BatchEncoding(columns, tensor_type=return_tensors, prepend_batch_axis=not batched)
+
+    def _prepare_for_model(self, ids, pair_ids, add_special_tokens, truncation_strategy, max_length):
+        """Truncate, then add [CLS]/[SEP]: returns (input_ids, token_type_ids)."""
+        total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
+        if add_special_tokens:
+            total += self.num_special_tokens_to_add(pair=pair_ids is not None)
+        if truncation_strategy != "do_not_truncate" and max_length and total > max_length:
+            ids, pair_ids = self.truncate_sequences(ids, pair_ids, total - max_length, truncation_strategy)
+        if add_special_tokens:
+            return (
+                self.build_inputs_with_special_tokens(ids, pair_ids),
+                self.create_token_type_ids_from_sequences(ids, pair_ids),
+            )
+        if pair_ids is None:
+            return ids, [0] * len(ids)
+        return ids + pair_ids, [0] * (len(ids) + len(pair_ids))
+
+    def truncate_sequences(self, ids, pair_ids=None, num_tokens_to_remove: int = 0, truncation_strategy="longest_first"):
+        """Remove `num_tokens_to_remove` tokens as the reference's Python truncation does; returns
+        (ids, pair_ids). When the sequence to cut is too short it logs an error and cuts nothing."""
+        if num_tokens_to_remove <= 0:
+            return ids, pair_ids
+        right = self.truncation_side == "right"
+        if truncation_strategy == "only_first" or (truncation_strategy == "longest_first" and pair_ids is None):
+            if len(ids) > num_tokens_to_remove:
+                ids = ids[:-num_tokens_to_remove] if right else ids[num_tokens_to_remove:]
+            else:
+                logger.error(
+                    "We need to remove %d to truncate the input but the first sequence has a length %d.",
+                    num_tokens_to_remove, len(ids),
+                )
+        elif truncation_strategy == "longest_first":
+            # Remove the length difference from the longer sequence first, then alternate.
+            first_remove = min(abs(len(pair_ids) - len(ids)), num_tokens_to_remove)
+            second_remove = num_tokens_to_remove - first_remove
+            if len(ids) > len(pair_ids):
+                ids_to_move = first_remove + second_remove // 2
+                pair_to_move = second_remove - second_remove // 2
+            else:
+                ids_to_move = second_remove // 2
+                pair_to_move = first_remove + second_remove - second_remove // 2
+            if right:
+                ids = ids[:-ids_to_move] if ids_to_move > 0 else ids
+                pair_ids = pair_ids[:-pair_to_move] if pair_to_move > 0 else pair_ids
+            else:
+                ids, pair_ids = ids[ids_to_move:], pair_ids[pair_to_move:]
+        elif truncation_strategy == "only_second" and pair_ids is not None:
+            if len(pair_ids) > num_tokens_to_remove:
+                pair_ids = pair_ids[:-num_tokens_to_remove] if right else pair_ids[num_tokens_to_remove:]
+            else:
+                logger.error(
+                    "We need to remove %d to truncate the input but the second sequence has a length %d.",
+                    num_tokens_to_remove, len(pair_ids),
+                )
+        return ids, pair_ids
+
+    def _pad(self, input_ids, token_type_ids, padding_strategy, max_length, pad_to_multiple_of, padding_side):
+        if padding_strategy == "longest":
+            max_length = len(input_ids)
+        if max_length is not None and pad_to_multiple_of is not None and max_length % pad_to_multiple_of != 0:
+            max_length = (max_length // pad_to_multiple_of + 1) * pad_to_multiple_of
+        difference = 0
+        if padding_strategy != "do_not_pad" and max_length is not None:
+            difference = max(max_length - len(input_ids), 0)
+        mask = [1] * len(input_ids)
+        pad_ids, pad_types, pad_mask = [self.pad_token_id] * difference, [self.pad_token_type_id] * difference, [0] * difference
+        if padding_side == "right":
+            return {
+                "input_ids": input_ids + pad_ids,
+                "token_type_ids": token_type_ids + pad_types,
+                "attention_mask": mask + pad_mask,
+            }
+        return {
+            "input_ids": pad_ids + input_ids,
+            "token_type_ids": pad_types + token_type_ids,
+            "attention_mask": pad_mask + mask,
+        }
+
+    # --- decoding ---
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Pieces to text with sentencepiece; special-token strings are kept verbatim, set off by one space
+        from the preceding text (the reference's `SPMTokenizer.decode`)."""
+        out, pending, prev_is_special = "", [], False
+        for token in tokens:
+            if token in self._special_strings:
+                if not prev_is_special:
+                    out += " "
+                out += self.sp_model.decode_pieces(pending) + token
+                pending, prev_is_special = [], True
+            else:
+                pending.append(token)
+                prev_is_special = False
+        out += self.sp_model.decode_pieces(pending)
+        return out.strip()
+
+    def _decode(self, token_ids, skip_special_tokens: bool = False) -> str:
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
+        # Non-special added tokens are decoded on their own and joined with spaces (the reference's
+        # "legacy added tokens"); special ones go through convert_tokens_to_string.
+        legacy = set(self._added_tokens_encoder) - self._special_strings
+        legacy |= {t.content for t in self.additional_special_tokens if self._token_to_id(t.content) >= self.vocab_size}
+        sub_texts, current = [], []
+        for token in tokens:
+            if skip_special_tokens and token in self._special_strings:
+                continue
+            if token in legacy:
+                if current:
+                    text = self.convert_tokens_to_string(current)
+                    if text:
+                        sub_texts.append(text)
+                    current = []
+                sub_texts.append(token)
+            else:
+                current.append(token)
+        if current:
+            sub_texts.append(self.convert_tokens_to_string(current))
+        return " ".join(sub_texts)
+
+    # --- saving ---
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: Optional[str] = None) -> tuple[str]:
+        """Write the sentencepiece model as `spm.model` (prefixed by `filename_prefix-`)."""
+        name = f"{filename_prefix}-{VOCAB_FILE}" if filename_prefix else VOCAB_FILE
+        path = os.path.join(os.fspath(save_directory), name)
+        _write_atomic(path, self.sp_model.serialized_model_proto())
+        return (path,)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["sp_model"] = self.sp_model.serialized_model_proto()
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.sp_model = sentencepiece.SentencePieceProcessor(**self.sp_model_kwargs)
+        self.sp_model.LoadFromSerializedProto(state["sp_model"])
+
+
+__all__ = ["DebertaV2Tokenizer"]

@@ -1,0 +1,674 @@
+"""Shared machinery of the DeBERTa-v2 tokenizers: special tokens, the call API and the encoding container.
+
+`DebertaV2Tokenizer` (sentencepiece) and `DebertaV2TokenizerFast` (tokenizers) both derive from
+`DebertaV2TokenizerBase`. This module owns what they have in common and what must behave exactly like
+Hugging Face transformers 4.57.6: the checks on the inputs of `__call__`, how `padding`, `truncation` and
+`max_length` resolve to strategies, the `[CLS] A [SEP] B [SEP]` templates, `from_pretrained` /
+`save_pretrained` file handling and the `BatchEncoding` result (dict and attribute access, tensors for
+"np" | "pt" | "tf" | "jax", each framework imported only when asked for).
+
+Each subclass provides the encoding itself (`_encode`) and the decoding (`_decode`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import UserDict
+from typing import Any, Optional, Sequence
+
+from tokenizers import AddedToken
+
+logger = logging.getLogger(__name__)
+
+VERY_LARGE_INTEGER = int(1e30)  # the reference's "no model_max_length" value
+LARGE_INTEGER = int(1e20)
+
+VOCAB_FILE = "spm.model"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+ADDED_TOKENS_FILE = "added_tokens.json"
+
+# Same order as the reference's SPECIAL_TOKENS_ATTRIBUTES: it decides the order of `all_special_tokens`.
+SPECIAL_TOKENS_ATTRIBUTES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+
+PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
+TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
+TENSOR_TYPES = ("np", "pt", "tf", "jax")
+
+
+# === Encoding container ===
+
+
+class BatchEncoding(UserDict):
+    """The result of a tokenizer call: a dict (`input_ids`, `token_type_ids`, `attention_mask`,
+    `offset_mapping`) whose keys are also attributes.
+
+    Fast tokenizers also keep the `tokenizers.Encoding` objects (`encodings`, `tokens()`).
+    """
+
+    def __init__(self, data=None, encodings=None, tensor_type: Optional[str] = None, prepend_batch_axis=False):
+        super().__init__(data)
+        self._encodings = encodings
+        if tensor_type is not None:
+            self.convert_to_tensors(tensor_type, prepend_batch_axis=prepend_batch_axis)
+
+    def __getattr__(self, item: str):
+        # Only called when normal lookup fails; `data` itself must not recurse while unpickling.
+        if item == "data":
+            raise AttributeError(item)
+        try:
+            return self.data[item]
+        except KeyError:
+            raise AttributeError(f"'BatchEncoding' has no field {item!r}; fields: {list(self.data)}") from None
+
+    def __getstate__(self):
+        return {"data": self.data, "encodings": self._encodings}
+
+    def __setstate__(self, state):
+        self.data = state["data"]
+        self._encodings = state["encodings"]
+
+    @property
+    def encodings(self):
+        """The `tokenizers.Encoding` of each row (fast tokenizers only), else None."""
+        return self._encodings
+
+    def tokens(self, batch_index: int = 0) -> list[str]:
+        """The tokens of row `batch_index`, special and padding tokens included (fast tokenizers only)."""
+        if not self._encodings:
+            raise ValueError("tokens() is only available on the output of DebertaV2TokenizerFast")
+        return self._encodings[batch_index].tokens
+
+    def convert_to_tensors(self, tensor_type: Optional[str], prepend_batch_axis: bool = False) -> "BatchEncoding":
+        """Turn every field into a tensor of `tensor_type` ("np", "pt", "tf" or "jax"), in place."""
+        if tensor_type is None:
+            return self
+        as_tensor = _tensor_factory(tensor_type)
+        for key, value in self.data.items():
+            if prepend_batch_axis:
+                value = [value]
+            try:
+                self.data[key] = as_tensor(value)
+            except (ValueError, TypeError) as err:
+                raise ValueError(
+                    f"Unable to create a tensor for `{key}`: the rows have different lengths. "
+                    "Use padding=True (and truncation=True) to get a rectangular batch."
+                ) from err
+        return self
+
+
+def _is_empty(value) -> bool:
+    while isinstance(value, (list, tuple)):
+        if not value:
+            return True
+        value = value[0]
+    return False
+
+
+def _tensor_factory(tensor_type: str):
+    """A function list -> tensor for the framework; the framework is imported here, only when asked for.
+
+    dtypes are the reference's: what each framework infers from Python ints (int64 for numpy/torch, int32
+    for TensorFlow and for JAX without x64), and that same dtype for an empty input.
+    """
+    if tensor_type == "np":
+        import numpy as np
+
+        def as_tensor(value):
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+                if len({len(row) for row in value}) > 1:  # ragged: an object array of rows, as the reference
+                    rows = np.empty(len(value), dtype=object)
+                    rows[:] = [np.asarray(row) for row in value]
+                    return rows
+            return np.asarray(value, dtype=np.int64 if _is_empty(value) else None)
+
+        return as_tensor
+    if tensor_type == "pt":
+        import torch
+
+        return lambda value: torch.tensor(value, dtype=torch.int64 if _is_empty(value) else None)
+    if tensor_type == "tf":
+        import tensorflow as tf
+
+        return lambda value: tf.constant(value, dtype=tf.int32 if _is_empty(value) else None)
+    if tensor_type == "jax":
+        import jax.numpy as jnp
+
+        return lambda value: jnp.array(value, dtype=jnp.int32 if _is_empty(value) else None)
+    raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got {tensor_type!r}")
+
+
+# === Argument checks ===
+
+
+def _is_str_list(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+
+
+def _check_text(value, name: str, is_split_into_words: bool) -> bool:
+    """Raise TypeError naming the argument unless `value` is valid input; return whether it is a batch."""
+    if isinstance(value, str):
+        if is_split_into_words:
+            raise TypeError(f"`{name}` must be a list of words (or a list of such lists) when is_split_into_words=True")
+        return False
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"`{name}` must be a string, a list of strings or a list of (text, text_pair) pairs, "
+            f"got {type(value).__name__}"
+        )
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            continue
+        if isinstance(item, (list, tuple)):
+            want_pair = not is_split_into_words and name == "text"
+            if _is_str_list(item) and (not want_pair or len(item) == 2):
+                continue
+        expected = "a list of words" if is_split_into_words else "a string" + (
+            " or a (text, text_pair) pair of strings" if name == "text" else ""
+        )
+        raise TypeError(f"`{name}[{i}]` must be {expected}, got {type(item).__name__}: {item!r}")
+    if is_split_into_words:
+        return bool(value) and isinstance(value[0], (list, tuple))
+    return True
+
+
+def resolve_strategies(
+    padding, truncation, max_length: Optional[int], pad_to_multiple_of: Optional[int], model_max_length: int
+) -> tuple[str, str, Optional[int]]:
+    """Map the call arguments to (padding strategy, truncation strategy, max_length) as the reference does.
+
+    - `max_length` alone (padding False, truncation None) turns on "longest_first" truncation;
+    - padding True is "longest"; truncation True is "longest_first";
+    - without `max_length`, "max_length" padding and any truncation fall back to `model_max_length`, and
+      are switched off when the model has none (the reference's default).
+    """
+    if max_length is not None and padding is False and truncation is None:
+        logger.warning(
+            "Truncation was not explicitly activated but `max_length` is provided a specific value, "
+            "defaulting to 'longest_first' truncation."
+        )
+        truncation = "longest_first"
+
+    if padding is True:
+        if max_length is not None and truncation in (None, False, "do_not_truncate"):
+            logger.warning("`max_length` is ignored when `padding`=`True` and there is no truncation strategy.")
+        padding_strategy = "longest"
+    elif padding is False or padding is None:
+        padding_strategy = "do_not_pad"
+    elif padding in PADDING_STRATEGIES:
+        padding_strategy = padding
+    else:
+        raise ValueError(f"padding must be True, False or one of {PADDING_STRATEGIES}, got {padding!r}")
+
+    if truncation is True:
+        truncation_strategy = "longest_first"
+    elif truncation is False or truncation is None:
+        truncation_strategy = "do_not_truncate"
+    elif truncation in TRUNCATION_STRATEGIES:
+        truncation_strategy = truncation
+    else:
+        raise ValueError(f"truncation must be True, False or one of {TRUNCATION_STRATEGIES}, got {truncation!r}")
+
+    if max_length is None:
+        if padding_strategy == "max_length":
+            if model_max_length > LARGE_INTEGER:
+                logger.warning("Asking to pad to max_length but no maximum length is provided: no padding.")
+                padding_strategy = "do_not_pad"
+            else:
+                max_length = model_max_length
+        if truncation_strategy != "do_not_truncate":
+            if model_max_length > LARGE_INTEGER:
+                logger.warning("Asking to truncate to max_length but no maximum length is provided: no truncation.")
+                truncation_strategy = "do_not_truncate"
+            else:
+                max_length = model_max_length
+    elif not isinstance(max_length, int) or isinstance(max_length, bool):
+        raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
+
+    if (
+        truncation_strategy != "do_not_truncate"
+        and padding_strategy != "do_not_pad"
+        and pad_to_multiple_of is not None
+        and max_length is not None
+        and max_length % pad_to_multiple_of != 0
+    ):
+        raise ValueError(
+            f"Truncation and padding are both activated but truncation length ({max_length}) is not a multiple "
+            f"of pad_to_multiple_of ({pad_to_multiple_of})."
+        )
+    return padding_strategy, truncation_strategy, max_length
+
+
+# === Files ===
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename it over `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path: str, obj: Any) -> None:
+    _write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _token_to_dict(token: AddedToken, with_special: bool = True) -> dict:
+    out = {
+        "content": token.content,
+        "lstrip": token.lstrip,
+        "normalized": token.normalized,
+        "rstrip": token.rstrip,
+        "single_word": token.single_word,
+    }
+    if with_special:
+        out["special"] = token.special
+    return out
+
+
+def _token_from_dict(value: dict, path: str, special: Optional[bool] = None) -> AddedToken:
+    try:
+        fields = {k: value[k] for k in ("content", "single_word", "lstrip", "rstrip", "normalized") if k in value}
+        return AddedToken(special=value.get("special", False) if special is None else special, **fields)
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"{path}: invalid added-token entry {value!r}") from err
+
+
+def load_pretrained_kwargs(directory: str, with_tokenizer_file: bool) -> dict[str, Any]:
+    """The constructor arguments stored in a tokenizer directory, resolved as the reference resolves them.
+
+    Reads `tokenizer_config.json`, `special_tokens_map.json`, `added_tokens.json` and (fast tokenizer)
+    `tokenizer.json`; every file is optional. `vocab_file` / `tokenizer_file` are the paths of `spm.model` /
+    `tokenizer.json` (None when absent).
+    """
+    if not os.path.isdir(directory):
+        if os.path.exists(directory):
+            raise NotADirectoryError(f"{directory} is not a directory; from_pretrained expects a tokenizer directory")
+        raise FileNotFoundError(f"Tokenizer directory {directory} does not exist")
+    path = lambda name: os.path.join(directory, name)  # noqa: E731
+
+    config_path = path(TOKENIZER_CONFIG_FILE)
+    kwargs: dict[str, Any] = _read_json(config_path) if os.path.isfile(config_path) else {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{config_path} must hold a JSON object")
+    for key in ("tokenizer_class", "tokenizer_file", "name_or_path", "init_inputs", "auto_map"):
+        kwargs.pop(key, None)
+    kwargs["vocab_file"] = path(VOCAB_FILE) if os.path.isfile(path(VOCAB_FILE)) else None
+    tokenizer_file = path(TOKENIZER_FILE) if with_tokenizer_file and os.path.isfile(path(TOKENIZER_FILE)) else None
+    kwargs["tokenizer_file"] = tokenizer_file
+
+    decoder: dict[int, AddedToken] = {}
+    if "added_tokens_decoder" in kwargs:  # written by save_pretrained: authoritative
+        for index, value in kwargs.pop("added_tokens_decoder").items():
+            decoder[int(index)] = _token_from_dict(value, config_path)
+    else:
+        map_path = path(SPECIAL_TOKENS_MAP_FILE)
+        if os.path.isfile(map_path):
+            for key, value in _read_json(map_path).items():
+                if key in SPECIAL_TOKENS_ATTRIBUTES:
+                    kwargs[key] = _token_from_dict(value, map_path, special=True) if isinstance(value, dict) else value
+                elif key == "additional_special_tokens":
+                    kwargs[key] = [
+                        _token_from_dict(v, map_path, special=True) if isinstance(v, dict) else v for v in value
+                    ]
+        added_path = path(ADDED_TOKENS_FILE)
+        if os.path.isfile(added_path):
+            special = {str(kwargs[k]) for k in SPECIAL_TOKENS_ATTRIBUTES if kwargs.get(k) is not None}
+            special |= {str(t) for t in kwargs.get("additional_special_tokens") or []}
+            for content, index in _read_json(added_path).items():
+                is_special = content in special
+                decoder[int(index)] = AddedToken(
+                    content, lstrip=False, rstrip=False, normalized=not is_special, special=is_special
+                )
+        if tokenizer_file is not None:
+            for entry in _read_json(tokenizer_file).get("added_tokens", []):
+                decoder[int(entry["id"])] = _token_from_dict(entry, tokenizer_file)
+    # A special token given as a plain string takes the flags of the added token of the same content.
+    by_content = {token.content: token for token in decoder.values()}
+    for key in SPECIAL_TOKENS_ATTRIBUTES:
+        if isinstance(kwargs.get(key), str) and kwargs[key] in by_content:
+            kwargs[key] = by_content[kwargs[key]]
+    kwargs["added_tokens_decoder"] = decoder
+    return kwargs
+
+
+# === The shared tokenizer API ===
+
+
+class DebertaV2TokenizerBase:
+    """What the slow and the fast DeBERTa-v2 tokenizers share (see the module docstring)."""
+
+    model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    padding_side = "right"
+    truncation_side = "right"
+    pad_token_type_id = 0
+    is_fast = False
+
+    # --- construction and files ---
+
+    def _init_common(self, special_tokens: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        """Store the special tokens and the generic options; the rest of `kwargs` is kept for saving."""
+        self.model_max_length = kwargs.pop("model_max_length", None) or VERY_LARGE_INTEGER
+        self.clean_up_tokenization_spaces = kwargs.pop("clean_up_tokenization_spaces", False)
+        self.padding_side = kwargs.pop("padding_side", self.padding_side)
+        self.truncation_side = kwargs.pop("truncation_side", self.truncation_side)
+        if self.padding_side not in ("right", "left") or self.truncation_side not in ("right", "left"):
+            raise ValueError("padding_side and truncation_side must be 'right' or 'left'")
+        self._special_tokens: dict[str, Optional[AddedToken]] = {}
+        for key in SPECIAL_TOKENS_ATTRIBUTES:
+            token = special_tokens.get(key)
+            if isinstance(token, str):
+                token = AddedToken(token, lstrip=False, rstrip=False, normalized=False, special=True)
+            elif token is not None and not isinstance(token, AddedToken):
+                raise TypeError(f"`{key}` must be a string or an AddedToken, got {type(token).__name__}")
+            self._special_tokens[key] = token
+        additional = kwargs.pop("additional_special_tokens", None) or []
+        self.additional_special_tokens = [
+            t if isinstance(t, AddedToken) else AddedToken(t, normalized=False, special=True) for t in additional
+        ]
+        self.extra_init_kwargs = kwargs  # unknown keys (e.g. vocab_type) survive save_pretrained
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, **kwargs):
+        """Load from a directory holding `spm.model` (and/or `tokenizer.json` for the fast tokenizer) and the
+        optional `tokenizer_config.json`, `special_tokens_map.json`, `added_tokens.json`. Keyword arguments
+        override the stored configuration."""
+        directory = os.fspath(pretrained_model_name_or_path)
+        init_kwargs = load_pretrained_kwargs(directory, with_tokenizer_file=cls.is_fast)
+        init_kwargs.update(kwargs)
+        if init_kwargs.get("vocab_file") is None and init_kwargs.get("tokenizer_file") is None:
+            wanted = f"{VOCAB_FILE} or {TOKENIZER_FILE}" if cls.is_fast else VOCAB_FILE
+            raise FileNotFoundError(f"No {wanted} in tokenizer directory {directory}")
+        return cls(**init_kwargs)
+
+    def _config_to_save(self) -> dict[str, Any]:
+        config = dict(self.extra_init_kwargs)
+        config.update(
+            {
+                "added_tokens_decoder": {
+                    str(index): _token_to_dict(token) for index, token in sorted(self.added_tokens_decoder.items())
+                },
+                "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+                "do_lower_case": self.do_lower_case,
+                "split_by_punct": self.split_by_punct,
+                "model_max_length": self.model_max_length,
+                "tokenizer_class": "DebertaV2Tokenizer",
+            }
+        )
+        if self.padding_side != type(self).padding_side:
+            config["padding_side"] = self.padding_side
+        if self.truncation_side != type(self).truncation_side:
+            config["truncation_side"] = self.truncation_side
+        for key, token in self._special_tokens.items():
+            if token is not None:
+                config[key] = token.content
+        if self.additional_special_tokens:
+            config["additional_special_tokens"] = [t.content for t in self.additional_special_tokens]
+        return config
+
+    def save_pretrained(self, save_directory: str, filename_prefix: Optional[str] = None) -> tuple[str, ...]:
+        """Write `tokenizer_config.json`, `special_tokens_map.json`, `added_tokens.json` (tokens past the
+        sentencepiece vocabulary), `spm.model` and, for the fast tokenizer, `tokenizer.json`. Each file is
+        written to a temporary name and renamed when complete. Returns the paths written."""
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise NotADirectoryError(f"{save_directory} is a file; save_pretrained expects a directory")
+        os.makedirs(save_directory, exist_ok=True)
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        path = lambda name: os.path.join(save_directory, prefix + name)  # noqa: E731
+
+        written = [path(TOKENIZER_CONFIG_FILE), path(SPECIAL_TOKENS_MAP_FILE)]
+        _write_json(written[0], self._config_to_save())
+        special_map = {
+            key: _token_to_dict(token, with_special=False)
+            for key, token in self._special_tokens.items()
+            if token is not None
+        }
+        if self.additional_special_tokens:
+            special_map["additional_special_tokens"] = [
+                _token_to_dict(t, with_special=False) for t in self.additional_special_tokens
+            ]
+        _write_json(written[1], special_map)
+        written += self._save_model_files(save_directory, filename_prefix)
+        added = {t.content: i for i, t in sorted(self.added_tokens_decoder.items()) if i >= self.vocab_size}
+        if added:
+            _write_json(path(ADDED_TOKENS_FILE), added)
+            written.append(path(ADDED_TOKENS_FILE))
+        return tuple(written)
+
+    def _save_model_files(self, save_directory: str, filename_prefix: Optional[str]) -> list[str]:
+        return list(self.save_vocabulary(save_directory, filename_prefix=filename_prefix))
+
+    # --- special tokens ---
+
+    def _special_token(self, key: str) -> Optional[str]:
+        token = self._special_tokens[key]
+        return None if token is None else token.content
+
+    bos_token = property(lambda self: self._special_token("bos_token"))
+    eos_token = property(lambda self: self._special_token("eos_token"))
+    unk_token = property(lambda self: self._special_token("unk_token"))
+    sep_token = property(lambda self: self._special_token("sep_token"))
+    pad_token = property(lambda self: self._special_token("pad_token"))
+    cls_token = property(lambda self: self._special_token("cls_token"))
+    mask_token = property(lambda self: self._special_token("mask_token"))
+
+    def _special_token_id(self, key: str) -> Optional[int]:
+        token = self._special_token(key)
+        return None if token is None else self.convert_tokens_to_ids(token)
+
+    bos_token_id = property(lambda self: self._special_token_id("bos_token"))
+    eos_token_id = property(lambda self: self._special_token_id("eos_token"))
+    unk_token_id = property(lambda self: self._special_token_id("unk_token"))
+    sep_token_id = property(lambda self: self._special_token_id("sep_token"))
+    pad_token_id = property(lambda self: self._special_token_id("pad_token"))
+    cls_token_id = property(lambda self: self._special_token_id("cls_token"))
+    mask_token_id = property(lambda self: self._special_token_id("mask_token"))
+
+    @property
+    def special_tokens_map(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: t.content for k, t in self._special_tokens.items() if t is not None}
+        if self.additional_special_tokens:
+            out["additional_special_tokens"] = [t.content for t in self.additional_special_tokens]
+        return out
+
+    @property
+    def all_special_tokens_extended(self) -> list[AddedToken]:
+        """Special tokens (AddedToken), unique, in the reference's attribute order."""
+        seen: dict[str, AddedToken] = {}
+        for token in [*self._special_tokens.values(), *self.additional_special_tokens]:
+            if token is not None and token.content not in seen:
+                seen[token.content] = token
+        return list(seen.values())
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        return [token.content for token in self.all_special_tokens_extended]
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return self.convert_tokens_to_ids(self.all_special_tokens)
+
+    def get_added_vocab(self) -> dict[str, int]:
+        return {token.content: index for index, token in sorted(self.added_tokens_decoder.items())}
+
+    # --- templates ---
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: Optional[list[int]] = None):
+        """`[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`."""
+        if token_ids_1 is None:
+            return [self.cls_token_id] + list(token_ids_0) + [self.sep_token_id]
+        sep = [self.sep_token_id]
+        return [self.cls_token_id] + list(token_ids_0) + sep + list(token_ids_1) + sep
+
+    def create_token_type_ids_from_sequences(self, token_ids_0: list[int], token_ids_1: Optional[list[int]] = None):
+        """0 for `[CLS] A [SEP]`, 1 for `B [SEP]`."""
+        first = [0] * (len(token_ids_0) + 2)
+        return first if token_ids_1 is None else first + [1] * (len(token_ids_1) + 1)
+
+    def get_special_tokens_mask(
+        self, token_ids_0: list[int], token_ids_1: Optional[list[int]] = None, already_has_special_tokens=False
+    ) -> list[int]:
+        """1 where the template puts a special token, 0 on sequence tokens. With
+        `already_has_special_tokens=True`, 1 for every id that is a special token's id."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError("token_ids_1 must be None when already_has_special_tokens=True")
+            special_ids = set(self.all_special_ids)
+            return [1 if token_id in special_ids else 0 for token_id in token_ids_0]
+        if token_ids_1 is None:
+            return [1] + [0] * len(token_ids_0) + [1]
+        return [1] + [0] * len(token_ids_0) + [1] + [0] * len(token_ids_1) + [1]
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        return 3 if pair else 2
+
+    # --- call ---
+
+    def __call__(
+        self,
+        text,
+        text_pair=None,
+        *,
+        add_special_tokens: bool = True,
+        padding=False,
+        truncation=None,
+        max_length: Optional[int] = None,
+        is_split_into_words: bool = False,
+        pad_to_multiple_of: Optional[int] = None,
+        padding_side: Optional[str] = None,
+        return_tensors: Optional[str] = None,
+        return_token_type_ids: Optional[bool] = None,
+        return_attention_mask: Optional[bool] = None,
+        return_offsets_mapping: bool = False,
+        **kwargs,
+    ) -> BatchEncoding:
+        """Encode a text, a pair, or a batch (a list of texts or of (text, text_pair) pairs, or `text` and
+        `text_pair` as two lists).
+
+        `padding`: False | True / "longest" | "max_length"; `truncation`: None / False | True /
+        "longest_first" | "only_first" | "only_second", both with `max_length` (`max_length` alone means
+        "longest_first", as in the reference). `return_token_type_ids` / `return_attention_mask` None mean
+        True. `return_tensors`: None (lists) | "np" | "pt" | "tf" | "jax" (a batch axis is added to a single
+        input). `return_offsets_mapping` is only available on the fast tokenizer. Keyword arguments the slow
+        tokenizer understands: `add_prefix_space`.
+        """
+        batched = _check_text(text, "text", is_split_into_words)
+        if text_pair is not None:
+            pair_batched = _check_text(text_pair, "text_pair", is_split_into_words)
+            if batched != pair_batched:
+                raise TypeError("`text` and `text_pair` must both be single inputs or both be lists of the same length")
+            if batched and len(text) != len(text_pair):
+                raise ValueError(
+                    f"batch length of `text`: {len(text)} does not match batch length of `text_pair`: {len(text_pair)}"
+                )
+        if return_tensors is not None and return_tensors not in TENSOR_TYPES:
+            raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got {return_tensors!r}")
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
+        padding_strategy, truncation_strategy, max_length = resolve_strategies(
+            padding, truncation, max_length, pad_to_multiple_of, self.model_max_length
+        )
+        if padding_strategy != "do_not_pad" and self.pad_token is None:
+            raise ValueError("Asking to pad but the tokenizer has no pad_token")
+
+        if batched:
+            if text_pair is not None:
+                inputs = [(a, b) for a, b in zip(text, text_pair)]
+            elif is_split_into_words:
+                inputs = [(words, None) for words in text]
+            else:
+                inputs = [(item, None) if isinstance(item, str) else (item[0], item[1]) for item in text]
+        else:
+            inputs = [(text, text_pair)]
+        return self._encode(
+            inputs,
+            batched=batched,
+            add_special_tokens=add_special_tokens,
+            padding_strategy=padding_strategy,
+            truncation_strategy=truncation_strategy,
+            max_length=max_length,
+            is_split_into_words=is_split_into_words,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side or self.padding_side,
+            return_tensors=return_tensors,
+            return_token_type_ids=True if return_token_type_ids is None else return_token_type_ids,
+            return_attention_mask=True if return_attention_mask is None else return_attention_mask,
+            return_offsets_mapping=return_offsets_mapping,
+            token_type_ids_requested=return_token_type_ids,
+            **kwargs,
+        )
+
+    def encode(self, text, text_pair=None, **kwargs) -> list[int]:
+        """The `input_ids` of one text or pair (the reference's `encode`)."""
+        return self(text, text_pair, return_token_type_ids=False, return_attention_mask=False, **kwargs)["input_ids"]
+
+    # --- decoding ---
+
+    def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None) -> str:
+        """Ids (a list, an int, or a 1-D numpy/torch/tf/jax tensor) back to text."""
+        token_ids = _to_python(token_ids)
+        text = self._decode(token_ids, skip_special_tokens=skip_special_tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None):
+        return [
+            self.decode(seq, skip_special_tokens=skip_special_tokens,
+                        clean_up_tokenization_spaces=clean_up_tokenization_spaces)
+            for seq in _to_python(sequences)
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
+            f"split_by_punct={self.split_by_punct}, special_tokens={self.special_tokens_map})"
+        )
+
+
+def _to_python(value):
+    """numpy / torch / tf / jax values to Python ints and lists."""
+    if hasattr(value, "numpy") and not hasattr(value, "tolist"):  # tf.Tensor
+        value = value.numpy()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def clean_up_tokenization(out_string: str) -> str:
+    """The reference's clean-up of spaces before punctuation and English contractions."""
+    for before, after in (
+        (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+        (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+    ):
+        out_string = out_string.replace(before, after)
+    return out_string
+

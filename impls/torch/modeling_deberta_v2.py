@@ -1,0 +1,683 @@
+"""DeBERTa-v2/v3 in PyTorch, numerically identical to transformers 4.57.6.
+
+Reads like the paper: embeddings -> relative positions -> disentangled attention -> layer -> encoder (with the
+nGiE convolution of v2) -> task heads. Module attribute names are the canonical weight names
+(``deberta.encoder.layer.0.attention.self.query_proj.weight``), so ``state_dict()`` *is* the schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from impls import schema
+from impls.configuration import DebertaV2Config
+from impls.loading import load_checkpoint, resolve_config
+from impls.outputs import ModelOutput
+from impls.relative_position import attention_position_indices
+
+logger = logging.getLogger("deberta_xf")
+
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation written out, as the reference's NewGELUActivation (not F.gelu's fused kernel)."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACT2FN = {
+    "gelu": F.gelu,  # exact (erf) GELU, as the reference's ACT2FN["gelu"]
+    "gelu_new": gelu_new,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "silu": F.silu,
+    "swish": F.silu,
+    "linear": lambda x: x,
+}
+
+
+# =============================================================================================================
+# Embeddings
+class DebertaV2Embeddings(nn.Module):
+    """Word (+ absolute position) (+ token type) embeddings -> [embed_proj] -> LayerNorm -> x mask -> dropout."""
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        E, H = config.embedding_dim, config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, E, padding_idx=config.pad_token_id)
+        self.position_embeddings = (nn.Embedding(config.max_position_embeddings, E)
+                                    if config.position_biased_input else None)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, E)
+                                      if config.type_vocab_size > 0 else None)
+        self.embed_proj = nn.Linear(E, H, bias=False) if E != H else None
+        self.LayerNorm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, input_mask=None, inputs_embeds=None):
+        embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, E]
+        seq_length = embeddings.shape[1]
+        if self.position_embeddings is not None:
+            if position_ids is None:
+                position_ids = torch.arange(seq_length, device=embeddings.device)[None, :]
+            embeddings = embeddings + self.position_embeddings(position_ids.long())
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros(embeddings.shape[:2], dtype=torch.long, device=embeddings.device)
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids.long())
+        if self.embed_proj is not None:
+            embeddings = self.embed_proj(embeddings)
+        embeddings = self.LayerNorm(embeddings)
+        if input_mask is not None:  # padding rows become exactly 0
+            embeddings = embeddings * input_mask.unsqueeze(-1).to(embeddings.dtype)
+        return self.dropout(embeddings)
+
+
+# =============================================================================================================
+# Relative positions: the (bucketed) i - j matrix comes from impls.relative_position (NumPy, shared by all
+# frameworks); here it only becomes the gather indices of the c2p and p2c terms.
+def relative_position_indices(config: DebertaV2Config, seq_length: int, device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in attention_position_indices(config, seq_length).items()}
+
+
+# =============================================================================================================
+# Disentangled self-attention
+class DisentangledSelfAttention(nn.Module):
+    """softmax((c2c + c2p + p2c) / sqrt(d * scale_factor)) V, heads as [B, heads, L, d]."""
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.head_size
+        all_head_size = config.num_attention_heads * config.head_size
+        H = config.hidden_size
+        self.query_proj = nn.Linear(H, all_head_size)
+        self.key_proj = nn.Linear(H, all_head_size)
+        self.value_proj = nn.Linear(H, all_head_size)
+        self.pos_att_type = config.pos_att_types
+        self.relative_attention = config.relative_attention
+        self.share_att_key = config.share_att_key
+        self.scale_factor = config.scale_factor
+        if self.relative_attention:
+            self.att_span = config.att_span
+            self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
+            if not self.share_att_key:
+                if "c2p" in self.pos_att_type:
+                    self.pos_key_proj = nn.Linear(H, all_head_size)
+                if "p2c" in self.pos_att_type:
+                    self.pos_query_proj = nn.Linear(H, all_head_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., L, heads * d] -> [..., heads, L, d]"""
+        x = x.view(*x.shape[:-1], self.num_attention_heads, self.attention_head_size)
+        return x.transpose(-2, -3)
+
+    def forward(self, hidden_states, attention_mask, rel_embeddings=None, position_index=None,
+                output_attentions=False):
+        query = self.split_heads(self.query_proj(hidden_states))  # [B, h, L, d]
+        key = self.split_heads(self.key_proj(hidden_states))
+        value = self.split_heads(self.value_proj(hidden_states))
+
+        scale = math.sqrt(self.attention_head_size * self.scale_factor)
+        scores = torch.matmul(query, key.transpose(-1, -2) / scale)  # c2c, K scaled first as the reference
+        if self.relative_attention:
+            rel_embeddings = self.pos_dropout(rel_embeddings)
+            scores = scores + self.disentangled_attention_bias(query, key, rel_embeddings, position_index, scale)
+
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        probs = self.dropout(torch.softmax(scores, dim=-1))
+        context = torch.matmul(probs, value)  # [B, h, L, d]
+        context = context.transpose(1, 2).reshape(*context.shape[:1], context.shape[2], -1)
+        return context, (probs if output_attentions else None)
+
+    def disentangled_attention_bias(self, query, key, rel_embeddings, position_index, scale):
+        """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``."""
+        rel_embeddings = rel_embeddings[: 2 * self.att_span]  # [2 span, H]
+        if self.share_att_key:
+            pos_query = self.split_heads(self.query_proj(rel_embeddings))  # [h, 2 span, d]
+            pos_key = self.split_heads(self.key_proj(rel_embeddings))
+        else:
+            pos_key = self.split_heads(self.pos_key_proj(rel_embeddings)) if "c2p" in self.pos_att_type else None
+            pos_query = (self.split_heads(self.pos_query_proj(rel_embeddings))
+                         if "p2c" in self.pos_att_type else None)
+        batch_heads_len = query.shape[:3]
+        score = 0
+        if "c2p" in self.pos_att_type:
+            c2p = torch.matmul(query, pos_key.transpose(-1, -2))  # [B, h, L, 2 span]
+            index = position_index["c2p"].expand(*batch_heads_len, -1)
+            score = score + torch.gather(c2p, -1, index) / scale
+        if "p2c" in self.pos_att_type:
+            p2c = torch.matmul(key, pos_query.transpose(-1, -2))  # [B, h, Lk, 2 span]
+            index = position_index["p2c"].expand(*key.shape[:3], -1)
+            score = score + torch.gather(p2c, -1, index).transpose(-1, -2) / scale
+        return score
+
+
+class DebertaV2SelfOutput(nn.Module):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class DebertaV2Attention(nn.Module):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.self = DisentangledSelfAttention(config)
+        self.output = DebertaV2SelfOutput(config)
+
+    def forward(self, hidden_states, attention_mask, rel_embeddings=None, position_index=None,
+                output_attentions=False):
+        context, probs = self.self(hidden_states, attention_mask, rel_embeddings, position_index, output_attentions)
+        return self.output(context, hidden_states), probs
+
+
+# =============================================================================================================
+# Layer (post-LayerNorm transformer block)
+class DebertaV2Intermediate(nn.Module):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states):
+        return self.act(self.dense(hidden_states))
+
+
+class DebertaV2Output(nn.Module):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class DebertaV2Layer(nn.Module):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.attention = DebertaV2Attention(config)
+        self.intermediate = DebertaV2Intermediate(config)
+        self.output = DebertaV2Output(config)
+
+    def forward(self, hidden_states, attention_mask, rel_embeddings=None, position_index=None,
+                output_attentions=False):
+        attention_output, probs = self.attention(hidden_states, attention_mask, rel_embeddings, position_index,
+                                                 output_attentions)
+        return self.output(self.intermediate(attention_output), attention_output), probs
+
+
+# =============================================================================================================
+# Encoder, with the nGiE convolution of v2 (applied once, beside layer 0)
+class ConvLayer(nn.Module):
+    """LayerNorm(layer0_output + act(dropout(conv(embedding_output)))) on non-padding positions."""
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        k = config.conv_kernel_size
+        self.conv = nn.Conv1d(config.hidden_size, config.hidden_size, k, padding=(k - 1) // 2,
+                              groups=config.conv_groups)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.act = ACT2FN[config.conv_act]
+
+    def forward(self, hidden_states, residual_states, input_mask):
+        out = self.conv(hidden_states.transpose(1, 2)).transpose(1, 2)  # [B, L, H]
+        keep = input_mask.unsqueeze(-1).to(out.dtype)
+        out = out.masked_fill(keep == 0, 0)
+        out = self.act(self.dropout(out))
+        return self.LayerNorm(residual_states + out) * keep
+
+
+class DebertaV2Encoder(nn.Module):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.config = config
+        self.layer = nn.ModuleList(DebertaV2Layer(config) for _ in range(config.num_hidden_layers))
+        if config.relative_attention:
+            self.rel_embeddings = nn.Embedding(2 * config.att_span, config.hidden_size)
+        if config.rel_embeddings_layer_norm:
+            self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.conv = ConvLayer(config) if config.conv_kernel_size > 0 else None
+
+    def get_rel_embedding(self) -> Optional[torch.Tensor]:
+        if not self.config.relative_attention:
+            return None
+        rel_embeddings = self.rel_embeddings.weight
+        if self.config.rel_embeddings_layer_norm:
+            rel_embeddings = self.LayerNorm(rel_embeddings)
+        return rel_embeddings
+
+    def forward(self, hidden_states, attention_mask, input_mask, output_hidden_states=False,
+                output_attentions=False):
+        """``attention_mask``: bool [B, 1, L, L]; ``input_mask``: [B, L] (1 = token, 0 = padding)."""
+        rel_embeddings = self.get_rel_embedding()
+        position_index = (relative_position_indices(self.config, hidden_states.shape[1], hidden_states.device)
+                          if self.config.relative_attention else None)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        embedding_output = hidden_states
+        for i, layer in enumerate(self.layer):
+            hidden_states, probs = layer(hidden_states, attention_mask, rel_embeddings, position_index,
+                                         output_attentions)
+            if i == 0 and self.conv is not None:
+                hidden_states = self.conv(embedding_output, hidden_states, input_mask)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(probs)
+        return ModelOutput(last_hidden_state=hidden_states,
+                           hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+                           attentions=tuple(all_attentions) if output_attentions else None)
+
+
+def attention_masks(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D [B, L] or 3-D [B, Lq, Lk] mask -> (bool [B, 1, L, L] pair mask, [B, L] token mask).
+
+    A 2-D mask becomes the outer product (padding query rows are masked too). A token of a 3-D mask counts as
+    present when any query attends to it, as the reference's ConvLayer reads it.
+    """
+    if attention_mask.dim() == 2:
+        input_mask = attention_mask
+        pair = attention_mask[:, None, :, None] * attention_mask[:, None, None, :]
+    elif attention_mask.dim() == 3:
+        input_mask = (attention_mask.sum(-2) > 0).to(attention_mask.dtype)
+        pair = attention_mask[:, None]
+    else:
+        raise ValueError(f"attention_mask must be 2-D [batch, seq] or 3-D [batch, seq, seq], got shape "
+                         f"{list(attention_mask.shape)}")
+    return pair.bool(), input_mask
+
+
+# =============================================================================================================
+# Pre-trained model base: init, loading, saving
+def _as_tensor(x, dtype=None):
+    if x is None or isinstance(x, torch.Tensor):
+        return x
+    return torch.as_tensor(np.asarray(x), dtype=dtype)
+
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                 "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def torch_dtype(dtype: Any) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = getattr(dtype, "name", dtype)
+    if str(name) not in _TORCH_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected float32, float16 or bfloat16")
+    return _TORCH_DTYPES[str(name)]
+
+
+class DebertaV2PreTrainedModel(nn.Module):
+    """Base of every PyTorch DeBERTa-v2 model: weight init, ``from_pretrained`` and ``save_pretrained``."""
+
+    task = "base"
+    base_model_prefix = "deberta"
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.config = config
+
+    def post_init(self) -> None:
+        self.apply(self._init_weights)
+        self.eval()  # inference mode unless the user calls .train()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+        elif isinstance(module, (LegacyDebertaV2LMPredictionHead, DebertaV2LMPredictionHead)):
+            module.bias.data.zero_()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
+                        dtype: Any = None, **config_overrides: Any):
+        """Load a checkpoint directory (``config.json`` + any supported weights file) or a weights file.
+
+        The model is built in float32 (or ``dtype``) and is returned in eval mode.
+        """
+        cfg = resolve_config(pretrained_model_name_or_path, config)
+        if config_overrides:
+            cfg = DebertaV2Config.from_dict({**cfg.to_dict(), **config_overrides})
+        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "torch", config=cfg)
+        model = cls(cfg)
+        model.load_canonical(loaded.arrays)
+        model.loading_report = loaded.report
+        model.weights_path = loaded.weights_path
+        if dtype is not None:
+            model.to(torch_dtype(dtype))
+        return model.eval()
+
+    def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy canonical arrays (PyTorch layout already) into the parameters of the same names."""
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, array in arrays.items():
+                param = params[name]
+                param.copy_(torch.from_numpy(np.ascontiguousarray(array)).to(param.dtype))
+
+    def canonical_state(self) -> dict[str, np.ndarray]:
+        """Canonical name -> numpy array (float32 copies of bf16 parameters)."""
+        out = {}
+        for name, p in self.named_parameters():
+            t = p.detach().cpu()
+            out[name] = (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
+        return out
+
+    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "safetensors") -> None:
+        """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with format="bin")."""
+        from convert.formats import FORMATS, write_arrays
+
+        os.makedirs(save_directory, exist_ok=True)
+        state = self.canonical_state()
+        drift = set(state) ^ set(schema.expected_shapes(self.config, self.task))
+        if drift:
+            raise RuntimeError(f"parameter names differ from the schema: {sorted(drift)}")
+        filename = FORMATS[format].filenames[0]
+        write_arrays(os.path.join(save_directory, filename), state, format=format)
+        self.config.save_pretrained(save_directory)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _prepare(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        device = self.device
+        input_ids = _as_tensor(input_ids, torch.long)
+        inputs_embeds = _as_tensor(inputs_embeds)
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        if attention_mask is None:
+            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        return (input_ids.to(device) if input_ids is not None else None,
+                _as_tensor(attention_mask).to(device),
+                _as_tensor(token_type_ids, torch.long).to(device) if token_type_ids is not None else None,
+                _as_tensor(position_ids, torch.long).to(device) if position_ids is not None else None,
+                inputs_embeds.to(device) if inputs_embeds is not None else None)
+
+
+# =============================================================================================================
+# The encoder model
+class DebertaV2Model(DebertaV2PreTrainedModel):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__(config)
+        self.embeddings = DebertaV2Embeddings(config)
+        self.encoder = DebertaV2Encoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, output_attentions=False, output_hidden_states=False, return_dict=True):
+        input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = self._prepare(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        pair_mask, input_mask = attention_masks(attention_mask)
+        embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, input_mask, inputs_embeds)
+        return self.encoder(embedding_output, pair_mask, input_mask, bool(output_hidden_states),
+                            bool(output_attentions))
+
+
+# =============================================================================================================
+# Heads
+class LegacyDebertaV2PredictionHeadTransform(nn.Module):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_dim)
+        self.act = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states):
+        return self.LayerNorm(self.act(self.dense(hidden_states)))
+
+
+class LegacyDebertaV2LMPredictionHead(nn.Module):
+    """``cls.predictions``: transform (H -> E) then the decoder tied to the word embeddings, plus ``bias``."""
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.transform = LegacyDebertaV2PredictionHeadTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states, word_embeddings: torch.Tensor):
+        return F.linear(self.transform(hidden_states), word_embeddings, self.bias)
+
+
+class LegacyDebertaV2OnlyMLMHead(nn.Module):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.predictions = LegacyDebertaV2LMPredictionHead(config)
+
+    def forward(self, sequence_output, word_embeddings):
+        return self.predictions(sequence_output, word_embeddings)
+
+
+class DebertaV2LMPredictionHead(nn.Module):
+    """``lm_predictions.lm_head`` (the published checkpoints' layout): LN(act(dense(h))) @ W_emb^T + bias."""
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states, word_embeddings: torch.Tensor):
+        hidden_states = self.LayerNorm(self.act(self.dense(hidden_states)))
+        return torch.matmul(hidden_states, word_embeddings.t()) + self.bias
+
+
+class DebertaV2OnlyMLMHead(nn.Module):
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.lm_head = DebertaV2LMPredictionHead(config)
+
+    def forward(self, sequence_output, word_embeddings):
+        return self.lm_head(sequence_output, word_embeddings)
+
+
+class ContextPooler(nn.Module):
+    """The first token's hidden state -> dropout -> dense -> activation."""
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__()
+        self.dense = nn.Linear(config.pooler_size, config.pooler_size)
+        self.dropout = nn.Dropout(config.pooler_dropout)
+        self.act = ACT2FN[config.pooler_hidden_act]
+
+    def forward(self, hidden_states):
+        return self.act(self.dense(self.dropout(hidden_states[:, 0])))
+
+
+def _with_encoder_outputs(outputs: ModelOutput, **fields) -> ModelOutput:
+    return ModelOutput(**fields, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+
+def sequence_classification_loss(config: DebertaV2Config, logits: torch.Tensor, labels: torch.Tensor):
+    """The reference's loss rules for sequence classification (incl. regression for num_labels == 1)."""
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            return F.mse_loss(logits.view(-1).to(labels.dtype), labels.view(-1))
+        if labels.dim() == 1 or labels.size(-1) == 1:
+            labels = labels.view(-1).long()
+            keep = labels >= 0  # rows with a negative label are ignored
+            if not bool(keep.any()):
+                return torch.tensor(0).to(logits)
+            return F.cross_entropy(logits[keep].view(-1, num_labels).float(), labels[keep])
+        return -(torch.log_softmax(logits, -1) * labels).sum(-1).mean()  # soft labels
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze())
+        return F.mse_loss(logits, labels)
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels)  # multi_label_classification
+
+
+class DebertaV2ForMaskedLM(DebertaV2PreTrainedModel):
+    task = "masked-lm"
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__(config)
+        self.deberta = DebertaV2Model(config)
+        if config.legacy:
+            self.cls = LegacyDebertaV2OnlyMLMHead(config)
+        else:
+            schema.expected_shapes(config, self.task)  # raises for embedding_size != hidden_size
+            self.lm_predictions = DebertaV2OnlyMLMHead(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                return_dict=True):
+        outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        word_embeddings = self.deberta.embeddings.word_embeddings.weight
+        head = self.cls if self.config.legacy else self.lm_predictions
+        logits = head(outputs.last_hidden_state, word_embeddings)
+        loss = None
+        if labels is not None:
+            labels = _as_tensor(labels, torch.long).to(logits.device)
+            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
+        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+
+
+class DebertaV2ForSequenceClassification(DebertaV2PreTrainedModel):
+    task = "sequence-classification"
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.deberta = DebertaV2Model(config)
+        self.pooler = ContextPooler(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                return_dict=True):
+        outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
+        loss = None
+        if labels is not None:
+            loss = sequence_classification_loss(self.config, logits, _as_tensor(labels).to(logits.device))
+        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+
+
+class DebertaV2ForTokenClassification(DebertaV2PreTrainedModel):
+    task = "token-classification"
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.deberta = DebertaV2Model(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                return_dict=True):
+        outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            labels = _as_tensor(labels, torch.long).to(logits.device)
+            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+
+
+class DebertaV2ForQuestionAnswering(DebertaV2PreTrainedModel):
+    task = "question-answering"
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.deberta = DebertaV2Model(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=False,
+                output_hidden_states=False, return_dict=True):
+        outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored_index = start_logits.size(1)  # positions outside the sequence are clamped here and ignored
+            start = _as_tensor(start_positions, torch.long).to(logits.device).view(-1).clamp(0, ignored_index)
+            end = _as_tensor(end_positions, torch.long).to(logits.device).view(-1).clamp(0, ignored_index)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=ignored_index)
+                    + F.cross_entropy(end_logits, end, ignore_index=ignored_index)) / 2
+        return _with_encoder_outputs(outputs, loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
+class DebertaV2ForMultipleChoice(DebertaV2PreTrainedModel):
+    task = "multiple-choice"
+
+    def __init__(self, config: DebertaV2Config):
+        super().__init__(config)
+        self.deberta = DebertaV2Model(config)
+        self.pooler = ContextPooler(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                return_dict=True):
+        """Inputs are [batch, num_choices, seq] ([batch, num_choices, seq, E] for inputs_embeds)."""
+        ref = input_ids if input_ids is not None else inputs_embeds
+        num_choices = ref.shape[1]
+
+        def flat(x, tail: int = 1):
+            return None if x is None else _as_tensor(x).reshape(-1, *_as_tensor(x).shape[-tail:])
+
+        mask_tail = 2 if attention_mask is not None and _as_tensor(attention_mask).dim() == 4 else 1
+        outputs = self.deberta(flat(input_ids), flat(attention_mask, mask_tail), flat(token_type_ids),
+                               flat(position_ids), flat(inputs_embeds, 2), output_attentions,
+                               output_hidden_states)
+        logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
+        reshaped_logits = logits.view(-1, num_choices)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(reshaped_logits, _as_tensor(labels, torch.long).to(logits.device).view(-1))
+        return _with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits)
+
+
+MODEL_CLASSES = {cls.task: cls for cls in (
+    DebertaV2Model, DebertaV2ForMaskedLM, DebertaV2ForSequenceClassification, DebertaV2ForTokenClassification,
+    DebertaV2ForQuestionAnswering, DebertaV2ForMultipleChoice)}
