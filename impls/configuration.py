@@ -81,12 +81,15 @@ class DebertaV2Config:
 
     def __init__(self, **kwargs: Any):
         kwargs.pop("model_type", None)  # checked by from_dict; constructing this class means deberta-v2
+        kwargs_given = dict(kwargs)
         values = {**_DEFAULTS, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DEFAULTS}}
         if isinstance(values["pos_att_type"], str):
             values["pos_att_type"] = [x.strip() for x in values["pos_att_type"].lower().split("|") if x.strip()]
         elif values["pos_att_type"] is not None:
             values["pos_att_type"] = [str(x).strip().lower() for x in values["pos_att_type"]]
         id2label = values["id2label"]
+        if id2label is not None and "num_labels" in kwargs_given and kwargs_given["num_labels"] != len(id2label):
+            id2label = values["label2id"] = None  # an explicit num_labels that disagrees wins, with default names
         if id2label is not None:
             id2label = {int(k): str(v) for k, v in dict(id2label).items()}
             values["num_labels"] = len(id2label)

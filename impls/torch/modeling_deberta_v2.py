@@ -354,6 +354,16 @@ class DebertaV2PreTrainedModel(nn.Module):
             module.bias.data.zero_()
 
     @classmethod
+    def from_config(cls, config: DebertaV2Config, dtype: Any = None, seed: int | None = None):
+        """A randomly initialised model (normal(0, initializer_range) weights, as the reference)."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = cls(config)
+        if dtype is not None:
+            model.to(torch_dtype(dtype))
+        return model.eval()
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
                         dtype: Any = None, **config_overrides: Any):
         """Load a checkpoint directory (``config.json`` + any supported weights file) or a weights file.
