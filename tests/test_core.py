@@ -1,0 +1,263 @@
+"""Framework-free core: config, schema, relative positions, factory errors, file formats."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import impls
+from convert.formats import TensorInfo, detect_format, open_weights, write_arrays
+from impls import schema
+from impls.configuration import DebertaV2Config
+from impls.errors import CheckpointError, ConfigError
+from impls.relative_position import build_relative_position, make_log_bucket_position
+from reference_cases import FIXTURES, REFERENCE, load_case
+
+PUBLISHED = os.path.join(FIXTURES, "published-configs")  # copied from shared/reference/configs
+# Backbone parameter counts (no pooler) of the published checkpoints, from shared/reference/configs/README.md.
+PUBLISHED_PARAMS = {
+    "deberta-v2-xlarge": 884_593_152, "deberta-v2-xxlarge": 1_564_549_632, "deberta-v3-xsmall": 70_682_112,
+    "deberta-v3-small": 141_304_320, "deberta-v3-base": 183_831_552, "deberta-v3-large": 434_012_160,
+    "mdeberta-v3-base": 278_218_752,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+def test_code_defaults_are_the_references():
+    c = DebertaV2Config()
+    assert (c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == (
+        128100, 1536, 24, 24, 6144)
+    assert c.relative_attention is False and c.position_biased_input is True and c.pos_att_type is None
+    assert c.layer_norm_eps == 1e-7 and c.max_relative_positions == -1 and c.type_vocab_size == 0
+    assert c.position_buckets == -1 and c.norm_rel_ebd == "none" and c.share_att_key is False
+    assert c.conv_kernel_size == 0 and c.conv_groups == 1 and c.conv_act == "tanh"
+    assert c.embedding_dim == 1536 and c.head_size == 64 and c.pooler_size == 1536
+    assert c.num_labels == 2 and c.id2label == {0: "LABEL_0", 1: "LABEL_1"} and c.legacy is True
+    assert c.scale_factor == 1 and c.att_span == 512 and c.classifier_dropout == 0.1
+
+
+def test_pos_att_type_string_or_list():
+    assert DebertaV2Config(pos_att_type="P2C| c2p").pos_att_type == ["p2c", "c2p"]
+    assert DebertaV2Config(pos_att_type=["c2p"]).pos_att_type == ["c2p"]
+    # the scale counts the relative terms even when relative attention is off (as the reference)
+    assert DebertaV2Config(pos_att_type="p2c|c2p", relative_attention=False).scale_factor == 3
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_published_configs_load_with_reference_parameter_counts(name):
+    config = DebertaV2Config.from_json_file(os.path.join(PUBLISHED, f"{name}.json"))
+    assert config.relative_attention and config.position_buckets == 256 and config.att_span == 256
+    assert schema.num_parameters(config, "base") == PUBLISHED_PARAMS[name]
+    shapes = schema.expected_shapes(config, "masked-lm")
+    assert shapes["deberta.encoder.rel_embeddings.weight"] == (512, config.hidden_size)
+    if "v2" in name:
+        assert shapes["deberta.encoder.conv.conv.weight"] == (1536, 1536, 3)
+
+
+def test_json_round_trip_keeps_unknown_keys(tmp_path):
+    source = os.path.join(REFERENCE, "abs-noshare", "sequence-classification", "config.json")
+    with open(source) as f:
+        original = json.load(f)
+    config = DebertaV2Config.from_json_file(source)
+    assert config.architectures == ["DebertaV2ForSequenceClassification"]  # unknown keys stay reachable
+    config.save_pretrained(tmp_path)
+    with open(tmp_path / "config.json") as f:
+        written = json.load(f)
+    for key, value in original.items():
+        if key == "pos_att_type":
+            assert written[key] == ["c2p", "p2c"]
+        else:
+            assert written[key] == value, key
+    assert DebertaV2Config.from_pretrained(tmp_path) == config
+    # derived defaults are not written as null (the reference would read null as a value)
+    assert "embedding_size" not in written and "attention_head_size" not in written
+
+
+def test_invalid_config_lists_every_problem():
+    with pytest.raises(ConfigError) as err:
+        DebertaV2Config(hidden_size=30, num_attention_heads=4, hidden_dropout_prob=1.5, pos_att_type="c2p|p2p",
+                        hidden_act="gelu_magic", conv_kernel_size=2, layer_norm_eps=0, num_labels=0)
+    message = str(err.value)
+    for fragment in ("hidden_size (30) is not a multiple of num_attention_heads (4)", "hidden_dropout_prob",
+                     "pos_att_type has unknown entries ['p2p']", "hidden_act 'gelu_magic'",
+                     "conv_kernel_size (2) must be odd", "layer_norm_eps", "num_labels"):
+        assert fragment in message
+    assert message.count("\n  - ") == 7
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.json: config file not found"):
+        DebertaV2Config.from_json_file(tmp_path / "nope.json")
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json: not valid JSON"):
+        DebertaV2Config.from_json_file(bad)
+    bad.write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConfigError, match="model_type is 'bert'"):
+        DebertaV2Config.from_json_file(bad)
+
+
+def test_num_labels_and_id2label():
+    c = DebertaV2Config(id2label={"0": "neg", "1": "neu", "2": "pos"})
+    assert c.num_labels == 3 and c.label2id == {"neg": 0, "neu": 1, "pos": 2}
+    d = DebertaV2Config.from_dict({**c.to_dict(), "num_labels": 1})
+    assert d.num_labels == 1 and d.id2label == {0: "LABEL_0"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Relative positions
+def test_log_buckets_match_the_reference_for_every_distance():
+    table = np.load(os.path.join(REFERENCE, "log_buckets.npz"))
+    rel = table["rel"]
+    checked = 0
+    for key in table.files:
+        if key == "rel":
+            continue
+        bucket, max_pos = (int(x[1:]) for x in key.split("_"))
+        np.testing.assert_array_equal(make_log_bucket_position(rel, bucket, max_pos), table[key], err_msg=key)
+        checked += 1
+    assert checked == 7
+    # v3's setting: exact to +-128, 255 at distance 511
+    got = make_log_bucket_position(np.array([128, 129, 511, -511]), 256, 512)
+    assert got.tolist() == table["b256_m512"][np.searchsorted(rel, [128, 129, 511, -511])].tolist()
+
+
+def test_relative_position_matrix():
+    rel = build_relative_position(4, 4)
+    assert rel.tolist() == [[0, -1, -2, -3], [1, 0, -1, -2], [2, 1, 0, -1], [3, 2, 1, 0]]
+    with pytest.raises(ValueError):
+        rel[0, 0] = 5  # cached and read-only
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Schema
+def test_schema_names_are_the_reference_state_dict_names():
+    for variant in ("v3", "v2-conv", "abs-noshare", "emb-proj", "no-rel"):
+        for task in schema.TASKS:
+            case = load_case(variant, task)
+            config = DebertaV2Config.from_pretrained(case.directory)
+            with open_weights(os.path.join(case.directory, "model.safetensors")) as reader:
+                shapes = reader.shapes()
+            expected = schema.expected_shapes(config, task)
+            mapping, report = schema.match_checkpoint(config, task, shapes)
+            assert report.ok and not report.unexpected, (variant, task, report.summary())
+            assert {n: shapes[mapping[n]] for n in expected} == expected
+
+
+def test_layout_table_round_trips():
+    rng = np.random.default_rng(0)
+    cases = {"deberta.encoder.layer.0.attention.self.query_proj.weight": (6, 4),
+             "deberta.encoder.conv.conv.weight": (8, 4, 3), "deberta.embeddings.LayerNorm.weight": (4,),
+             "deberta.embeddings.word_embeddings.weight": (10, 4), "cls.predictions.bias": (10,)}
+    expected_leaf = {"tf": ["kernel", "kernel", "gamma", "embeddings", "bias"],
+                     "flax": ["kernel", "kernel", "scale", "embedding", "bias"]}
+    for framework in ("tf", "flax"):
+        for (name, shape), leaf in zip(cases.items(), expected_leaf[framework]):
+            array = rng.normal(size=shape).astype(np.float32)
+            converted = schema.to_framework(name, array, framework)
+            assert converted.shape == schema.framework_shape(name, shape, framework)
+            assert schema.framework_leaf(name, framework) == leaf
+            np.testing.assert_array_equal(schema.from_framework(name, converted, framework), array)
+    conv = rng.normal(size=(8, 4, 3))
+    assert schema.to_framework("encoder.conv.conv.weight", conv, "tf")[2, 1, 0] == conv[0, 1, 2]
+    assert schema.framework_name("deberta.encoder.layer.0.attention.output.LayerNorm.bias", "flax", "/") == \
+        "deberta/encoder/layer/0/attention/output/LayerNorm/bias"
+
+
+def test_load_report_lists_missing_unexpected_mismatched():
+    config = DebertaV2Config.from_pretrained(load_case("v3", "masked-lm").directory)
+    shapes = dict(schema.expected_shapes(config, "masked-lm"))
+    del shapes["deberta.encoder.layer.0.output.dense.bias"]
+    shapes["deberta.encoder.rel_embeddings.weight"] = (64, 32)
+    shapes["some.other.weight"] = (3,)
+    shapes["mask_predictions.dense.weight"] = (32, 32)
+    _, report = schema.match_checkpoint(config, "masked-lm", shapes)
+    assert report.missing == ["deberta.encoder.layer.0.output.dense.bias"]
+    assert report.unexpected == ["some.other.weight"]
+    assert report.ignored == ["mask_predictions.dense.weight"]
+    assert report.mismatched == [("deberta.encoder.rel_embeddings.weight", (64, 32), (32, 32))]
+    with pytest.raises(CheckpointError, match="position_buckets=16"):
+        schema.check_report(report, config, "masked-lm", "x.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Formats
+def test_safetensors_reader_is_compatible_with_the_library(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    import ml_dtypes
+
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.arange(5, dtype=np.int64),
+              "c": np.ones((2, 2), dtype=np.float16)}
+    save_file(arrays, str(tmp_path / "lib.safetensors"))
+    with open_weights(str(tmp_path / "lib.safetensors")) as reader:
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(reader.read(k), v)
+    arrays["d"] = np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16)
+    write_arrays(str(tmp_path / "ours.safetensors"), arrays)
+    loaded = load_file(str(tmp_path / "ours.safetensors"))
+    for k in ("a", "b", "c"):
+        np.testing.assert_array_equal(loaded[k], arrays[k])
+    with open_weights(str(tmp_path / "ours.safetensors")) as reader:
+        assert reader.infos()["d"] == TensorInfo((2,), np.dtype(ml_dtypes.bfloat16))
+        assert reader.read("d").astype(np.float32).tolist() == [1.5, -2.0]
+        assert reader.metadata() == {"format": "pt"}
+
+
+def test_unknown_format_and_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="unknown weights format"):
+        detect_format("weights.onnx")
+    with pytest.raises(CheckpointError, match="weights file not found"):
+        open_weights(str(tmp_path / "model.safetensors"))
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    from convert.safetensors_io import write
+
+    target = tmp_path / "model.safetensors"
+
+    def explode(name):
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        write(str(target), {"a": TensorInfo((2,), np.dtype(np.float32))}, explode)
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public namespace and factory
+def test_import_impls_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, impls; impls.DebertaV2Config; impls.create_model; "
+            "print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'flax', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_factory_errors():
+    with pytest.raises(ValueError, match="unknown framework 'mxnet'"):
+        impls.create_model("mxnet", "base", config=DebertaV2Config())
+    with pytest.raises(ValueError, match="unknown task 'summarization'"):
+        impls.create_model("torch", "summarization", config=DebertaV2Config())
+    with pytest.raises(ValueError, match="needs a checkpoint or a config"):
+        impls.create_model("torch", "base")
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        impls.Nope  # noqa: B018
+
+
+def test_factory_names_the_extra_for_a_missing_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import impls\n"
+            "try:\n    impls.create_model('torch', 'base', config={'hidden_size': 8, 'num_attention_heads': 2})\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'deberta-xf[torch]'" in out.stdout
