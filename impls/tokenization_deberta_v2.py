@@ -23,7 +23,6 @@ from functools import lru_cache
 from typing import Any, Optional
 
 import sentencepiece
-
 from tokenizers import AddedToken
 
 from impls.tokenization_utils import (
@@ -129,6 +128,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         if isinstance(unk_token, str):  # the reference makes [UNK] a *normalized* special token
             unk_token = AddedToken(unk_token, lstrip=False, rstrip=False, normalized=True, special=True)
         kwargs.pop("tokenizer_file", None)
+        kwargs["sp_model_kwargs"] = self.sp_model_kwargs  # saved in tokenizer_config.json, as the reference
         self._init_common(
             dict(
                 bos_token=bos_token, eos_token=eos_token, unk_token=unk_token, sep_token=sep_token,
@@ -139,20 +139,24 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
 
         # Added tokens: those read from a saved tokenizer, then every special token not yet among them.
         # A token already in the sentencepiece vocabulary keeps its id; the others go after it, in order.
-        self._added_tokens_decoder: dict[int, AddedToken] = {}
-        for index, token in sorted((added_tokens_decoder or {}).items()):
-            self._added_tokens_decoder[int(index)] = token
+        self._added_tokens_decoder = {int(i): token for i, token in sorted((added_tokens_decoder or {}).items())}
+        known = {token.content for token in self._added_tokens_decoder.values()}
+        next_id = len(self._vocab.keys() | known)
         for token in self.all_special_tokens_extended:
-            if token.content not in self.added_tokens_encoder:
-                token = AddedToken(
-                    token.content, single_word=token.single_word, lstrip=token.lstrip, rstrip=token.rstrip,
-                    normalized=token.normalized, special=True,
-                )
-                index = self._vocab.get(token.content, len(self.get_vocab()))
-                self._added_tokens_decoder[index] = token
+            if token.content in known:
+                continue
+            index = self._vocab.get(token.content)
+            if index is None:
+                index, next_id = next_id, next_id + 1
+            self._added_tokens_decoder[index] = AddedToken(
+                token.content, single_word=token.single_word, lstrip=token.lstrip, rstrip=token.rstrip,
+                normalized=token.normalized, special=True,
+            )
+            known.add(token.content)
         self._refresh_added_tokens()
 
     def _refresh_added_tokens(self) -> None:
+        """Derived lookups: content -> id, the added-token splitter, the lower-casing exceptions."""
         self._added_tokens_encoder = {token.content: i for i, token in sorted(self._added_tokens_decoder.items())}
         # Longest first, so that at a given position the longest added token wins, as in the reference's trie.
         self._added_split_re = _alternation(sorted(self._added_tokens_encoder, key=len, reverse=True))
@@ -190,7 +194,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
 
     @property
     def added_tokens_encoder(self) -> dict[str, int]:
-        return {token.content: i for i, token in sorted(self._added_tokens_decoder.items())}
+        return dict(self._added_tokens_encoder)
 
     def convert_tokens_to_ids(self, tokens):
         """Token(s) to id(s): added tokens first, then sentencepiece (unknown pieces give the unk id)."""
@@ -336,7 +340,9 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         if return_attention_mask:
             columns["attention_mask"] = []
         for input_ids, token_type_ids in rows:
-            padded = self._pad(input_ids, token_type_ids, padding_strategy, max_length, pad_to_multiple_of, padding_side)
+            padded = self._pad(
+                input_ids, token_type_ids, padding_strategy, max_length, pad_to_multiple_of, padding_side
+            )
             for key in columns:
                 columns[key].append(padded[key])
         if not batched:
@@ -359,7 +365,9 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
             return ids, [0] * len(ids)
         return ids + pair_ids, [0] * (len(ids) + len(pair_ids))
 
-    def truncate_sequences(self, ids, pair_ids=None, num_tokens_to_remove: int = 0, truncation_strategy="longest_first"):
+    def truncate_sequences(
+        self, ids, pair_ids=None, num_tokens_to_remove: int = 0, truncation_strategy: str = "longest_first"
+    ):
         """Remove `num_tokens_to_remove` tokens as the reference's Python truncation does; returns
         (ids, pair_ids). When the sequence to cut is too short it logs an error and cuts nothing."""
         if num_tokens_to_remove <= 0:
@@ -399,26 +407,22 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         return ids, pair_ids
 
     def _pad(self, input_ids, token_type_ids, padding_strategy, max_length, pad_to_multiple_of, padding_side):
+        """Pad one row (the reference's `_pad`); returns its input_ids, token_type_ids and attention_mask."""
         if padding_strategy == "longest":
             max_length = len(input_ids)
         if max_length is not None and pad_to_multiple_of is not None and max_length % pad_to_multiple_of != 0:
             max_length = (max_length // pad_to_multiple_of + 1) * pad_to_multiple_of
-        difference = 0
+        missing = 0
         if padding_strategy != "do_not_pad" and max_length is not None:
-            difference = max(max_length - len(input_ids), 0)
-        mask = [1] * len(input_ids)
-        pad_ids, pad_types, pad_mask = [self.pad_token_id] * difference, [self.pad_token_type_id] * difference, [0] * difference
-        if padding_side == "right":
-            return {
-                "input_ids": input_ids + pad_ids,
-                "token_type_ids": token_type_ids + pad_types,
-                "attention_mask": mask + pad_mask,
-            }
-        return {
-            "input_ids": pad_ids + input_ids,
-            "token_type_ids": pad_types + token_type_ids,
-            "attention_mask": pad_mask + mask,
+            missing = max(max_length - len(input_ids), 0)
+        rows = {
+            "input_ids": (input_ids, self.pad_token_id),
+            "token_type_ids": (token_type_ids, self.pad_token_type_id),
+            "attention_mask": ([1] * len(input_ids), 0),
         }
+        if padding_side == "right":
+            return {key: row + [pad] * missing for key, (row, pad) in rows.items()}
+        return {key: [pad] * missing + row for key, (row, pad) in rows.items()}
 
     # --- decoding ---
 

@@ -141,7 +141,9 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
         elif vocab_file is not None:
             self._tokenizer = convert_spm_to_tokenizer(vocab_file, do_lower_case, split_by_punct)
         else:
-            raise ValueError("DebertaV2TokenizerFast needs a vocab_file (spm.model) or a tokenizer_file (tokenizer.json)")
+            raise ValueError(
+                "DebertaV2TokenizerFast needs a vocab_file (spm.model) or a tokenizer_file (tokenizer.json)"
+            )
 
         if isinstance(unk_token, str):  # as the slow tokenizer: [UNK] is a *normalized* special token
             unk_token = AddedToken(unk_token, lstrip=False, rstrip=False, normalized=True, special=True)
@@ -259,7 +261,9 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
     ) -> BatchEncoding:
         truncation = None
         if truncation_strategy != "do_not_truncate":
-            truncation = dict(max_length=max_length, stride=0, strategy=truncation_strategy, direction=self.truncation_side)
+            truncation = dict(
+                max_length=max_length, stride=0, strategy=truncation_strategy, direction=self.truncation_side
+            )
         padding = None
         if padding_strategy != "do_not_pad":
             padding = dict(

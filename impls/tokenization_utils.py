@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 from collections import UserDict
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from tokenizers import AddedToken
 
@@ -304,9 +304,10 @@ def _token_from_dict(value: dict, path: str, special: Optional[bool] = None) -> 
 def load_pretrained_kwargs(directory: str, with_tokenizer_file: bool) -> dict[str, Any]:
     """The constructor arguments stored in a tokenizer directory, resolved as the reference resolves them.
 
-    Reads `tokenizer_config.json`, `special_tokens_map.json`, `added_tokens.json` and (fast tokenizer)
-    `tokenizer.json`; every file is optional. `vocab_file` / `tokenizer_file` are the paths of `spm.model` /
-    `tokenizer.json` (None when absent).
+    Reads `tokenizer_config.json`, `special_tokens_map.json` and `added_tokens.json`; every file is
+    optional. `vocab_file` / `tokenizer_file` are the paths of `spm.model` / `tokenizer.json` (the latter
+    only for the fast tokenizer; None when absent). The added tokens of a `tokenizer.json` are already in
+    the pipeline it describes, so they are not read here.
     """
     if not os.path.isdir(directory):
         if os.path.exists(directory):
@@ -347,9 +348,6 @@ def load_pretrained_kwargs(directory: str, with_tokenizer_file: bool) -> dict[st
                 decoder[int(index)] = AddedToken(
                     content, lstrip=False, rstrip=False, normalized=not is_special, special=is_special
                 )
-        if tokenizer_file is not None:
-            for entry in _read_json(tokenizer_file).get("added_tokens", []):
-                decoder[int(entry["id"])] = _token_from_dict(entry, tokenizer_file)
     # A special token given as a plain string takes the flags of the added token of the same content.
     by_content = {token.content: token for token in decoder.values()}
     for key in SPECIAL_TOKENS_ATTRIBUTES:
@@ -601,7 +599,7 @@ class DebertaV2TokenizerBase:
 
         if batched:
             if text_pair is not None:
-                inputs = [(a, b) for a, b in zip(text, text_pair)]
+                inputs = list(zip(text, text_pair, strict=True))
             elif is_split_into_words:
                 inputs = [(words, None) for words in text]
             else:
