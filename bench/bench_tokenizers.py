@@ -4,11 +4,11 @@
 
 Measures lines/s and MB/s (UTF-8 input bytes) for:
 - slow (sentencepiece) and fast (tokenizers), one text per call: `tok(text)`;
-- fast, the whole corpus in one batch call: `tok(texts)`, and padded: `tok(texts, padding=True)` (the
-  padded lists of the long texts dominate that one).
+- fast, the whole corpus in one batch call: `tok(texts)`, and padded: `tok(texts, padding=True)`
+  (the padded lists of the long texts dominate that one).
 Each figure is the best of `--repeat` timed passes after one warm-up pass, ours and the reference timed
-alternately; the ratio is our speed / the reference's (> 1 means ours is faster). Outputs are checked to be identical before timing. Needs transformers (the
-reference), which is imported here only.
+alternately; the ratio is our speed / the reference's (> 1 means ours is faster). Outputs are checked to
+be identical before timing. Needs transformers (the reference), which is imported here only.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from tokenizers import AddedToken
 from impls.tokenization_utils import (
     VOCAB_FILE,
     BatchEncoding,
+    CallOptions,
     DebertaV2TokenizerBase,
     _write_atomic,
 )
@@ -296,67 +297,53 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
 
     # --- call ---
 
-    def _encode(
-        self,
-        inputs,
-        *,
-        batched,
-        add_special_tokens,
-        padding_strategy,
-        truncation_strategy,
-        max_length,
-        is_split_into_words,
-        pad_to_multiple_of,
-        padding_side,
-        return_tensors,
-        return_token_type_ids,
-        return_attention_mask,
-        return_offsets_mapping,
-        token_type_ids_requested,
-        add_prefix_space: bool = False,
-    ) -> BatchEncoding:
-        if return_offsets_mapping:
+    def _encode(self, inputs, options: CallOptions, add_prefix_space: bool = False) -> BatchEncoding:
+        if options.return_offsets_mapping:  # as the reference's slow tokenizer
             raise NotImplementedError(
                 "return_offsets_mapping is not available with the sentencepiece tokenizer; "
                 "use DebertaV2TokenizerFast"
             )
-        if token_type_ids_requested and not add_special_tokens:
+        if options.token_type_ids_requested and not options.add_special_tokens:
             raise ValueError(
                 "Asking to return token_type_ids while setting add_special_tokens to False is undefined; "
                 "set add_special_tokens=True or leave return_token_type_ids unset"
             )
         rows = []
         for first, second in inputs:
-            ids = self._input_ids(first, is_split_into_words, add_prefix_space)
-            pair_ids = None if second is None else self._input_ids(second, is_split_into_words, add_prefix_space)
-            rows.append(self._prepare_for_model(ids, pair_ids, add_special_tokens, truncation_strategy, max_length))
+            words = options.is_split_into_words
+            ids = self._input_ids(first, words, add_prefix_space)
+            pair_ids = None if second is None else self._input_ids(second, words, add_prefix_space)
+            rows.append(self._prepare_for_model(ids, pair_ids, options))
 
-        if batched and padding_strategy == "longest":
+        padding_strategy, max_length = options.padding_strategy, options.max_length
+        if options.batched and padding_strategy == "longest":
             max_length = max((len(row[0]) for row in rows), default=0)
             padding_strategy = "max_length"
         columns: dict[str, list] = {"input_ids": []}
-        if return_token_type_ids:
+        if options.return_token_type_ids:
             columns["token_type_ids"] = []
-        if return_attention_mask:
+        if options.return_attention_mask:
             columns["attention_mask"] = []
         for input_ids, token_type_ids in rows:
             padded = self._pad(
-                input_ids, token_type_ids, padding_strategy, max_length, pad_to_multiple_of, padding_side
+                input_ids, token_type_ids, padding_strategy, max_length, options.pad_to_multiple_of,
+                options.padding_side,
             )
             for key in columns:
                 columns[key].append(padded[key])
-        if not batched:
+        if not options.batched:
             columns = {key: value[0] for key, value in columns.items()}
-        return BatchEncoding(columns, tensor_type=return_tensors, prepend_batch_axis=not batched)
+        return BatchEncoding(columns, tensor_type=options.return_tensors, prepend_batch_axis=not options.batched)
 
-    def _prepare_for_model(self, ids, pair_ids, add_special_tokens, truncation_strategy, max_length):
+    def _prepare_for_model(self, ids, pair_ids, options: CallOptions):
         """Truncate, then add [CLS]/[SEP]: returns (input_ids, token_type_ids)."""
         total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
-        if add_special_tokens:
+        if options.add_special_tokens:
             total += self.num_special_tokens_to_add(pair=pair_ids is not None)
-        if truncation_strategy != "do_not_truncate" and max_length and total > max_length:
-            ids, pair_ids = self.truncate_sequences(ids, pair_ids, total - max_length, truncation_strategy)
-        if add_special_tokens:
+        max_length = options.max_length
+        if options.truncation_strategy != "do_not_truncate" and max_length and total > max_length:
+            ids, pair_ids = self.truncate_sequences(ids, pair_ids, total - max_length, options.truncation_strategy)
+        if options.add_special_tokens:
             return (
                 self.build_inputs_with_special_tokens(ids, pair_ids),
                 self.create_token_type_ids_from_sequences(ids, pair_ids),

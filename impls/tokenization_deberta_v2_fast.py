@@ -27,6 +27,7 @@ from impls.tokenization_utils import (
     TOKENIZER_FILE,
     VOCAB_FILE,
     BatchEncoding,
+    CallOptions,
     DebertaV2TokenizerBase,
 )
 
@@ -241,65 +242,48 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
             self._tokenizer.enable_padding(**padding)
         self._backend_settings = (truncation, padding)
 
-    def _encode(
-        self,
-        inputs,
-        *,
-        batched,
-        add_special_tokens,
-        padding_strategy,
-        truncation_strategy,
-        max_length,
-        is_split_into_words,
-        pad_to_multiple_of,
-        padding_side,
-        return_tensors,
-        return_token_type_ids,
-        return_attention_mask,
-        return_offsets_mapping,
-        token_type_ids_requested,
-    ) -> BatchEncoding:
+    def _encode(self, inputs, options: CallOptions) -> BatchEncoding:
         truncation = None
-        if truncation_strategy != "do_not_truncate":
+        if options.truncation_strategy != "do_not_truncate":
             truncation = dict(
-                max_length=max_length, stride=0, strategy=truncation_strategy, direction=self.truncation_side
+                max_length=options.max_length, stride=0, strategy=options.truncation_strategy,
+                direction=self.truncation_side,
             )
         padding = None
-        if padding_strategy != "do_not_pad":
+        if options.padding_strategy != "do_not_pad":
             padding = dict(
-                length=max_length if padding_strategy == "max_length" else None,
-                direction=padding_side,
+                length=options.max_length if options.padding_strategy == "max_length" else None,
+                direction=options.padding_side,
                 pad_id=self.pad_token_id,
                 pad_type_id=self.pad_token_type_id,
                 pad_token=self.pad_token,
-                pad_to_multiple_of=pad_to_multiple_of,
+                pad_to_multiple_of=options.pad_to_multiple_of,
             )
         self._set_truncation_and_padding(truncation, padding)
 
-        if batched:
+        special, pretokenized = options.add_special_tokens, options.is_split_into_words
+        if options.batched:
             batch = [first if second is None else (first, second) for first, second in inputs]
-            encodings = self._tokenizer.encode_batch(
-                batch, add_special_tokens=add_special_tokens, is_pretokenized=is_split_into_words
-            )
+            encodings = self._tokenizer.encode_batch(batch, add_special_tokens=special, is_pretokenized=pretokenized)
         else:
             first, second = inputs[0]
             # The reference passes the second text only when it is truthy: text_pair="" encodes no pair.
             encodings = [
-                self._tokenizer.encode(
-                    first, second or None, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens
-                )
+                self._tokenizer.encode(first, second or None, is_pretokenized=pretokenized, add_special_tokens=special)
             ]
 
         data = {"input_ids": [e.ids for e in encodings]}
-        if return_token_type_ids:
+        if options.return_token_type_ids:
             data["token_type_ids"] = [e.type_ids for e in encodings]
-        if return_attention_mask:
+        if options.return_attention_mask:
             data["attention_mask"] = [e.attention_mask for e in encodings]
-        if return_offsets_mapping:
+        if options.return_offsets_mapping:
             data["offset_mapping"] = [e.offsets for e in encodings]
-        if not batched:
+        if not options.batched:
             data = {key: value[0] for key, value in data.items()}
-        return BatchEncoding(data, encodings, tensor_type=return_tensors, prepend_batch_axis=not batched)
+        return BatchEncoding(
+            data, encodings, tensor_type=options.return_tensors, prepend_batch_axis=not options.batched
+        )
 
     # --- decoding ---
 

@@ -7,7 +7,7 @@ Hugging Face transformers 4.57.6: the checks on the inputs of `__call__`, how `p
 `save_pretrained` file handling and the `BatchEncoding` result (dict and attribute access, tensors for
 "np" | "pt" | "tf" | "jax", each framework imported only when asked for).
 
-Each subclass provides the encoding itself (`_encode`) and the decoding (`_decode`).
+Each subclass provides the encoding itself (`_encode(inputs, CallOptions)`) and the decoding (`_decode`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 from collections import UserDict
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from tokenizers import AddedToken
@@ -249,6 +250,25 @@ def resolve_strategies(
             f"of pad_to_multiple_of ({pad_to_multiple_of})."
         )
     return padding_strategy, truncation_strategy, max_length
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """The arguments of one tokenizer call, resolved (strategies as strings, None defaults applied)."""
+
+    batched: bool
+    add_special_tokens: bool
+    padding_strategy: str  # "longest" | "max_length" | "do_not_pad"
+    truncation_strategy: str  # "longest_first" | "only_first" | "only_second" | "do_not_truncate"
+    max_length: Optional[int]
+    is_split_into_words: bool
+    pad_to_multiple_of: Optional[int]
+    padding_side: str
+    return_tensors: Optional[str]
+    return_token_type_ids: bool
+    return_attention_mask: bool
+    return_offsets_mapping: bool
+    token_type_ids_requested: Optional[bool]  # the argument as given (None: not asked for explicitly)
 
 
 # === Files ===
@@ -606,8 +626,7 @@ class DebertaV2TokenizerBase:
                 inputs = [(item, None) if isinstance(item, str) else (item[0], item[1]) for item in text]
         else:
             inputs = [(text, text_pair)]
-        return self._encode(
-            inputs,
+        options = CallOptions(
             batched=batched,
             add_special_tokens=add_special_tokens,
             padding_strategy=padding_strategy,
@@ -621,8 +640,8 @@ class DebertaV2TokenizerBase:
             return_attention_mask=True if return_attention_mask is None else return_attention_mask,
             return_offsets_mapping=return_offsets_mapping,
             token_type_ids_requested=return_token_type_ids,
-            **kwargs,
         )
+        return self._encode(inputs, options, **kwargs)
 
     def encode(self, text, text_pair=None, **kwargs) -> list[int]:
         """The `input_ids` of one text or pair (the reference's `encode`)."""
