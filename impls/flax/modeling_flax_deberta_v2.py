@@ -1,0 +1,836 @@
+"""DeBERTa-v2/v3 in Flax NNX, numerically matching transformers 4.57.6.
+
+Mirrors ``impls/torch/modeling_deberta_v2.py`` class for class: embeddings -> relative positions -> disentangled
+attention -> layer -> encoder (with the nGiE convolution of v2) -> task heads. The NNX attribute tree is the
+canonical weight path (``model.deberta.encoder.layer[0].attention.self.query_proj.kernel`` is
+``deberta.encoder.layer.0.attention.self.query_proj.weight``); only leaf names and layouts differ, and those come
+from the schema's layout table, so state <-> canonical names is mechanical.
+
+Parity choices: exact (erf) GELU for "gelu", the explicit tanh formula for "gelu_new", LayerNorm with the two-pass
+variance and ``layer_norm_eps``, ``masked_fill(finfo.min)`` + softmax, and every matmul at
+``Precision.HIGHEST`` in float32 (full fp32 on every backend, no TF32). ``dtype`` sets the compute dtype (e.g.
+bfloat16, whose matmuls use the backend's default precision); parameters stay float32. The forward is jit-compilable: relative positions and gather indices are NumPy
+constants computed at trace time from static shapes (``impls/relative_position.py``); flags that change the
+output structure are Python bools. ``model.jit_call(**inputs)`` runs it through ``nnx.jit``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import secrets
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from impls import schema
+from impls.configuration import DebertaV2Config
+from impls.errors import CheckpointError
+from impls.loading import load_checkpoint, resolve_config
+from impls.outputs import ModelOutput
+from impls.relative_position import attention_position_indices
+
+FRAMEWORK = "flax"
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def matmul_precision(dtype) -> Optional[jax.lax.Precision]:
+    """Full fp32 for float32 compute (``dtype`` None); the backend's default for half-precision compute."""
+    return HIGHEST if dtype is None else None
+
+
+def gelu_new(x: jax.Array) -> jax.Array:
+    """The tanh approximation written out, as the reference's NewGELUActivation."""
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+ACT2FN = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact erf GELU (jax.nn.gelu defaults to tanh)
+    "gelu_new": gelu_new,
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "linear": lambda x: x,
+}
+
+
+# ModelOutput is a dict subclass; as a pytree node, jax.jit / nnx.jit can return it from a traced forward.
+def _flatten_output(out: ModelOutput):
+    return tuple(out.values()), tuple(out.keys())
+
+
+def _unflatten_output(keys, values) -> ModelOutput:
+    out = ModelOutput()
+    dict.update(out, zip(keys, values))  # keep every key, even if JAX passes placeholder leaves
+    return out
+
+
+try:
+    jax.tree_util.register_pytree_node(ModelOutput, _flatten_output, _unflatten_output)
+except ValueError:  # already registered (module reloaded)
+    pass
+
+
+class Static:
+    """Holds a Python object as NNX static data. The graph definition (part of every nnx.jit cache key) must be
+    hashable; a config or load report is not, so it is held here and hashed by identity."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Static({type(self.value).__name__})"
+
+
+# Parameter initialisers of the reference: normal(0, initializer_range) weights, zero biases, LayerNorm ones/zeros,
+# the padding row of the word embeddings zeroed.
+def _normal(config: DebertaV2Config):
+    return nnx.initializers.normal(stddev=config.initializer_range)
+
+
+def _embedding_init(config: DebertaV2Config, padding_idx: Optional[int] = None):
+    normal = _normal(config)
+    if padding_idx is None:
+        return normal
+
+    def init(key, shape, dtype=jnp.float32):
+        return normal(key, shape, dtype).at[padding_idx].set(0)
+
+    return init
+
+
+def linear(config: DebertaV2Config, n_in: int, n_out: int, dtype, rngs: nnx.Rngs, use_bias: bool = True):
+    return nnx.Linear(n_in, n_out, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                      precision=matmul_precision(dtype),
+                      kernel_init=_normal(config), bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+
+def layer_norm(config: DebertaV2Config, n: int, dtype, rngs: nnx.Rngs):
+    # two-pass variance (E[(x - mean)^2]) as torch; the default E[x^2] - mean^2 loses digits
+    return nnx.LayerNorm(n, epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32,
+                         use_fast_variance=False, rngs=rngs)
+
+
+def embedding(config: DebertaV2Config, n: int, features: int, dtype, rngs: nnx.Rngs, padding_idx=None):
+    return nnx.Embed(n, features, dtype=dtype, param_dtype=jnp.float32,
+                     embedding_init=_embedding_init(config, padding_idx), rngs=rngs)
+
+
+def dropout(rate: float, rngs: nnx.Rngs):
+    return nnx.Dropout(rate, deterministic=True, rngs=rngs)  # built in inference mode; model.train() enables it
+
+
+# =============================================================================================================
+# Embeddings
+class FlaxDebertaV2Embeddings(nnx.Module):
+    """Word (+ absolute position) (+ token type) embeddings -> [embed_proj] -> LayerNorm -> x mask -> dropout."""
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        E, H = config.embedding_dim, config.hidden_size
+        self.word_embeddings = embedding(config, config.vocab_size, E, dtype, rngs, padding_idx=config.pad_token_id)
+        self.position_embeddings = (embedding(config, config.max_position_embeddings, E, dtype, rngs)
+                                    if config.position_biased_input else None)
+        self.token_type_embeddings = (embedding(config, config.type_vocab_size, E, dtype, rngs)
+                                      if config.type_vocab_size > 0 else None)
+        self.embed_proj = linear(config, E, H, dtype, rngs, use_bias=False) if E != H else None
+        self.LayerNorm = layer_norm(config, H, dtype, rngs)
+        self.dropout = dropout(config.hidden_dropout_prob, rngs)
+
+    def __call__(self, input_ids=None, token_type_ids=None, position_ids=None, input_mask=None, inputs_embeds=None):
+        embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, E]
+        seq_length = embeddings.shape[1]
+        if self.position_embeddings is not None:
+            if position_ids is None:
+                position_ids = jnp.arange(seq_length)[None, :]
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros(embeddings.shape[:2], dtype=jnp.int32)
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        if self.embed_proj is not None:
+            embeddings = self.embed_proj(embeddings)
+        embeddings = self.LayerNorm(embeddings)
+        if input_mask is not None:  # padding rows become exactly 0
+            embeddings = embeddings * input_mask[..., None].astype(embeddings.dtype)
+        return self.dropout(embeddings)
+
+
+# =============================================================================================================
+# Relative positions: the (bucketed) i - j matrix comes from impls.relative_position (NumPy, shared by all
+# frameworks), computed from the static sequence length while tracing; here it only becomes the gather indices.
+def relative_position_indices(config: DebertaV2Config, seq_length: int) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(v, dtype=jnp.int32) for k, v in attention_position_indices(config, seq_length).items()}
+
+
+# =============================================================================================================
+# Disentangled self-attention
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.matmul(a, b, precision=HIGHEST if a.dtype == jnp.float32 else None)
+
+
+class FlaxDisentangledSelfAttention(nnx.Module):
+    """softmax((c2c + c2p + p2c) / sqrt(d * scale_factor)) V, heads as [B, heads, L, d]."""
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.head_size
+        all_head_size = config.num_attention_heads * config.head_size
+        H = config.hidden_size
+        self.query_proj = linear(config, H, all_head_size, dtype, rngs)
+        self.key_proj = linear(config, H, all_head_size, dtype, rngs)
+        self.value_proj = linear(config, H, all_head_size, dtype, rngs)
+        self.pos_att_type = config.pos_att_types
+        self.relative_attention = config.relative_attention
+        self.share_att_key = config.share_att_key
+        self.scale_factor = config.scale_factor
+        if self.relative_attention:
+            self.att_span = config.att_span
+            self.pos_dropout = dropout(config.hidden_dropout_prob, rngs)
+            if not self.share_att_key:
+                if "c2p" in self.pos_att_type:
+                    self.pos_key_proj = linear(config, H, all_head_size, dtype, rngs)
+                if "p2c" in self.pos_att_type:
+                    self.pos_query_proj = linear(config, H, all_head_size, dtype, rngs)
+        self.dropout = dropout(config.attention_probs_dropout_prob, rngs)
+
+    def split_heads(self, x: jax.Array) -> jax.Array:
+        """[..., L, heads * d] -> [..., heads, L, d]"""
+        x = x.reshape(*x.shape[:-1], self.num_attention_heads, self.attention_head_size)
+        return jnp.swapaxes(x, -2, -3)
+
+    def __call__(self, hidden_states, attention_mask, rel_embeddings=None, position_index=None,
+                 output_attentions=False):
+        query = self.split_heads(self.query_proj(hidden_states))  # [B, h, L, d]
+        key = self.split_heads(self.key_proj(hidden_states))
+        value = self.split_heads(self.value_proj(hidden_states))
+
+        scale = math.sqrt(self.attention_head_size * self.scale_factor)
+        scores = _matmul(query, jnp.swapaxes(key, -1, -2) / scale)  # c2c, K scaled first as the reference
+        if self.relative_attention:
+            rel_embeddings = self.pos_dropout(rel_embeddings)
+            scores = scores + self.disentangled_attention_bias(query, key, rel_embeddings, position_index, scale)
+
+        # masked_fill(finfo.min) + softmax; in float32 when computing in a half-precision dtype
+        scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
+        scores = jnp.where(attention_mask, scores, jnp.finfo(scores.dtype).min)
+        probs = self.dropout(jax.nn.softmax(scores, axis=-1).astype(value.dtype))
+        context = _matmul(probs, value)  # [B, h, L, d]
+        context = jnp.swapaxes(context, 1, 2).reshape(context.shape[0], context.shape[2], -1)
+        return context, (probs if output_attentions else None)
+
+    def disentangled_attention_bias(self, query, key, rel_embeddings, position_index, scale):
+        """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``."""
+        rel_embeddings = rel_embeddings[: 2 * self.att_span]  # [2 span, H]
+        if self.share_att_key:
+            pos_query = self.split_heads(self.query_proj(rel_embeddings))  # [h, 2 span, d]
+            pos_key = self.split_heads(self.key_proj(rel_embeddings))
+        else:
+            pos_key = self.split_heads(self.pos_key_proj(rel_embeddings)) if "c2p" in self.pos_att_type else None
+            pos_query = (self.split_heads(self.pos_query_proj(rel_embeddings))
+                         if "p2c" in self.pos_att_type else None)
+        score = 0
+        if "c2p" in self.pos_att_type:
+            c2p = _matmul(query, jnp.swapaxes(pos_key, -1, -2))  # [B, h, L, 2 span]
+            index = position_index["c2p"][None, None]  # [1, 1, Lq, Lk], broadcast over batch and heads
+            score = score + jnp.take_along_axis(c2p, index, axis=-1) / scale
+        if "p2c" in self.pos_att_type:
+            p2c = _matmul(key, jnp.swapaxes(pos_query, -1, -2))  # [B, h, Lk, 2 span]
+            index = position_index["p2c"][None, None]
+            score = score + jnp.swapaxes(jnp.take_along_axis(p2c, index, axis=-1), -1, -2) / scale
+        return score
+
+
+class FlaxDebertaV2SelfOutput(nnx.Module):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.dense = linear(config, config.hidden_size, config.hidden_size, dtype, rngs)
+        self.LayerNorm = layer_norm(config, config.hidden_size, dtype, rngs)
+        self.dropout = dropout(config.hidden_dropout_prob, rngs)
+
+    def __call__(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class FlaxDebertaV2Attention(nnx.Module):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.self = FlaxDisentangledSelfAttention(config, dtype=dtype, rngs=rngs)
+        self.output = FlaxDebertaV2SelfOutput(config, dtype=dtype, rngs=rngs)
+
+    def __call__(self, hidden_states, attention_mask, rel_embeddings=None, position_index=None,
+                 output_attentions=False):
+        context, probs = self.self(hidden_states, attention_mask, rel_embeddings, position_index, output_attentions)
+        return self.output(context, hidden_states), probs
+
+
+# =============================================================================================================
+# Layer (post-LayerNorm transformer block)
+class FlaxDebertaV2Intermediate(nnx.Module):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.dense = linear(config, config.hidden_size, config.intermediate_size, dtype, rngs)
+        self.act = ACT2FN[config.hidden_act]
+
+    def __call__(self, hidden_states):
+        return self.act(self.dense(hidden_states))
+
+
+class FlaxDebertaV2Output(nnx.Module):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.dense = linear(config, config.intermediate_size, config.hidden_size, dtype, rngs)
+        self.LayerNorm = layer_norm(config, config.hidden_size, dtype, rngs)
+        self.dropout = dropout(config.hidden_dropout_prob, rngs)
+
+    def __call__(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class FlaxDebertaV2Layer(nnx.Module):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.attention = FlaxDebertaV2Attention(config, dtype=dtype, rngs=rngs)
+        self.intermediate = FlaxDebertaV2Intermediate(config, dtype=dtype, rngs=rngs)
+        self.output = FlaxDebertaV2Output(config, dtype=dtype, rngs=rngs)
+
+    def __call__(self, hidden_states, attention_mask, rel_embeddings=None, position_index=None,
+                 output_attentions=False):
+        attention_output, probs = self.attention(hidden_states, attention_mask, rel_embeddings, position_index,
+                                                 output_attentions)
+        return self.output(self.intermediate(attention_output), attention_output), probs
+
+
+# =============================================================================================================
+# Encoder, with the nGiE convolution of v2 (applied once, beside layer 0)
+class FlaxConvLayer(nnx.Module):
+    """LayerNorm(layer0_output + act(dropout(conv(embedding_output)))) on non-padding positions."""
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        k, H = config.conv_kernel_size, config.hidden_size
+        pad = (k - 1) // 2
+        # channels-last Conv1d; kernel [k, H / groups, H] (the schema's flax conv layout)
+        self.conv = nnx.Conv(H, H, kernel_size=(k,), padding=[(pad, pad)], feature_group_count=config.conv_groups,
+                             dtype=dtype, param_dtype=jnp.float32, precision=matmul_precision(dtype),
+                             kernel_init=_normal(config),
+                             bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+        self.LayerNorm = layer_norm(config, H, dtype, rngs)
+        self.dropout = dropout(config.hidden_dropout_prob, rngs)
+        self.act = ACT2FN[config.conv_act]
+
+    def __call__(self, hidden_states, residual_states, input_mask):
+        out = self.conv(hidden_states)  # [B, L, H]
+        keep = input_mask[..., None].astype(out.dtype)
+        out = jnp.where(keep == 0, jnp.zeros((), out.dtype), out)
+        out = self.act(self.dropout(out))
+        return self.LayerNorm(residual_states + out) * keep
+
+
+class FlaxDebertaV2Encoder(nnx.Module):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self._config = Static(config)
+        self.layer = nnx.List([FlaxDebertaV2Layer(config, dtype=dtype, rngs=rngs)
+                               for _ in range(config.num_hidden_layers)])
+        self.relative_attention = config.relative_attention
+        self.rel_embeddings_layer_norm = config.rel_embeddings_layer_norm
+        if config.relative_attention:
+            self.rel_embeddings = embedding(config, 2 * config.att_span, config.hidden_size, dtype, rngs)
+        if config.rel_embeddings_layer_norm:
+            self.LayerNorm = layer_norm(config, config.hidden_size, dtype, rngs)
+        self.conv = FlaxConvLayer(config, dtype=dtype, rngs=rngs) if config.conv_kernel_size > 0 else None
+
+    def get_rel_embedding(self) -> Optional[jax.Array]:
+        if not self.relative_attention:
+            return None
+        rel_embeddings = self.rel_embeddings.embedding[...]
+        if self.rel_embeddings_layer_norm:
+            rel_embeddings = self.LayerNorm(rel_embeddings)
+        return rel_embeddings
+
+    def __call__(self, hidden_states, attention_mask, input_mask, output_hidden_states=False,
+                 output_attentions=False):
+        """``attention_mask``: bool [B, 1, L, L]; ``input_mask``: [B, L] (1 = token, 0 = padding)."""
+        rel_embeddings = self.get_rel_embedding()
+        position_index = (relative_position_indices(self._config.value, hidden_states.shape[1])
+                          if self.relative_attention else None)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        embedding_output = hidden_states
+        for i, layer in enumerate(self.layer):
+            hidden_states, probs = layer(hidden_states, attention_mask, rel_embeddings, position_index,
+                                         output_attentions)
+            if i == 0 and self.conv is not None:
+                hidden_states = self.conv(embedding_output, hidden_states, input_mask)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(probs)
+        return ModelOutput(last_hidden_state=hidden_states,
+                           hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+                           attentions=tuple(all_attentions) if output_attentions else None)
+
+
+def attention_masks(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """2-D [B, L] or 3-D [B, Lq, Lk] mask -> (bool [B, 1, L, L] pair mask, [B, L] token mask).
+
+    A 2-D mask becomes the outer product (padding query rows are masked too). A token of a 3-D mask counts as
+    present when any query attends to it, as the reference's ConvLayer reads it.
+    """
+    if attention_mask.ndim == 2:
+        input_mask = attention_mask
+        pair = attention_mask[:, None, :, None] * attention_mask[:, None, None, :]
+    elif attention_mask.ndim == 3:
+        input_mask = (attention_mask.sum(-2) > 0).astype(attention_mask.dtype)
+        pair = attention_mask[:, None]
+    else:
+        raise ValueError(f"attention_mask must be 2-D [batch, seq] or 3-D [batch, seq, seq], got shape "
+                         f"{list(attention_mask.shape)}")
+    return pair != 0, input_mask
+
+
+# =============================================================================================================
+# Pre-trained model base: init, loading, saving, jit
+_DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
+           "float16": jnp.float16, "fp16": jnp.float16}
+
+
+def compute_dtype(dtype: Any):
+    """None / "float32" / "bfloat16" / "float16" / a numpy or JAX dtype -> the compute dtype (None = float32)."""
+    if dtype is None:
+        return None
+    name = str(getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or dtype)
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected float32, float16 or bfloat16")
+    return None if _DTYPES[name] == jnp.float32 else _DTYPES[name]
+
+
+def _as_array(x, dtype=None):
+    """numpy / JAX / nested-list input -> a JAX array (ids as int32); None stays None."""
+    return None if x is None else jnp.asarray(x, dtype=dtype)
+
+
+def flax_names(config: DebertaV2Config, task: str) -> dict[str, str]:
+    """Flax parameter path (``deberta.encoder.layer.0.attention.self.query_proj.kernel``) -> canonical name."""
+    return {schema.framework_name(name, FRAMEWORK): name for name in schema.expected_shapes(config, task)}
+
+
+def _path_key(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _initial_value(name: str, shape: tuple[int, ...], config: DebertaV2Config, key: jax.Array) -> jax.Array:
+    """A fresh parameter (flax layout) for a head missing from a checkpoint, initialised as the reference does."""
+    kind = schema.param_kind(name)
+    if kind in ("linear", "conv", "embedding"):
+        return config.initializer_range * jax.random.normal(key, shape, jnp.float32)
+    if kind == "layer_norm_scale":
+        return jnp.ones(shape, jnp.float32)
+    return jnp.zeros(shape, jnp.float32)
+
+
+@functools.partial(nnx.jit, static_argnames=("output_hidden_states", "output_attentions"))
+def _jit_forward(model, inputs: dict, output_hidden_states: bool, output_attentions: bool):
+    return model(**inputs, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+
+
+class FlaxDebertaV2PreTrainedModel(nnx.Module):
+    """Base of every Flax DeBERTa-v2 model: init, ``from_pretrained``, ``save_pretrained``, ``jit_call``."""
+
+    task = "base"
+    base_model_prefix = "deberta"
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None):
+        self._config = Static(config)
+        self.dtype = compute_dtype(dtype)
+        self._loaded_from = Static(None)  # (LoadReport, weights path) after from_pretrained
+
+    @property
+    def config(self) -> DebertaV2Config:
+        return self._config.value
+
+    @property
+    def loading_report(self) -> Optional[schema.LoadReport]:
+        return self._loaded_from.value[0] if self._loaded_from.value else None
+
+    @property
+    def weights_path(self) -> Optional[str]:
+        return self._loaded_from.value[1] if self._loaded_from.value else None
+
+    # ---------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: DebertaV2Config, dtype: Any = None, seed: int | None = None):
+        """A randomly initialised model (normal(0, initializer_range) weights, as the reference), in eval mode.
+
+        ``seed`` seeds the parameters and the dropout stream; None draws a fresh seed.
+        """
+        seed = secrets.randbits(31) if seed is None else int(seed)
+        return cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
+                        dtype: Any = None, seed: int = 0, **config_overrides: Any):
+        """Load a checkpoint directory (``config.json`` + any supported weights file, ``flax_model.msgpack``
+        first) or a weights file (then ``config`` is required).
+
+        The model is built abstractly (``nnx.eval_shape``, no parameter is initialised) and filled from the
+        checkpoint; a head missing from it is freshly initialised (with a warning). Parameters are float32,
+        ``dtype`` is the compute dtype. The model is returned in eval mode.
+        """
+        cfg = resolve_config(pretrained_model_name_or_path, config)
+        if config_overrides:
+            cfg = DebertaV2Config.from_dict({**cfg.to_dict(), **config_overrides})
+        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, FRAMEWORK, config=cfg)
+        model = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed)))
+        model._assign(loaded.arrays, init_seed=seed)  # every parameter becomes concrete
+        nnx.reseed(model, dropout=seed)  # and so do the dropout streams' keys and counts
+        model._loaded_from = Static((loaded.report, loaded.weights_path))
+        return model
+
+    def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy canonical arrays (PyTorch names and layouts) into the parameters of the same names, in place."""
+        self._assign(arrays)
+
+    def _assign(self, arrays: dict[str, np.ndarray], init_seed: int | None = None) -> None:
+        """Set parameters from canonical arrays through the schema's layout table. With ``init_seed``, parameters
+        missing from ``arrays`` (a head absent from the checkpoint) are freshly initialised as the reference
+        does; without it they keep their values."""
+        names = flax_names(self.config, self.task)
+        key = None if init_seed is None else jax.random.key(init_seed)
+        updates = []
+        for path, variable in nnx.to_flat_state(nnx.state(self, nnx.Param)):
+            name = names[_path_key(path)]
+            if name in arrays:
+                value = jnp.asarray(schema.to_framework(name, np.asarray(arrays[name]), FRAMEWORK), jnp.float32)
+            elif key is not None:
+                key, subkey = jax.random.split(key)
+                value = _initial_value(name, tuple(variable.shape), self.config, subkey)
+            else:
+                continue
+            if tuple(value.shape) != tuple(variable.shape):
+                raise CheckpointError(f"tensor {name!r} of shape {list(np.shape(arrays[name]))} does not fit the "
+                                      f"parameter {_path_key(path)} of shape {list(variable.shape)} (flax layout)")
+            updates.append((path, variable.replace(value)))
+        nnx.update(self, nnx.from_flat_state(updates))
+
+    def canonical_state(self) -> dict[str, np.ndarray]:
+        """Canonical name -> numpy array in canonical (PyTorch) layout."""
+        names = flax_names(self.config, self.task)
+        out = {}
+        for path, variable in nnx.to_flat_state(nnx.state(self, nnx.Param)):
+            name = names[_path_key(path)]
+            out[name] = np.array(schema.from_framework(name, np.asarray(variable[...]), FRAMEWORK))
+        return out
+
+    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "msgpack") -> None:
+        """Write ``config.json`` and ``flax_model.msgpack`` (or canonical ``model.safetensors`` with
+        format="safetensors")."""
+        from convert.formats import FORMATS, FRAMEWORK_FORMATS, write_arrays
+
+        if format not in FRAMEWORK_FORMATS[FRAMEWORK]:
+            raise ValueError(f"format must be one of {', '.join(FRAMEWORK_FORMATS[FRAMEWORK])}, got {format!r}")
+        os.makedirs(save_directory, exist_ok=True)
+        state = self.canonical_state()
+        drift = set(state) ^ set(schema.expected_shapes(self.config, self.task))
+        if drift:
+            raise RuntimeError(f"parameter names differ from the schema: {sorted(drift)}")
+        filename = FORMATS[format].filenames[0]
+        write_arrays(os.path.join(save_directory, filename), state, format=format)
+        self.config.save_pretrained(save_directory)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def jit_call(self, output_hidden_states: bool = False, output_attentions: bool = False, **inputs: Any):
+        """The same call as ``model(**inputs)``, compiled with ``nnx.jit``: one compile per model structure (and
+        train/eval mode), input shapes and dtypes, set of given inputs and output flags."""
+        return _jit_forward(self, inputs, bool(output_hidden_states), bool(output_attentions))
+
+    def _prepare(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        input_ids = _as_array(input_ids, jnp.int32)
+        inputs_embeds = _as_array(inputs_embeds)
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        attention_mask = jnp.ones(shape, jnp.int32) if attention_mask is None else _as_array(attention_mask)
+        return (input_ids, attention_mask, _as_array(token_type_ids, jnp.int32), _as_array(position_ids, jnp.int32),
+                inputs_embeds)
+
+
+# =============================================================================================================
+# The encoder model
+class FlaxDebertaV2Model(FlaxDebertaV2PreTrainedModel):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype)
+        self.embeddings = FlaxDebertaV2Embeddings(config, dtype=self.dtype, rngs=rngs)
+        self.encoder = FlaxDebertaV2Encoder(config, dtype=self.dtype, rngs=rngs)
+
+    def get_input_embeddings(self) -> nnx.Embed:
+        return self.embeddings.word_embeddings
+
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, output_attentions=False, output_hidden_states=False, return_dict=True):
+        input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = self._prepare(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        pair_mask, input_mask = attention_masks(attention_mask)
+        embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, input_mask, inputs_embeds)
+        return self.encoder(embedding_output, pair_mask, input_mask, bool(output_hidden_states),
+                            bool(output_attentions))
+
+
+# =============================================================================================================
+# Heads
+def _tied_decoder(hidden_states, word_embeddings, bias):
+    """hidden @ W_emb^T + bias, in the dtype of ``hidden_states``."""
+    dtype = hidden_states.dtype
+    return _matmul(hidden_states, word_embeddings.astype(dtype).T) + bias.astype(dtype)
+
+
+class FlaxLegacyDebertaV2PredictionHeadTransform(nnx.Module):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.dense = linear(config, config.hidden_size, config.embedding_dim, dtype, rngs)
+        self.act = ACT2FN[config.hidden_act]
+        self.LayerNorm = layer_norm(config, config.embedding_dim, dtype, rngs)
+
+    def __call__(self, hidden_states):
+        return self.LayerNorm(self.act(self.dense(hidden_states)))
+
+
+class FlaxLegacyDebertaV2LMPredictionHead(nnx.Module):
+    """``cls.predictions``: transform (H -> E) then the decoder tied to the word embeddings, plus ``bias``."""
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.transform = FlaxLegacyDebertaV2PredictionHeadTransform(config, dtype=dtype, rngs=rngs)
+        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+
+    def __call__(self, hidden_states, word_embeddings: jax.Array):
+        return _tied_decoder(self.transform(hidden_states), word_embeddings, self.bias[...])
+
+
+class FlaxLegacyDebertaV2OnlyMLMHead(nnx.Module):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.predictions = FlaxLegacyDebertaV2LMPredictionHead(config, dtype=dtype, rngs=rngs)
+
+    def __call__(self, sequence_output, word_embeddings):
+        return self.predictions(sequence_output, word_embeddings)
+
+
+class FlaxDebertaV2LMPredictionHead(nnx.Module):
+    """``lm_predictions.lm_head`` (the published checkpoints' layout): LN(act(dense(h))) @ W_emb^T + bias."""
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.dense = linear(config, config.hidden_size, config.hidden_size, dtype, rngs)
+        self.act = ACT2FN[config.hidden_act]
+        self.LayerNorm = layer_norm(config, config.hidden_size, dtype, rngs)
+        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+
+    def __call__(self, hidden_states, word_embeddings: jax.Array):
+        hidden_states = self.LayerNorm(self.act(self.dense(hidden_states)))
+        return _tied_decoder(hidden_states, word_embeddings, self.bias[...])
+
+
+class FlaxDebertaV2OnlyMLMHead(nnx.Module):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.lm_head = FlaxDebertaV2LMPredictionHead(config, dtype=dtype, rngs=rngs)
+
+    def __call__(self, sequence_output, word_embeddings):
+        return self.lm_head(sequence_output, word_embeddings)
+
+
+class FlaxContextPooler(nnx.Module):
+    """The first token's hidden state -> dropout -> dense -> activation."""
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        self.dense = linear(config, config.pooler_size, config.pooler_size, dtype, rngs)
+        self.dropout = dropout(config.pooler_dropout, rngs)
+        self.act = ACT2FN[config.pooler_hidden_act]
+
+    def __call__(self, hidden_states):
+        return self.act(self.dense(self.dropout(hidden_states[:, 0])))
+
+
+def _with_encoder_outputs(outputs: ModelOutput, **fields) -> ModelOutput:
+    return ModelOutput(**fields, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+
+# Losses, with torch.nn.functional's semantics (mean over non-ignored rows; float32)
+def _nll(logits: jax.Array, labels: jax.Array, ignore_index: int) -> tuple[jax.Array, jax.Array]:
+    """Summed negative log-likelihood over rows whose label is not ``ignore_index``, and their count."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    labels = labels.astype(jnp.int32)
+    valid = labels != ignore_index
+    picked = jnp.take_along_axis(log_probs, jnp.where(valid, labels, 0)[:, None], axis=-1)[:, 0]
+    return -jnp.sum(jnp.where(valid, picked, 0.0)), jnp.sum(valid)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = -100) -> jax.Array:
+    """F.cross_entropy(logits [N, C], labels [N], ignore_index): the mean over rows whose label is not ignored
+    (NaN when every row is ignored, as torch)."""
+    total, count = _nll(logits, labels, ignore_index)
+    return total / count
+
+
+def mse_loss(input: jax.Array, target: jax.Array) -> jax.Array:
+    return jnp.mean((input.astype(jnp.float32) - target.astype(jnp.float32)) ** 2)
+
+
+def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    x, y = logits.astype(jnp.float32), labels.astype(jnp.float32)
+    return jnp.mean((1 - y) * x + jnp.log1p(jnp.exp(-jnp.abs(x))) + jnp.maximum(-x, 0))
+
+
+def sequence_classification_loss(config: DebertaV2Config, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The reference's loss rules for sequence classification (incl. regression for num_labels == 1)."""
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            return mse_loss(logits.reshape(-1), labels.reshape(-1))
+        if labels.ndim == 1 or labels.shape[-1] == 1:
+            labels = labels.reshape(-1).astype(jnp.int32)
+            # rows with a negative label are ignored; none left gives 0
+            total, count = _nll(logits.reshape(-1, num_labels), jnp.where(labels >= 0, labels, -1), ignore_index=-1)
+            return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
+        return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits.astype(jnp.float32), -1) * labels, -1))  # soft labels
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return mse_loss(jnp.squeeze(logits), jnp.squeeze(labels))
+        return mse_loss(logits, labels)
+    if config.problem_type == "single_label_classification":
+        return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
+    return binary_cross_entropy_with_logits(logits, labels)  # multi_label_classification
+
+
+class FlaxDebertaV2ForMaskedLM(FlaxDebertaV2PreTrainedModel):
+    task = "masked-lm"
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype)
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
+        if config.legacy:
+            self.cls = FlaxLegacyDebertaV2OnlyMLMHead(config, dtype=self.dtype, rngs=rngs)
+        else:
+            schema.expected_shapes(config, self.task)  # raises for embedding_size != hidden_size
+            self.lm_predictions = FlaxDebertaV2OnlyMLMHead(config, dtype=self.dtype, rngs=rngs)
+
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                 return_dict=True):
+        outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        word_embeddings = self.deberta.embeddings.word_embeddings.embedding[...]
+        head = self.cls if self.config.legacy else self.lm_predictions
+        logits = head(outputs.last_hidden_state, word_embeddings)
+        loss = None
+        if labels is not None:
+            loss = cross_entropy(logits.reshape(-1, self.config.vocab_size), _as_array(labels).reshape(-1))
+        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+
+
+class FlaxDebertaV2ForSequenceClassification(FlaxDebertaV2PreTrainedModel):
+    task = "sequence-classification"
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype)
+        self.num_labels = config.num_labels
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
+        self.pooler = FlaxContextPooler(config, dtype=self.dtype, rngs=rngs)
+        self.classifier = linear(config, config.hidden_size, config.num_labels, self.dtype, rngs)
+        self.dropout = dropout(config.classifier_dropout, rngs)
+
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                 return_dict=True):
+        outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
+        loss = None
+        if labels is not None:
+            loss = sequence_classification_loss(self.config, logits, _as_array(labels))
+        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+
+
+class FlaxDebertaV2ForTokenClassification(FlaxDebertaV2PreTrainedModel):
+    task = "token-classification"
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype)
+        self.num_labels = config.num_labels
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
+        self.dropout = dropout(config.hidden_dropout_prob, rngs)
+        self.classifier = linear(config, config.hidden_size, config.num_labels, self.dtype, rngs)
+
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                 return_dict=True):
+        outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = cross_entropy(logits.reshape(-1, self.num_labels), _as_array(labels).reshape(-1))
+        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+
+
+class FlaxDebertaV2ForQuestionAnswering(FlaxDebertaV2PreTrainedModel):
+    task = "question-answering"
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype)
+        self.num_labels = config.num_labels
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
+        self.qa_outputs = linear(config, config.hidden_size, config.num_labels, self.dtype, rngs)
+
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=False,
+                 output_hidden_states=False, return_dict=True):
+        outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored_index = start_logits.shape[1]  # positions outside the sequence are clamped here and ignored
+            start = jnp.clip(_as_array(start_positions).reshape(-1), 0, ignored_index)
+            end = jnp.clip(_as_array(end_positions).reshape(-1), 0, ignored_index)
+            loss = (cross_entropy(start_logits, start, ignore_index=ignored_index)
+                    + cross_entropy(end_logits, end, ignore_index=ignored_index)) / 2
+        return _with_encoder_outputs(outputs, loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
+class FlaxDebertaV2ForMultipleChoice(FlaxDebertaV2PreTrainedModel):
+    task = "multiple-choice"
+
+    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype)
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
+        self.pooler = FlaxContextPooler(config, dtype=self.dtype, rngs=rngs)
+        self.classifier = linear(config, config.hidden_size, 1, self.dtype, rngs)
+        self.dropout = dropout(config.classifier_dropout, rngs)
+
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
+                 return_dict=True):
+        """Inputs are [batch, num_choices, seq] ([batch, num_choices, seq, E] for inputs_embeds)."""
+        ref = input_ids if input_ids is not None else inputs_embeds
+        num_choices = ref.shape[1]
+
+        def flat(x, tail: int = 1):
+            return None if x is None else _as_array(x).reshape(-1, *np.shape(x)[-tail:])
+
+        mask_tail = 2 if attention_mask is not None and np.ndim(attention_mask) == 4 else 1
+        outputs = self.deberta(flat(input_ids), flat(attention_mask, mask_tail), flat(token_type_ids),
+                               flat(position_ids), flat(inputs_embeds, 2), output_attentions,
+                               output_hidden_states)
+        logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
+        reshaped_logits = logits.reshape(-1, num_choices)
+        loss = None
+        if labels is not None:
+            loss = cross_entropy(reshaped_logits, _as_array(labels).reshape(-1))
+        return _with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits)
+
+
+MODEL_CLASSES = {cls.task: cls for cls in (
+    FlaxDebertaV2Model, FlaxDebertaV2ForMaskedLM, FlaxDebertaV2ForSequenceClassification,
+    FlaxDebertaV2ForTokenClassification, FlaxDebertaV2ForQuestionAnswering, FlaxDebertaV2ForMultipleChoice)}
