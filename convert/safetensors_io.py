@@ -1,8 +1,9 @@
 """safetensors: ``model.safetensors`` and sharded ``model.safetensors.index.json``.
 
-Read with a memory map and the format's own header (8-byte little-endian length, JSON header, raw data), so a
-tensor is read only when asked for, bfloat16 comes back as ``ml_dtypes.bfloat16``, and a truncated or corrupt
-file is named with what is wrong. Written as a stream: header first, then one tensor at a time.
+Read with the format's own header (8-byte little-endian length, JSON header, raw data), so a tensor is read only
+when asked for (straight from the file into one fresh array: no memory map, whose resident pages would double
+the memory of a large tensor), bfloat16 comes back as ``ml_dtypes.bfloat16``, and a truncated or corrupt file is
+named with what is wrong. Written as a stream: header first, then one tensor at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _DTYPES = {
 }
 _CODES = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
+_READ_CHUNK = 64 * 1024 * 1024
 
 
 class SafetensorsReader(TensorReader):
@@ -69,7 +71,7 @@ class SafetensorsReader(TensorReader):
                 raise CheckpointError(f"{path}: truncated safetensors file: tensor {name!r} needs bytes up to "
                                       f"{end} but the data section has {data_size}")
             self._entries[name] = (info, begin, end)
-        self._mmap: np.memmap | None = None
+        self._file = None
 
     def infos(self) -> dict[str, TensorInfo]:
         return {k: v[0] for k, v in self._entries.items()}
@@ -82,15 +84,25 @@ class SafetensorsReader(TensorReader):
             info, begin, end = self._entries[name]
         except KeyError:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}") from None
-        if self._mmap is None and os.path.getsize(self.path) > self._data_start:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._data_start)
         if info.nbytes == 0:
             return np.zeros(info.shape, dtype=info.dtype)
-        buf = self._mmap[begin:end]
-        return np.array(buf.view(info.dtype).reshape(info.shape))  # a copy: the file may be replaced later
+        if self._file is None:
+            self._file = open(self.path, "rb")
+        buf = np.empty(end - begin, dtype=np.uint8)  # our own copy: the file may be replaced later
+        view = memoryview(buf)
+        self._file.seek(self._data_start + begin)
+        done = 0
+        while done < len(buf):  # a single read() may return less than asked (2 GiB per syscall on Linux)
+            n = self._file.readinto(view[done:done + _READ_CHUNK])
+            if not n:
+                raise CheckpointError(f"{self.path}: truncated safetensors file: tensor {name!r} ends early")
+            done += n
+        return buf.view(info.dtype).reshape(info.shape)
 
     def close(self) -> None:
-        self._mmap = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class ShardedReader(TensorReader):

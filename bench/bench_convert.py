@@ -1,0 +1,203 @@
+"""Wall time and peak memory of ``deberta-xf convert`` on a deberta-v2-xlarge-sized checkpoint.
+
+    python bench/bench_convert.py [--workdir /tmp] [--layers 24] [--verify] [--keep] [--json out.json]
+
+Generates a synthetic checkpoint with the published deberta-v2-xlarge config (/work/shared/reference/configs, or
+``--config``): 884.6M parameters, fp32, random normal(0, 0.02) weights, ~3.5 GB ``model.safetensors``, under a
+temporary directory (``--layers`` shrinks it for a quick run). Then, each step in its own process:
+
+  copy      a plain file copy of model.safetensors (shutil.copyfile, copied inside the kernel), and the same
+            through user space (64 MiB reads and writes): the floors for moving these bytes
+  -> tf     deberta-xf convert SRC A --to tf   --no-verify   (model.safetensors  -> tf_model.h5)
+  -> flax   deberta-xf convert A   B --to flax --no-verify   (tf_model.h5        -> flax_model.msgpack)
+  -> torch  deberta-xf convert B   C --to torch --no-verify  (flax_model.msgpack -> model.safetensors)
+
+and reports for each the wall time and the peak resident memory of that process (``ru_maxrss`` from
+``os.wait4``), against the checkpoint size and the copy. Targets: peak RSS < 0.25 x checkpoint size for the
+streamed formats, wall time < 3 x the copy. The round trip's tensors are checked to equal the source bit for bit
+afterwards. ``--verify`` also times one verified conversion (safetensors -> tf_model.h5 with verification on).
+The page cache is warm for every step (the source was just written) and dirty pages are flushed (os.sync)
+before each one; the time does not include flushing a step's own output to disk. Nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+XLARGE = "/work/shared/reference/configs/deberta-v2-xlarge.json"
+CLI = [sys.executable, "-m", "impls.cli"]
+
+
+# What any tool that reads and writes the bytes itself has to do at least (shutil.copyfile copies inside the kernel).
+USERSPACE_COPY = """
+import sys
+buf = bytearray(64 << 20)
+view = memoryview(buf)
+with open(sys.argv[1], "rb", buffering=0) as src, open(sys.argv[2], "wb", buffering=0) as dst:
+    while n := src.readinto(buf):
+        dst.write(view[:n])
+"""
+
+
+def make_checkpoint(directory: str, config_path: str, layers: int | None) -> int:
+    """Write config.json and a random fp32 model.safetensors (streamed); return the parameter count."""
+    import numpy as np
+
+    from convert.formats import TensorInfo, write_weights
+    from impls import schema
+    from impls.configuration import DebertaV2Config
+
+    with open(config_path, encoding="utf-8") as f:
+        data = json.load(f)
+    if layers is not None:
+        data["num_hidden_layers"] = layers
+    data["architectures"] = ["DebertaV2Model"]
+    config = DebertaV2Config.from_dict(data)
+    os.makedirs(directory, exist_ok=True)
+    config.save_pretrained(directory)
+    shapes = schema.expected_shapes(config, "base")
+    infos = {name: TensorInfo(shape, np.dtype(np.float32)) for name, shape in shapes.items()}
+    rng = np.random.default_rng(0)
+
+    def produce(name: str) -> np.ndarray:
+        if name.endswith("LayerNorm.weight"):
+            return np.ones(infos[name].shape, np.float32)
+        array = rng.standard_normal(infos[name].shape, dtype=np.float32)
+        array *= 0.02
+        return array
+
+    write_weights(os.path.join(directory, "model.safetensors"), infos, produce, format="safetensors")
+    return sum(int(np.prod(s)) for s in shapes.values())
+
+
+def measure(command: list[str]) -> tuple[float, int, str]:
+    """Run one command in its own process: (wall seconds, peak RSS bytes of that process, its output)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    out = proc.stdout.read().decode("utf-8", "replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {proc.returncode}:\n{out}")
+    return wall, usage.ru_maxrss * 1024, out  # ru_maxrss is in KiB on Linux
+
+
+def tensors_equal(a_path: str, b_path: str) -> list[str]:
+    """Names of the tensors that differ between two weights files (one tensor in memory at a time)."""
+    import numpy as np
+
+    from convert.formats import open_weights
+
+    bad = []
+    with open_weights(a_path) as a, open_weights(b_path) as b:
+        if set(a.keys()) != set(b.keys()):
+            return sorted(set(a.keys()) ^ set(b.keys()))
+        for name in a.keys():
+            if not np.array_equal(a.read(name).view(np.uint8), b.read(name).view(np.uint8)):
+                bad.append(name)
+    return bad
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=XLARGE, help="model config (default: deberta-v2-xlarge)")
+    parser.add_argument("--layers", type=int, default=None, help="override num_hidden_layers (a quicker run)")
+    parser.add_argument("--workdir", default=None, help="where the temporary directory goes (default: $TMPDIR)")
+    parser.add_argument("--verify", action="store_true", help="also time one conversion with verification")
+    parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--json", help="also write the figures to this file")
+    # internal: the heavy work runs in child processes, so that this (small) process's memory does not count in
+    # theirs (Linux carries the parent's peak RSS over fork + exec into the child's ru_maxrss)
+    parser.add_argument("--_generate", nargs=2, metavar=("DIR", "LAYERS"), help=argparse.SUPPRESS)
+    parser.add_argument("--_compare", nargs=2, metavar=("A", "B"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._generate:
+        directory, layers = args._generate
+        print(make_checkpoint(directory, args.config, int(layers) if layers != "-" else None))
+        return 0
+    if args._compare:
+        bad = tensors_equal(*args._compare)
+        print("every tensor bit-identical" if not bad else f"{len(bad)} tensors differ: {bad[:5]}")
+        return 0 if not bad else 1
+
+    work = tempfile.mkdtemp(prefix="bench_convert.", dir=args.workdir)
+    try:
+        src = os.path.join(work, "src")
+        me = [sys.executable, os.path.abspath(__file__), "--config", args.config]
+        wall, _, out = measure(me + ["--_generate", src, str(args.layers) if args.layers else "-"])
+        n_params = int(out.strip().splitlines()[-1])
+        src_file = os.path.join(src, "model.safetensors")
+        size = os.path.getsize(src_file)
+        print(f"synthetic checkpoint: {n_params / 1e6:.1f}M parameters, fp32, {size / 1e9:.2f} GB "
+              f"({wall:.1f} s to generate) in {work}", flush=True)
+
+        steps = [
+            ("python + imports (convert --help)", CLI + ["convert", "--help"], None),
+            ("copy model.safetensors", [sys.executable, "-c", "import shutil, sys; shutil.copyfile(*sys.argv[1:])",
+                                        src_file, os.path.join(work, "copy.safetensors")], None),
+            ("copy through user space (64 MiB reads)", [sys.executable, "-c", USERSPACE_COPY, src_file,
+                                                        os.path.join(work, "copy.safetensors")], None),
+            ("safetensors -> tf_model.h5", CLI + ["convert", src, os.path.join(work, "tf"), "--to", "tf",
+                                                 "--no-verify"], "tf/tf_model.h5"),
+            ("tf_model.h5 -> flax_model.msgpack", CLI + ["convert", os.path.join(work, "tf"),
+                                                        os.path.join(work, "flax"), "--to", "flax", "--no-verify"],
+             "flax/flax_model.msgpack"),
+            ("flax_model.msgpack -> safetensors", CLI + ["convert", os.path.join(work, "flax"),
+                                                        os.path.join(work, "torch"), "--to", "torch", "--no-verify"],
+             "torch/model.safetensors"),
+        ]
+        if args.verify:
+            steps.append(("safetensors -> tf_model.h5, verified", CLI + [
+                "convert", src, os.path.join(work, "tf-verified"), "--to", "tf"], "tf-verified/tf_model.h5"))
+        rows = []
+        copy_wall = None
+        for label, command, output in steps:
+            os.sync()  # start each step with no dirty pages of the previous one still being written back
+            wall, rss, out = measure(command)
+            written = os.path.getsize(os.path.join(work, output)) if output else None
+            if label.startswith("copy"):
+                copy_wall = copy_wall or wall  # the ratios are to shutil.copyfile
+                os.unlink(os.path.join(work, "copy.safetensors"))
+            rows.append({"step": label, "wall_s": wall, "peak_rss_bytes": rss, "written_bytes": written})
+            print(f"  {label}: {wall:.1f} s, peak RSS {rss / 2**20:.0f} MiB", flush=True)
+            if "verified" in label:
+                print("    " + "\n    ".join(line for line in out.splitlines() if "verif" in line or "tensors:" in line))
+
+        compare = subprocess.run(me + ["--_compare", src_file, os.path.join(work, "torch", "model.safetensors")],
+                                 capture_output=True, text=True)
+        bad = compare.returncode != 0
+        print(f"round trip safetensors -> tf -> flax -> safetensors: {compare.stdout.strip() or compare.stderr}")
+
+        print(f"\ncheckpoint {size / 1e9:.2f} GB ({n_params / 1e6:.1f}M params, fp32); targets: peak RSS < "
+              f"0.25 x size = {0.25 * size / 2**20:.0f} MiB, wall < 3 x copy")
+        header = f"{'step':<40} {'wall s':>7} {'x copy':>7} {'peak RSS MiB':>13} {'x size':>7}"
+        print(header)
+        print("-" * len(header))
+        for row in rows:
+            ratio = f"{row['wall_s'] / copy_wall:.1f}" if copy_wall else "-"
+            print(f"{row['step']:<40} {row['wall_s']:>7.1f} {ratio:>7} {row['peak_rss_bytes'] / 2**20:>13.0f} "
+                  f"{row['peak_rss_bytes'] / size:>7.3f}")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"checkpoint_bytes": size, "parameters": n_params, "round_trip_identical": not bad,
+                           "steps": rows}, f, indent=2)
+        return 0 if not bad else 1
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

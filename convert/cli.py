@@ -1,0 +1,130 @@
+"""``deberta-xf convert SRC DST --to {torch,tf,flax}``: convert a checkpoint to another framework or format.
+
+The command's help text is DESCRIPTION below; the pipeline is convert/convert.py, verification convert/verify.py.
+"""
+
+from __future__ import annotations
+
+DESCRIPTION = """Convert a DeBERTa-v2/v3 checkpoint to another framework or format.
+
+SRC is a checkpoint directory (config.json + weights in any supported format) or a weights file with --config.
+DST becomes a complete checkpoint directory: config.json, the weights in the target's format, and SRC's tokenizer
+files. The result is verified by default and written atomically: DST appears only when everything succeeded.
+
+exit codes: 0 converted (and verified); 1 verification failed (nothing kept); 2 bad usage or bad input.
+"""
+
+import argparse
+import os
+import sys
+
+from convert.formats import DEFAULT_FORMAT, FORMATS, FRAMEWORK_FORMATS
+from impls.schema import TASKS
+
+DTYPES = ("keep", "float32", "float16", "bfloat16")
+
+EPILOG = """\
+formats written (--format): torch: safetensors (default) | bin; tf: tf_h5 (default, the reference's
+tf_model.h5) | keras_h5 (model.weights.h5); flax: msgpack (default, flax_model.msgpack) | safetensors.
+any of them is read from SRC.
+
+examples:
+  deberta-xf convert ./deberta-v3-base ./deberta-v3-base-tf --to tf
+  deberta-xf convert ./deberta-v3-base ./deberta-v3-base-flax --to flax --dtype bfloat16
+  deberta-xf convert weights.bin ./out --config config.json --to torch --task masked-lm
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="checkpoint directory, or a weights file (then --config)")
+    parser.add_argument("destination", metavar="DST", help="output checkpoint directory (must not exist unless "
+                                                           "--force)")
+    parser.add_argument("--to", required=True, choices=("torch", "tf", "flax"), help="target framework")
+    parser.add_argument("--format", choices=list(FORMATS), default=None,
+                        help="weights format to write, where the framework has two (default: "
+                             + ", ".join(f"{k}: {v}" for k, v in DEFAULT_FORMAT.items()) + ")")
+    parser.add_argument("--dtype", choices=DTYPES, default="keep",
+                        help="cast floating-point weights (default: keep each tensor's stored dtype)")
+    parser.add_argument("--config", metavar="CONFIG.json", default=None,
+                        help="model config (default: config.json of SRC; required when SRC is a weights file)")
+    parser.add_argument("--task", choices=TASKS, default=None,
+                        help="model to convert into (default: inferred from the head tensors of SRC)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing DST (only once the conversion has succeeded)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip loading the result in the target framework and comparing it with the source")
+    parser.add_argument("--keep-rtd", action="store_true",
+                        help="keep the replaced-token-detection head of v3 checkpoints (mask_predictions.*); "
+                             "only safetensors and bin can carry it")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="convert weights that contain NaN or Inf instead of refusing them")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("convert", help="convert a checkpoint to another framework or format",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _progress_bar(total_tensors: int, total_bytes: int):
+    """A tqdm bar over bytes, on a terminal only."""
+    if not os.isatty(2):
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", leave=False)
+
+    def tick(nbytes: int) -> None:
+        bar.update(nbytes)
+        if bar.n >= total_bytes:
+            bar.close()
+
+    return tick
+
+
+def run(args: argparse.Namespace) -> int:
+    from convert.convert import convert_checkpoint
+
+    result = convert_checkpoint(
+        args.source, args.destination, args.to, format=args.format, dtype=args.dtype, config=args.config,
+        task=args.task, force=args.force, verify=args.verify, keep_rtd=args.keep_rtd,
+        allow_nonfinite=args.allow_nonfinite, progress=_progress_bar, log=lambda s: print(s, flush=True),
+        status=lambda s: print(s, file=sys.stderr, flush=True) if os.isatty(2) else None)
+    if result.verification is not None:
+        print(result.verification.table())
+    if not result.kept:
+        print(f"deberta-xf convert: the converted checkpoint failed verification and was not kept; "
+              f"{args.destination} is unchanged", file=sys.stderr)
+        return 1
+    verified = "verified" if result.verification is not None else "not verified (--no-verify)"
+    print(f"converted {args.source} -> {args.destination} ({args.to}, {result.plan.target_format.name}), {verified}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m convert.cli SRC DST --to ...``: the same command without the ``deberta-xf`` wrapper."""
+    import logging
+
+    from impls.errors import DebertaXfError
+
+    parser = argparse.ArgumentParser(prog="deberta-xf convert", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
+    try:
+        return run(args)
+    except (DebertaXfError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            PermissionError, ImportError) as err:
+        print(f"deberta-xf convert: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deberta-xf convert: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

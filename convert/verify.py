@@ -1,0 +1,305 @@
+"""Verification of a conversion (on by default in ``deberta-xf convert``).
+
+Two checks on the converted checkpoint, while it is still in its temporary directory:
+
+1. **Tensors**: every tensor is read back from the written file (through the format's reader, i.e. the way every
+   framework loads it) and compared bit for bit with the source tensor after the ``--dtype`` cast.
+2. **Outputs**: the source is loaded in the framework that writes its format by default (safetensors / bin:
+   torch, tf_model.h5 / .weights.h5: tf, msgpack: flax), the converted checkpoint in the target framework
+   (``from_pretrained`` on the temporary directory), both in float32; they are run on one fixed, padded batch and
+   every output (hidden states, last hidden state, logits) is compared by the DESIGN §5 rules of
+   :mod:`parity.compare` (token-level outputs where ``attention_mask == 1``).
+
+The batch is tokenized from fixed sentence pairs with the checkpoint's own tokenizer when SRC has tokenizer files
+(``tokenizer.json`` -> the fast tokenizer, else ``spm.model`` -> the sentencepiece one); otherwise it is made of
+deterministic token ids (seeded), and the report says which.
+
+Thresholds (max abs difference):
+- float32 (and any cast that loses nothing, e.g. fp16 -> fp32): DESIGN §5, 5e-5 for hidden states and pooled /
+  token / QA logits, 1e-4 for masked-LM logits.
+- a cast to float16 / bfloat16 (``--dtype``): the converted weights are loaded, upcast to float32, and compared
+  with the float32 source, so the outputs differ by what rounding the weights to 11 (fp16) or 8 (bf16) mantissa
+  bits does to them. The threshold is relative to the size of each output:
+  ``max abs <= LOSSY_RTOL[dtype] * max(1, max |reference output|)``, with ``LOSSY_RTOL`` = 1e-2 for float16 and
+  5e-2 for bfloat16. (Measured on the fixture checkpoints: at most ~1e-3 (fp16) and ~1e-2 (bf16) relative;
+  a wrong layout or a lost tensor is off by O(1).) The tensors must still equal the source rounded to that dtype
+  bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from convert.convert import ConversionPlan, _open_reader, format_module_available
+from impls import schema
+from impls.errors import DebertaXfError
+from parity.compare import FP32_THRESHOLDS, Comparison, compare_arrays, flatten_outputs, threshold, token_mask
+
+LOSSY_RTOL = {"float16": 1e-2, "bfloat16": 5e-2}
+TEXTS = ("The quick brown fox jumps over the lazy dog.",
+         "DeBERTa improves BERT and RoBERTa using disentangled attention and an enhanced mask decoder.")
+PAIRS = ("Is the dog lazy?", "What does it improve?")
+CHOICES = (("It is asleep.", "The fox is faster than the dog, which does not move at all."),
+           ("BERT.", "Attention over content and relative positions, separately."))
+MAX_TOKENS = 48
+SEED = 0
+
+
+def pin_float32(framework: str) -> None:
+    """Full float32 matmuls (no TF32) in the framework, as DESIGN §5 requires for fp32 parity."""
+    if framework == "torch":
+        import torch
+
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    elif framework == "tf":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    elif framework == "flax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+def _tokenizer(directory: str | None):
+    """The checkpoint's tokenizer, or (None, why not)."""
+    if directory is None:
+        return None, "SRC is a bare weights file"
+    has_fast = os.path.isfile(os.path.join(directory, "tokenizer.json"))
+    has_spm = os.path.isfile(os.path.join(directory, "spm.model"))
+    if not (has_fast or has_spm):
+        return None, "SRC has no tokenizer files (spm.model / tokenizer.json)"
+    name = "DebertaV2TokenizerFast" if has_fast else "DebertaV2Tokenizer"
+    try:
+        import impls
+
+        return getattr(impls, name).from_pretrained(directory), f"{'tokenizer.json' if has_fast else 'spm.model'}"
+    except (ImportError, AttributeError) as err:
+        return None, f"the tokenizer is not available ({err})"
+    except Exception as err:  # a broken tokenizer file must not stop a weights conversion
+        return None, f"its tokenizer could not be loaded ({type(err).__name__}: {err})"
+
+
+def make_inputs(config, task: str, directory: str | None) -> tuple[dict[str, np.ndarray], str]:
+    """One fixed padded batch for ``task`` and a sentence saying where it came from."""
+    max_length = min(MAX_TOKENS, config.max_position_embeddings) if config.position_biased_input else MAX_TOKENS
+    tokenizer, source = _tokenizer(directory)
+    if tokenizer is not None:
+        if task == "multiple-choice":
+            first = [t for t in TEXTS for _ in range(2)]
+            second = [c for pair in CHOICES for c in pair]
+        else:
+            first, second = list(TEXTS), list(PAIRS)
+        enc = tokenizer(first, second, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        inputs = {k: np.asarray(enc[k]).astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        too_big = int(inputs["input_ids"].max()) >= config.vocab_size
+        if not too_big:
+            if task == "multiple-choice":
+                inputs = {k: v.reshape(len(TEXTS), 2, -1) for k, v in inputs.items()}
+            shape = "x".join(map(str, inputs["input_ids"].shape))
+            return inputs, f"{shape} tokens of fixed sentence pairs tokenized with the checkpoint's {source}, padded"
+        source = f"its tokenizer gives ids beyond config vocab_size={config.vocab_size}"
+    rng = np.random.default_rng(SEED)
+    batch, length = 2, min(16, max_length)
+    low = min(5, config.vocab_size - 1)
+    ids = rng.integers(low, config.vocab_size, size=(batch, length), dtype=np.int64)
+    mask = np.ones((batch, length), dtype=np.int64)
+    mask[1, length - 5:] = 0  # the second row is padded
+    ids[mask == 0] = config.pad_token_id
+    types = np.zeros_like(ids)
+    if config.type_vocab_size > 1:
+        types[:, length // 2:] = 1
+        types[mask == 0] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    if task == "multiple-choice":
+        inputs = {k: np.stack([v, v[::-1]], axis=1) for k, v in inputs.items()}  # [batch, 2 choices, seq]
+    shape = "x".join(map(str, inputs["input_ids"].shape))
+    return inputs, f"{shape} deterministic token ids (seed {SEED}, one row padded): {source}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def run_model(framework: str, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if framework == "torch":
+        import torch
+
+        with torch.no_grad():
+            outputs = model(**inputs, output_hidden_states=True)
+    else:
+        outputs = model(**inputs, output_hidden_states=True)
+    flat = flatten_outputs(outputs)
+    flat.pop("loss", None)
+    return flat
+
+
+@dataclasses.dataclass
+class VerificationReport:
+    source_label: str
+    target_label: str
+    input_note: str
+    tolerance_note: str
+    comparisons: list[Comparison]
+    tensors_checked: int
+    tensors_identical: int
+    tensor_problems: list[str]
+    seconds: float = 0.0
+    load_error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return (bool(self.comparisons) and all(c.passed for c in self.comparisons) and not self.tensor_problems
+                and not self.load_error)
+
+    def table(self) -> str:
+        rows = [("output", "shape", "max abs", "threshold", "pass")]
+        for c in self.comparisons:
+            note = getattr(c, "note", "")
+            rows.append((c.name, str(list(c.shape)), f"{c.max_abs:.3e}", f"{c.atol:.3e}",
+                         "ok" if c.passed else ("FAIL" + (f" ({note})" if note else ""))))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [f"verification: {self.source_label} vs {self.target_label}",
+                 f"input: {self.input_note}", f"thresholds: {self.tolerance_note}"]
+        lines += ["  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+        lines.append(f"tensors: {self.tensors_identical}/{self.tensors_checked} read back identical to the source"
+                     + ("" if not self.tensor_problems else ":\n  - " + "\n  - ".join(self.tensor_problems)))
+        failed = [c.name for c in self.comparisons if not c.passed]
+        if self.passed:
+            lines.append(f"verification passed ({len(self.comparisons)} outputs, {self.seconds:.1f} s)")
+        else:
+            what = [self.load_error] if self.load_error else []
+            if failed:
+                what.append(f"{len(failed)} output(s) over threshold: {', '.join(failed)}")
+            if self.tensor_problems:
+                what.append(f"{len(self.tensor_problems)} tensor(s) differ from the source")
+            if not self.comparisons:
+                what.append("no outputs were compared")
+            lines.append("verification FAILED: " + "; ".join(what))
+        return "\n".join(lines)
+
+
+def _row_order(comparison: Comparison) -> tuple:
+    """Table order: hidden states by layer (embedding output first), then the model's final outputs."""
+    prefix, _, index = comparison.name.partition(".")
+    return (0, int(index), "") if index.isdigit() else (1, 0, comparison.name)
+
+
+class Verifier:
+    """Built before anything is written, so that a framework that is not installed is reported first."""
+
+    def __init__(self, plan: ConversionPlan):
+        from impls.factory import model_class
+
+        self.plan = plan
+        self.classes = {}
+        for role, framework in (("source", plan.source_framework), ("target", plan.to)):
+            try:
+                self.classes[role] = model_class(framework, plan.task)
+            except ImportError as err:
+                raise DebertaXfError(
+                    f"verification needs the {framework!r} framework to load the {role} checkpoint, and it is not "
+                    f"available ({err}); install it, or pass --no-verify to convert without verification") from None
+        for fmt in {plan.source_format, plan.target_format}:
+            if not format_module_available(fmt):
+                raise DebertaXfError(f"verification cannot read {fmt.name} files: {fmt.module} is missing")
+
+    def tolerance(self) -> tuple[dict[str, float] | None, float | None, str]:
+        lossy = self.plan.lossy_dtypes
+        if not lossy:
+            return FP32_THRESHOLDS, None, ("float32, DESIGN §5: 5e-5 (hidden states, pooled/token/QA logits), 1e-4 "
+                                           "(masked-LM logits)")
+        rtol = max(LOSSY_RTOL[d] for d in lossy)
+        names = "/".join(sorted(lossy))
+        return None, rtol, (f"weights rounded to {names}, compared in float32 with the source: max abs <= "
+                            f"{rtol:g} x max(1, max |reference output|)")
+
+    def run(self, directory: str, status=None) -> VerificationReport:
+        start = time.perf_counter()
+        plan = self.plan
+        say = status or (lambda message: None)
+        say(f"verifying: reading back {len(plan.names)} tensors")
+        problems, identical = self.check_tensors(directory)
+        inputs, input_note = make_inputs(plan.config, plan.task, plan.source_dir)
+        pin_float32(plan.source_framework)
+        pin_float32(plan.to)
+        say(f"verifying: loading and running the source in {plan.source_framework}")
+        source_model = self.classes["source"].from_pretrained(plan.weights_path, config=plan.config)
+        reference = run_model(plan.source_framework, source_model, inputs)
+        del source_model
+        say(f"verifying: loading and running the converted checkpoint in {plan.to}")
+        used, load_error = plan.weights_filename, ""
+        try:  # the source loaded, so a converted checkpoint that does not is a failed conversion (exit 1)
+            target_model = self.classes["target"].from_pretrained(directory)
+            used = os.path.basename(getattr(target_model, "weights_path", "") or used)
+            candidate = run_model(plan.to, target_model, inputs)
+            del target_model
+        except Exception as err:  # noqa: BLE001 - reported in the table, the result is not kept
+            candidate = {}
+            load_error = f"the converted checkpoint failed to load or run in {plan.to}: {type(err).__name__}: {err}"
+        thresholds, rtol, note = self.tolerance()
+        mask = token_mask(inputs["attention_mask"])
+        comparisons = []
+        for name, ref in reference.items():
+            if rtol is None:
+                atol = threshold(name, plan.task, thresholds)
+            else:
+                atol = rtol * max(1.0, float(np.abs(ref).max()))
+            if name not in candidate:
+                comparisons.append(Comparison(name, tuple(ref.shape), float("inf"), float("inf"), float("inf"), atol,
+                                              0))
+                continue
+            comparisons.append(compare_arrays(name, ref, candidate[name], atol, mask))
+        for name in candidate:
+            if name not in reference:
+                comparisons.append(Comparison(name, tuple(candidate[name].shape), float("inf"), float("inf"),
+                                              float("inf"), 0.0, 0))
+        comparisons.sort(key=_row_order)
+        return VerificationReport(
+            f"{plan.source_framework} ({os.path.basename(plan.weights_path)} of SRC)",
+            f"{plan.to} ({used} of DST)", input_note, note, comparisons, len(plan.names), identical, problems,
+            time.perf_counter() - start, load_error)
+
+    def check_tensors(self, directory: str) -> tuple[list[str], int]:
+        """Read every tensor back from the written file; it must equal the (cast) source bit for bit.
+
+        Returns the problems found and the number of tensors that are identical."""
+        plan = self.plan
+        problems = []
+        identical = 0
+        path = os.path.join(directory, plan.weights_filename)
+        with _open_reader(plan.weights_path) as source, _open_reader(path) as written:
+            infos = written.infos()
+            # Written names back to the plan's names, as every loader does (a format may store the other MLM
+            # head layout, e.g. tf_model.h5 always uses the reference TF's cls.predictions.*).
+            mapping, report = schema.match_checkpoint(plan.config, plan.task, {k: v.shape for k, v in infos.items()})
+            mapping.update({n: n for n in report.ignored if n in plan.names})
+            extra = sorted(set(infos) - set(mapping.values()))
+            if extra:
+                problems.append(f"unexpected tensor(s) in the written file: {', '.join(extra)}")
+            for name, src in plan.names.items():
+                if name not in mapping:
+                    problems.append(f"{name}: missing from the written file")
+                    continue
+                stored = mapping[name]
+                want_info = plan.infos[name]
+                if infos[stored].shape != want_info.shape or infos[stored].dtype != want_info.dtype:
+                    problems.append(f"{name}: written as {infos[stored].dtype}{list(infos[stored].shape)}, expected "
+                                    f"{want_info.dtype}{list(want_info.shape)}")
+                    continue
+                want = source.read(src)
+                if want.dtype != want_info.dtype:
+                    want = want.astype(want_info.dtype)
+                got = written.read(stored)
+                if got.shape != want.shape or got.dtype != want.dtype or not np.array_equal(
+                        np.ascontiguousarray(got).view(np.uint8), np.ascontiguousarray(want).view(np.uint8)):
+                    problems.append(f"{name}: differs from the source")
+                else:
+                    identical += 1
+        return problems, identical
