@@ -13,8 +13,9 @@ OUTPUT_FIELDS = ("loss", "logits", "start_logits", "end_logits", "last_hidden_st
 
 
 class ModelOutput(dict):
-    def __init__(self, **fields: Any):
-        super().__init__((k, v) for k, v in fields.items() if v is not None)
+    def __init__(self, *mapping: Any, **fields: Any):
+        # A positional mapping / (key, value) pairs too, as dict: tf.function and tf.nest rebuild outputs that way.
+        super().__init__((k, v) for k, v in dict(*mapping, **fields).items() if v is not None)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):

@@ -1,0 +1,294 @@
+"""``tf_model.h5``: the Keras-2 (tf-keras) weights file of the reference's TF classes, read and written with h5py.
+
+Layout, as ``TFDebertaV2*.save_pretrained`` (transformers 4.x) writes it and ``from_pretrained`` reads it:
+
+- root attributes ``layer_names`` (the model's top-level layers: ``deberta``, ``cls``, ``pooler``, ``cls_dropout``,
+  ``classifier``, ``dropout``, ``qa_outputs``), ``backend``, ``keras_version``;
+- one group per top-level layer with a ``weight_names`` attribute (split into ``weight_names0``, ``weight_names1``,
+  ... when it exceeds the 64 KiB HDF5 object-header limit), listing full variable names such as
+  ``tf_deberta_v2_for_masked_lm/deberta/encoder/layer_._0/attention/self/query_proj/kernel:0``; each name is also
+  the dataset's path inside the group. The first level is the Keras model's name (dropped on read, as
+  transformers does); weight-less layers (dropouts) have an empty list; the MLM head's group also lists the
+  embedding layer's variables (the reference's head holds that layer; stored here as hard links);
+- a ``top_level_model_weights`` group with an empty ``weight_names``.
+
+Names and layouts (reference-deberta-v2 §1.9), canonical <-> file:
+  ``encoder.layer.{i}`` <-> ``encoder/layer_._{i}``; ``weight`` <-> ``kernel`` (2-D, transposed [in, out]; the conv
+  kernel [out, in/groups, k] <-> [k, in/groups, out]), ``gamma``/``beta`` (LayerNorm), ``embeddings`` (position
+  and token-type tables), ``weight`` (word embeddings), ``rel_embeddings.weight`` (a dotted variable name);
+  ``pos_key_proj`` / ``pos_query_proj`` <-> ``pos_proj`` / ``pos_q_proj``. The MLM head is written in the
+  reference TF's legacy layout ``cls/predictions/...`` (``lm_predictions.lm_head.*`` is renamed; the schema maps
+  it back on load). A base model's names get the ``deberta/`` level, as the reference TF base model has.
+
+Configs the reference TF cannot represent are still written faithfully (it would then fail to load them):
+``conv_groups > 1`` (the reference TF ignores groups) and ``embedding_size != hidden_size`` with absolute
+positions (the reference TF sizes that table by hidden_size).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader
+from impls import schema
+from impls.errors import CheckpointError
+from impls.fileio import atomic_path
+
+HDF5_OBJECT_HEADER_LIMIT = 64512  # bytes; tf-keras splits larger attributes into name0, name1, ...
+KERAS_VERSION = "2.21.0"  # the tf-keras layout this file follows
+
+# task -> (Keras model name of the reference TF class, top-level layers in model.layers order)
+TASK_LAYOUT = {
+    "base": ("tf_deberta_v2_model", ("deberta",)),
+    "masked-lm": ("tf_deberta_v2_for_masked_lm", ("deberta", "cls")),
+    "sequence-classification": ("tf_deberta_v2_for_sequence_classification",
+                                ("deberta", "pooler", "cls_dropout", "classifier")),
+    "token-classification": ("tf_deberta_v2_for_token_classification", ("deberta", "dropout", "classifier")),
+    "question-answering": ("tf_deberta_v2_for_question_answering", ("deberta", "qa_outputs")),
+    "multiple-choice": ("tf_deberta_v2_for_multiple_choice", ("deberta", "dropout", "pooler", "classifier")),
+}
+_MODULE_TO_TF = {"pos_key_proj": "pos_proj", "pos_query_proj": "pos_q_proj"}
+_MODULE_FROM_TF = {v: k for k, v in _MODULE_TO_TF.items()}
+_LEAF_FROM_TF = {"kernel": "weight", "gamma": "weight", "embeddings": "weight", "weight": "weight", "beta": "bias",
+                 "bias": "bias"}
+_LM_PREDICTIONS = "lm_predictions.lm_head."
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names
+def tf_weight_path(name: str) -> str:
+    """Canonical name -> the reference TF's variable path below the model name (no ``:0``)."""
+    if name.startswith(_LM_PREDICTIONS):  # the reference TF has only the legacy head layout
+        rest = name[len(_LM_PREDICTIONS):]
+        name = "cls.predictions." + (rest if rest == "bias" else "transform." + rest)
+    if name.split(".", 1)[0] in ("embeddings", "encoder"):
+        name = schema.BACKBONE_PREFIX + name
+    if name.endswith("encoder.rel_embeddings.weight"):
+        return name[: -len(".rel_embeddings.weight")].replace(".", "/") + "/rel_embeddings.weight"
+    module, leaf = schema.module_path(name)
+    parts = module.split(".")
+    out = []
+    for i, part in enumerate(parts):
+        if part.isdigit() and i > 0 and parts[i - 1] == "layer":
+            out[-1] = f"layer_._{part}"
+        else:
+            out.append(_MODULE_TO_TF.get(part, part))
+    if module.endswith("word_embeddings"):
+        tf_leaf = "weight"
+    else:
+        try:
+            tf_leaf = schema.framework_leaf(name, "tf")
+        except KeyError:
+            raise CheckpointError(f"tensor {name!r} is not a DeBERTa-v2 parameter; cannot name it in tf_model.h5") \
+                from None
+    return "/".join(out + [tf_leaf])
+
+
+def canonical_name(weight_name: str) -> str:
+    """A reference TF variable name (``model/deberta/.../kernel:0``) -> canonical name.
+
+    Names that do not follow the reference's scheme are returned as ``/``-joined paths (they are then reported
+    as unexpected by the schema, with every missing DeBERTa tensor)."""
+    name = weight_name[:-2] if weight_name.endswith(":0") else weight_name
+    parts = [p for p in name.split("/") if p][1:]  # drop the model name
+    if not parts:
+        return name
+    leaf = parts[-1]
+    if leaf == "rel_embeddings.weight":
+        return ".".join(parts)
+    if leaf not in _LEAF_FROM_TF or len(parts) < 2:
+        return "/".join(parts)
+    module = [_MODULE_FROM_TF.get(p, p).replace("_._", ".") for p in parts[:-1]]
+    return ".".join(module + [_LEAF_FROM_TF[leaf]])
+
+
+def _canonical_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return schema.framework_shape(name, shape, "tf")
+    except KeyError:  # not a canonical name: leave as stored
+        return tuple(shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attributes (tf-keras hdf5_format.save/load_attributes_to/from_hdf5_group)
+def save_attributes(group, name: str, data: list[bytes]) -> None:
+    """Store a list of names, split into ``name0``, ``name1``, ... above the HDF5 object-header limit."""
+    data_npy = np.asarray(data)
+    num_chunks = 1
+    chunks = np.array_split(data_npy, num_chunks)
+    while any(chunk.nbytes > HDF5_OBJECT_HEADER_LIMIT for chunk in chunks):
+        num_chunks += 1
+        chunks = np.array_split(data_npy, num_chunks)
+    if num_chunks > 1:
+        for i, chunk in enumerate(chunks):
+            group.attrs[f"{name}{i}"] = chunk
+    else:
+        group.attrs[name] = data
+
+
+def load_attributes(group, name: str) -> list[str] | None:
+    """The list stored by :func:`save_attributes` (None when absent)."""
+    def decode(values) -> list[str]:
+        return [v.decode("utf8") if hasattr(v, "decode") else str(v) for v in values]
+
+    if name in group.attrs:
+        return decode(group.attrs[name])
+    if f"{name}0" not in group.attrs:
+        return None
+    data, i = [], 0
+    while f"{name}{i}" in group.attrs:
+        data.extend(decode(group.attrs[f"{name}{i}"]))
+        i += 1
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _open_h5(path: str, mode: str = "r"):
+    import h5py
+
+    try:
+        return h5py.File(path, mode)
+    except OSError as err:
+        raise CheckpointError(f"{path}: not a readable HDF5 file ({err})") from None
+
+
+def read_dataset(dataset) -> np.ndarray:
+    """A dataset as numpy; bfloat16 is stored as 2-byte opaque data with ``attrs["dtype"] == "bfloat16"`` (the
+    Keras 3 convention)."""
+    value = np.asarray(dataset[()])
+    if dataset.attrs.get("dtype") == "bfloat16":
+        value = value.view(BFLOAT16)
+    return value
+
+
+def write_dataset(group, key: str, array: np.ndarray):
+    if array.dtype == BFLOAT16:
+        dataset = group.create_dataset(key, data=array)
+        dataset.attrs["dtype"] = "bfloat16"
+        return dataset
+    return group.create_dataset(key, data=array)
+
+
+class TFH5Reader(TensorReader):
+    """A reference ``tf_model.h5`` with canonical names and layouts, read lazily."""
+
+    format = "tf_h5"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self._file = _open_h5(path)
+        layer_names = load_attributes(self._file, "layer_names")
+        if layer_names is None:
+            hint = (" (it looks like a Keras 3 weights file: name it *.weights.h5)"
+                    if "vars" in self._file else "")
+            self._file.close()
+            raise CheckpointError(f"{path}: not a Keras-2 / transformers TF weights file: no 'layer_names' "
+                                  f"attribute{hint}")
+        self._entries: dict[str, tuple[str, TensorInfo]] = {}  # canonical name -> (dataset path, info)
+        for layer in layer_names:
+            if layer not in self._file:
+                raise CheckpointError(f"{path}: layer {layer!r} is listed in 'layer_names' but has no group")
+            group = self._file[layer]
+            weight_names = load_attributes(group, "weight_names") or []
+            for weight_name in weight_names:
+                if weight_name not in group:
+                    raise CheckpointError(f"{path}: variable {weight_name!r} of layer {layer!r} is listed in "
+                                          "'weight_names' but not stored")
+                name = canonical_name(weight_name)
+                if name in self._entries:  # the MLM head's group repeats the embedding layer's variables
+                    continue
+                dataset = group[weight_name]
+                dtype = BFLOAT16 if dataset.attrs.get("dtype") == "bfloat16" else np.dtype(dataset.dtype)
+                info = TensorInfo(_canonical_shape(name, tuple(dataset.shape)), dtype)
+                self._entries[name] = (f"{layer}/{weight_name}", info)
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {k: v[1] for k, v in self._entries.items()}
+
+    def read(self, name: str) -> np.ndarray:
+        if name not in self._entries:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        location, info = self._entries[name]
+        array = read_dataset(self._file[location])
+        try:
+            return schema.from_framework(name, array, "tf")
+        except KeyError:
+            return array
+
+    def metadata(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self._file.attrs.items() if k in ("backend", "keras_version")}
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+
+
+def open_reader(path: str) -> TensorReader:
+    return TFH5Reader(path)
+
+
+def infer_task(names) -> str:
+    """The task whose reference TF class holds these canonical names (multiple choice is indistinguishable from
+    sequence classification by names alone: pass ``task=``)."""
+    names = list(names)
+    if any(n.startswith(("cls.predictions.", _LM_PREDICTIONS)) for n in names):
+        return "masked-lm"
+    if any(n.startswith("qa_outputs.") for n in names):
+        return "question-answering"
+    if any(n.startswith("pooler.") for n in names):
+        return "sequence-classification"
+    if any(n.startswith("classifier.") for n in names):
+        return "token-classification"
+    return "base"
+
+
+def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, task: str | None = None,
+          progress=None, **_: object) -> None:
+    """Stream tensors (canonical names and layouts) into a reference-layout ``tf_model.h5``, atomically.
+
+    ``task`` picks the reference class whose layout is written (inferred from the names when omitted).
+    """
+    task = task or infer_task(infos)
+    if task not in TASK_LAYOUT:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_LAYOUT)}")
+    model_name, layer_names = TASK_LAYOUT[task]
+    by_layer: dict[str, list[tuple[str, str]]] = {layer: [] for layer in layer_names}  # layer -> [(var, name)]
+    for name in infos:
+        var = f"{model_name}/{tf_weight_path(name)}:0"
+        layer = var.split("/")[1]
+        if layer not in by_layer:
+            raise CheckpointError(f"{path}: tensor {name!r} does not belong to the {task} model's layers "
+                                  f"({', '.join(layer_names)})")
+        by_layer[layer].append((var, name))
+    # The reference's MLM head owns the embedding layer too: its group lists those variables as well.
+    shared = [var for var, _ in by_layer["deberta"] if var.split("/")[2] == "embeddings"] if "cls" in by_layer \
+        else []
+
+    names = list(infos)
+    order = progress(names) if progress else names
+    with atomic_path(path) as tmp:
+        with _open_h5(tmp, "w") as f:
+            save_attributes(f, "layer_names", [n.encode("utf8") for n in layer_names])
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = KERAS_VERSION.encode("utf8")
+            groups = {}
+            for layer in layer_names:
+                group = f.create_group(layer)
+                weight_names = [var for var, _ in by_layer[layer]] + (shared if layer == "cls" else [])
+                save_attributes(group, "weight_names", [w.encode("utf8") for w in weight_names])
+                groups[layer] = group
+            where = {name: (layer, var) for layer, entries in by_layer.items() for var, name in entries}
+            for name in order:
+                info = infos[name]
+                array = np.asarray(get(name))
+                if tuple(array.shape) != tuple(info.shape) or array.dtype != info.dtype:
+                    raise CheckpointError(f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, announced "
+                                          f"as {info.dtype}{list(info.shape)}")
+                layer, var = where[name]
+                write_dataset(groups[layer], var, schema.to_framework(name, array, "tf"))
+            for var in shared:
+                groups["cls"][var] = groups["deberta"][var]  # hard link: one copy of the data
+            top = f.create_group("top_level_model_weights")
+            save_attributes(top, "weight_names", [])

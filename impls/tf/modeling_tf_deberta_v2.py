@@ -1,0 +1,1003 @@
+"""DeBERTa-v2/v3 in TensorFlow (Keras 3, TF backend), numerically matching transformers 4.57.6 (PyTorch rules).
+
+Mirrors ``impls/torch/modeling_deberta_v2.py`` class by class: embeddings -> relative positions -> disentangled
+attention -> layer -> encoder (with the nGiE convolution of v2) -> task heads. Every layer is named after its
+attribute (list items by their index), so a variable's Keras path is its canonical name in Keras spelling,
+``impls.schema.framework_name(name, "tf", "/")`` under the model's name::
+
+    tf_deberta_v2_for_masked_lm/deberta/encoder/layer/0/attention/self/query_proj/kernel
+      == deberta.encoder.layer.0.attention.self.query_proj.weight (transposed, see impls.schema.LAYOUT)
+ The base model's names have no ``deberta.`` prefix,
+as in PyTorch.
+
+Behaviour:
+- called as ``model(input_ids=..., attention_mask=..., ...)`` or ``model.call(..., training=False)``; inputs may
+  be numpy arrays or tf tensors; dropout only with ``training=True``;
+- runs eagerly, inside ``tf.function`` and with ``jit_compile=True`` (XLA). With a static sequence length the
+  relative-position gather indices are NumPy constants from ``impls.relative_position``; with a dynamic one (a
+  ``tf.function`` traced with ``input_signature=[None, None]``) they are looked up, in the graph, in a NumPy table
+  of the same functions over ``i - j``;
+- ``dtype``: ``None``/``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: every variable is created in that
+  dtype and the model computes in it (a Keras dtype policy of that name, like ``model.to(dtype)`` in PyTorch);
+  LayerNorm and the losses are computed in float32 and cast back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Optional
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from impls import schema  # noqa: E402
+from impls.configuration import DebertaV2Config  # noqa: E402
+from impls.loading import load_checkpoint, resolve_config  # noqa: E402
+from impls.outputs import ModelOutput  # noqa: E402
+from impls.relative_position import attention_position_indices, c2p_index, make_log_bucket_position, \
+    p2c_index  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
+    raise ImportError(f"the TF DeBERTa-v2 implementation needs the Keras TensorFlow backend, but Keras runs on "
+                      f"{keras.backend.backend()!r} (set KERAS_BACKEND=tensorflow before importing keras)")
+
+
+
+# =============================================================================================================
+# Activations and dropout
+def gelu_new(x: tf.Tensor) -> tf.Tensor:
+    """The tanh approximation written out, as the reference's NewGELUActivation."""
+    return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3.0))))
+
+
+ACT2FN = {
+    "gelu": lambda x: tf.nn.gelu(x, approximate=False),  # exact (erf) GELU, as the reference's ACT2FN["gelu"]
+    "gelu_new": gelu_new,
+    "gelu_pytorch_tanh": lambda x: tf.nn.gelu(x, approximate=True),
+    "relu": tf.nn.relu,
+    "tanh": tf.tanh,
+    "sigmoid": tf.sigmoid,
+    "silu": tf.nn.silu,
+    "swish": tf.nn.silu,
+    "linear": lambda x: x,
+}
+
+
+def dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
+    """nn.Dropout: identity unless training (no Keras Dropout layer, so no seed-generator variables)."""
+    return tf.nn.dropout(x, rate=rate) if training and rate > 0 else x
+
+
+def _normal(std: float, zero_row: Optional[int] = None):
+    """normal(0, std) initializer, as the reference's _init_weights (with the padding row zeroed)."""
+
+    def init(shape, dtype=None):
+        values = keras.random.normal(shape, stddev=std, dtype="float32")
+        if zero_row is not None:
+            values = tf.tensor_scatter_nd_update(values, [[zero_row]], tf.zeros([1, shape[1]]))
+        return tf.cast(values, dtype or "float32")
+
+    return init
+
+
+# =============================================================================================================
+# Leaf layers. Variables are created in __init__, in a fixed order (kernel then bias, gamma then beta): their
+# Keras paths and the order of the Keras-3 `.weights.h5` entries depend only on the canonical names.
+class Dense(keras.layers.Layer):
+    """nn.Linear: ``x @ kernel + bias`` with ``kernel`` stored [in, out] (the canonical weight transposed)."""
+
+    def __init__(self, n_in: int, n_out: int, use_bias: bool = True, std: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel = self.add_weight(name="kernel", shape=(n_in, n_out), initializer=_normal(std))
+        self.bias = self.add_weight(name="bias", shape=(n_out,), initializer="zeros") if use_bias else None
+        self.built = True
+
+    def call(self, x):
+        shape = tf.shape(x)
+        y = tf.matmul(tf.reshape(x, [-1, shape[-1]]), self.kernel)
+        if self.bias is not None:
+            y = tf.nn.bias_add(y, self.bias)
+        return tf.reshape(y, tf.concat([shape[:-1], tf.shape(self.kernel)[-1:]], 0))
+
+
+class LayerNorm(keras.layers.Layer):
+    """nn.LayerNorm over the last axis, computed in float32 as PyTorch does for half precision."""
+
+    def __init__(self, size: int, eps: float, **kwargs):
+        super().__init__(**kwargs)
+        self.eps = eps
+        self.gamma = self.add_weight(name="gamma", shape=(size,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(size,), initializer="zeros")
+        self.built = True
+
+    def call(self, x):
+        x32 = tf.cast(x, tf.float32)
+        mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+        y = (x32 - mean) * tf.math.rsqrt(variance + self.eps)
+        y = y * tf.cast(self.gamma, tf.float32) + tf.cast(self.beta, tf.float32)
+        return tf.cast(y, x.dtype)
+
+
+class Embedding(keras.layers.Layer):
+    """nn.Embedding: a [num, dim] table ``embeddings``."""
+
+    def __init__(self, num: int, dim: int, std: float = 0.02, padding_idx: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.embeddings = self.add_weight(name="embeddings", shape=(num, dim), initializer=_normal(std, padding_idx))
+        self.built = True
+
+    def call(self, ids):
+        return tf.gather(self.embeddings, ids)
+
+
+class Conv1D(keras.layers.Layer):
+    """nn.Conv1d(C, C, k, padding=(k - 1) // 2, groups) on [B, L, C]; ``kernel`` stored [k, C / groups, C]."""
+
+    def __init__(self, channels: int, kernel_size: int, groups: int = 1, std: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size, self.groups = kernel_size, groups
+        self.kernel = self.add_weight(name="kernel", shape=(kernel_size, channels // groups, channels),
+                                      initializer=_normal(std))
+        self.bias = self.add_weight(name="bias", shape=(channels,), initializer="zeros")
+        self.built = True
+
+    def call(self, x):
+        k, g = self.kernel_size, self.groups
+        pad = (k - 1) // 2
+        length = tf.shape(x)[1]
+        padded = tf.pad(x, [[0, 0], [pad, pad], [0, 0]])
+        taps = tf.stack([padded[:, s:s + length] for s in range(k)], axis=2)  # [B, L, k, C]: x[t + s - pad]
+        c_in, c_out = self.kernel.shape[1], self.kernel.shape[2]
+        taps = tf.reshape(taps, tf.concat([tf.shape(taps)[:3], [g, c_in]], 0))  # [B, L, k, g, C/g]
+        kernel = tf.reshape(self.kernel, [k, c_in, g, c_out // g])  # output channel o = group * C/g + j
+        out = tf.einsum("blkgc,kcgo->blgo", taps, kernel)
+        out = tf.reshape(out, tf.concat([tf.shape(out)[:2], [c_out]], 0))
+        return tf.nn.bias_add(out, self.bias)
+
+
+# =============================================================================================================
+# Embeddings
+class TFDebertaV2Embeddings(keras.layers.Layer):
+    """Word (+ absolute position) (+ token type) embeddings -> [embed_proj] -> LayerNorm -> x mask -> dropout."""
+
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        E, H, std, dt = config.embedding_dim, config.hidden_size, config.initializer_range, self.dtype_policy
+        with keras.name_scope(self.name):
+            self.word_embeddings = Embedding(config.vocab_size, E, std, padding_idx=config.pad_token_id,
+                                             name="word_embeddings", dtype=dt)
+            self.position_embeddings = (Embedding(config.max_position_embeddings, E, std, name="position_embeddings",
+                                                  dtype=dt) if config.position_biased_input else None)
+            self.token_type_embeddings = (Embedding(config.type_vocab_size, E, std, name="token_type_embeddings",
+                                                    dtype=dt) if config.type_vocab_size > 0 else None)
+            self.embed_proj = Dense(E, H, use_bias=False, std=std, name="embed_proj", dtype=dt) if E != H else None
+            self.LayerNorm = LayerNorm(H, config.layer_norm_eps, name="LayerNorm", dtype=dt)
+        self.dropout_rate = config.hidden_dropout_prob
+        self.built = True
+
+    def call(self, input_ids=None, token_type_ids=None, position_ids=None, input_mask=None, inputs_embeds=None,
+             training=False):
+        embeddings = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, E]
+        if self.position_embeddings is not None:
+            if position_ids is None:
+                position_ids = tf.range(tf.shape(embeddings)[1])[None, :]
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = tf.zeros(tf.shape(embeddings)[:2], dtype=tf.int32)
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        if self.embed_proj is not None:
+            embeddings = self.embed_proj(embeddings)
+        embeddings = self.LayerNorm(embeddings)
+        if input_mask is not None:  # padding rows become exactly 0
+            embeddings = embeddings * tf.cast(input_mask, embeddings.dtype)[:, :, None]
+        return dropout(embeddings, self.dropout_rate, training)
+
+
+# =============================================================================================================
+# Relative positions: the (bucketed) i - j matrix and the c2p / p2c columns come from impls.relative_position
+# (NumPy). Both column matrices are functions of i - j alone (c2p[i, j] = f(i - j), p2c[j, i] = g(j - i)), so
+# instead of gathering L * L scores one by one, the attention gathers the 2L - 1 projected position rows
+# f(L - 1), f(L - 2), ..., f(-(L - 1)), multiplies them with the queries ([B, h, L, 2L - 1]) and moves each row
+# into place with one pad + reshape (:func:`relative_shift`): the same dot products, as dense memory copies.
+# Only the rows ``rows[0]:rows[1]`` of the relative embeddings that some index touches are projected.
+@dataclasses.dataclass(frozen=True)
+class PositionIndex:
+    """For one sequence length L: the relative-embedding rows used, and for c2p / p2c the row (offset by
+    ``rows[0]``) that holds relative distance ``L - 1 - k`` at position k, k = 0 .. 2L - 2."""
+
+    rows: tuple[int, int]
+    c2p: Optional[tf.Tensor] = None
+    p2c: Optional[tf.Tensor] = None
+
+
+def _by_distance(matrix: np.ndarray) -> np.ndarray:
+    """A [L, L] matrix m[a, b] = h(a - b) -> h(L - 1), h(L - 2), ..., h(-(L - 1)) (checked to depend on a - b)."""
+    length = matrix.shape[0]
+    vector = np.concatenate([matrix[length - 1, :], matrix[0, 1:]])
+    a, b = np.indices(matrix.shape)
+    if not np.array_equal(vector[length - 1 - a + b], matrix):
+        raise AssertionError("relative-position columns are not a function of i - j")
+    return vector
+
+
+@functools.lru_cache(maxsize=64)
+def _static_position_index(position_buckets: int, max_relative_positions: int, att_span: int,
+                           pos_att_types: tuple[str, ...], length: int) -> dict[str, Any]:
+    config = DebertaV2Config(relative_attention=True, position_buckets=position_buckets,
+                             max_relative_positions=max_relative_positions, pos_att_type=list(pos_att_types))
+    assert config.att_span == att_span
+    index = attention_position_indices(config, length)  # {"c2p": [Lq, Lk] by (i, j), "p2c": [Lk, Lk] by (j, i)}
+    by_distance = {k: _by_distance(v) for k, v in index.items()}
+    used = np.concatenate(list(by_distance.values()))
+    lo, hi = int(used.min()), int(used.max()) + 1
+    return {"rows": (lo, hi), **{k: (v - lo).astype(np.int32) for k, v in by_distance.items()}}
+
+
+@functools.lru_cache(maxsize=64)
+def _difference_tables(position_buckets: int, max_relative_positions: int, att_span: int):
+    """c2p and p2c columns as functions of ``d = i - j`` for ``d`` in ``[-T, T]``, beyond which they saturate.
+
+    The same functions as :func:`impls.relative_position.build_relative_position` (log buckets when both
+    ``position_buckets`` and the max distance are > 0) and :func:`c2p_index` / :func:`p2c_index`.
+    """
+    T = max(att_span, max_relative_positions) + 1
+    d = np.arange(-T, T + 1, dtype=np.int64)
+    rel = make_log_bucket_position(d, position_buckets, max_relative_positions) if (
+        position_buckets > 0 and max_relative_positions > 0) else d
+    c2p, p2c = c2p_index(rel, att_span), p2c_index(rel, att_span)
+    last = 2 * att_span - 1
+    # bucketing is monotonic in d and the columns are clamped: at +-T they must have reached the clamp bounds,
+    # so clipping i - j to [-T, T] in the graph changes nothing
+    assert (c2p[0], c2p[-1], p2c[0], p2c[-1]) == (0, last, last, 0), "relative positions do not saturate"
+    return T, c2p.astype(np.int32), p2c.astype(np.int32)
+
+
+def relative_position_indices(config: DebertaV2Config, seq_length) -> PositionIndex:
+    """The :class:`PositionIndex` of one sequence length.
+
+    ``seq_length``: a Python int (static shape: NumPy constants) or a scalar tensor (dynamic shape inside
+    ``tf.function``: a lookup in the NumPy tables of :func:`_difference_tables`).
+    """
+    if isinstance(seq_length, (int, np.integer)):
+        static = _static_position_index(config.position_buckets, config.max_relative_positions_resolved,
+                                        config.att_span, config.pos_att_types, int(seq_length))
+        return PositionIndex(**{k: (v if k == "rows" else tf.constant(v)) for k, v in static.items()})
+    T, c2p_table, p2c_table = _difference_tables(config.position_buckets, config.max_relative_positions_resolved,
+                                                 config.att_span)
+    distance = tf.clip_by_value(tf.range(seq_length - 1, -seq_length, -1, dtype=tf.int32), -T, T)  # L-1 .. -(L-1)
+    out: dict[str, Any] = {"rows": (0, 2 * config.att_span)}
+    if "c2p" in config.pos_att_types:
+        out["c2p"] = tf.gather(c2p_table, distance + T)
+    if "p2c" in config.pos_att_types:
+        out["p2c"] = tf.gather(p2c_table, distance + T)
+    return PositionIndex(**out)
+
+
+def relative_shift(x: tf.Tensor) -> tf.Tensor:
+    """[..., L, 2L - 1] -> [..., L, L] with out[..., a, b] = x[..., a, L - 1 - a + b].
+
+    Row a of ``x`` holds distances L - 1 ... -(L - 1); out[a, b] picks distance a - b. Padding each row to 2L
+    and re-reading the flattened rows with stride 2L - 1 from offset L - 1 shifts row a left by a.
+    """
+    shape = tf.shape(x)
+    lead, length = shape[:-2], shape[-2]
+    x = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[0, 1]])  # [..., L, 2L]
+    flat = tf.reshape(x, tf.concat([lead, [-1]], 0))  # [..., 2L^2]
+    flat = flat[..., length - 1: length - 1 + length * (2 * length - 1)]
+    return tf.reshape(flat, tf.concat([lead, [length, 2 * length - 1]], 0))[..., :length]
+
+
+# =============================================================================================================
+# Disentangled self-attention
+class TFDisentangledSelfAttention(keras.layers.Layer):
+    """softmax((c2c + c2p + p2c) / sqrt(d * scale_factor)) V, heads as [B, heads, L, d]."""
+
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.head_size
+        all_head_size = config.num_attention_heads * config.head_size
+        H, std, dt = config.hidden_size, config.initializer_range, self.dtype_policy
+        self.pos_att_type = config.pos_att_types
+        self.relative_attention = config.relative_attention
+        self.share_att_key = config.share_att_key
+        self.scale_factor = config.scale_factor
+        with keras.name_scope(self.name):
+            self.query_proj = Dense(H, all_head_size, std=std, name="query_proj", dtype=dt)
+            self.key_proj = Dense(H, all_head_size, std=std, name="key_proj", dtype=dt)
+            self.value_proj = Dense(H, all_head_size, std=std, name="value_proj", dtype=dt)
+            self.pos_key_proj = self.pos_query_proj = None
+            if self.relative_attention and not self.share_att_key:
+                if "c2p" in self.pos_att_type:
+                    self.pos_key_proj = Dense(H, all_head_size, std=std, name="pos_key_proj", dtype=dt)
+                if "p2c" in self.pos_att_type:
+                    self.pos_query_proj = Dense(H, all_head_size, std=std, name="pos_query_proj", dtype=dt)
+        self.pos_dropout_rate = config.hidden_dropout_prob
+        self.dropout_rate = config.attention_probs_dropout_prob
+        self.built = True
+
+    def split_heads(self, x):
+        """[..., L, heads * d] -> [..., heads, L, d]"""
+        x = tf.reshape(x, tf.concat([tf.shape(x)[:-1], [self.num_attention_heads, self.attention_head_size]], 0))
+        rank = x.shape.rank
+        return tf.transpose(x, list(range(rank - 3)) + [rank - 2, rank - 3, rank - 1])
+
+    def call(self, hidden_states, attention_mask, rel_embeddings=None, position_index=None,
+             output_attentions=False, training=False):
+        query = self.split_heads(self.query_proj(hidden_states))  # [B, h, L, d]
+        key = self.split_heads(self.key_proj(hidden_states))
+        value = self.split_heads(self.value_proj(hidden_states))
+
+        scale = math.sqrt(self.attention_head_size * self.scale_factor)
+        scores = tf.matmul(query, key / tf.cast(scale, key.dtype), transpose_b=True)  # c2c, K scaled first
+        if self.relative_attention:
+            rel_embeddings = dropout(rel_embeddings, self.pos_dropout_rate, training)
+            scores = scores + self.disentangled_attention_bias(query, key, rel_embeddings, position_index, scale)
+
+        scores = tf.where(attention_mask, scores, tf.constant(scores.dtype.min, scores.dtype))
+        probs = dropout(tf.nn.softmax(scores, axis=-1), self.dropout_rate, training)
+        context = tf.transpose(tf.matmul(probs, value), [0, 2, 1, 3])  # [B, L, h, d]
+        context = tf.reshape(context, tf.concat([tf.shape(context)[:2], [-1]], 0))
+        return context, (probs if output_attentions else None)
+
+    def disentangled_attention_bias(self, query, key, rel_embeddings, position_index, scale):
+        """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``."""
+        lo, hi = position_index.rows
+        rel_embeddings = rel_embeddings[lo:hi]  # [width, H]: the rows some index touches
+        if self.share_att_key:
+            pos_query_proj, pos_key_proj = self.query_proj, self.key_proj
+        else:
+            pos_query_proj, pos_key_proj = self.pos_query_proj, self.pos_key_proj
+        score = 0
+        if "c2p" in self.pos_att_type:
+            # position keys for distances i - j = L - 1 ... -(L - 1): [h, 2L - 1, d]
+            pos_key = self.split_heads(tf.gather(pos_key_proj(rel_embeddings), position_index.c2p))
+            c2p = relative_shift(tf.matmul(query, pos_key, transpose_b=True))  # [B, h, L, L]
+            score = score + c2p / tf.cast(scale, c2p.dtype)
+        if "p2c" in self.pos_att_type:
+            # position queries for distances j - i = L - 1 ... -(L - 1), against the keys: [B, h, Lk, Lq]
+            pos_query = self.split_heads(tf.gather(pos_query_proj(rel_embeddings), position_index.p2c))
+            p2c = relative_shift(tf.matmul(key, pos_query, transpose_b=True))
+            score = score + tf.linalg.matrix_transpose(p2c) / tf.cast(scale, p2c.dtype)
+        return score
+
+
+class TFDebertaV2SelfOutput(keras.layers.Layer):
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        H, dt = config.hidden_size, self.dtype_policy
+        with keras.name_scope(self.name):
+            self.dense = Dense(H, H, std=config.initializer_range, name="dense", dtype=dt)
+            self.LayerNorm = LayerNorm(H, config.layer_norm_eps, name="LayerNorm", dtype=dt)
+        self.dropout_rate = config.hidden_dropout_prob
+        self.built = True
+
+    def call(self, hidden_states, input_tensor, training=False):
+        return self.LayerNorm(dropout(self.dense(hidden_states), self.dropout_rate, training) + input_tensor)
+
+
+class TFDebertaV2Attention(keras.layers.Layer):
+    # `output` is a reserved keras.Layer property (and Keras saving skips attributes of that name), so the
+    # canonical `output` sublayers are held as `output_`; their layer name, hence their variable paths, is "output".
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        with keras.name_scope(self.name):
+            self.self = TFDisentangledSelfAttention(config, name="self", dtype=self.dtype_policy)
+            self.output_ = TFDebertaV2SelfOutput(config, name="output", dtype=self.dtype_policy)
+        self.built = True
+
+    def call(self, hidden_states, attention_mask, rel_embeddings=None, position_index=None,
+             output_attentions=False, training=False):
+        context, probs = self.self(hidden_states, attention_mask, rel_embeddings=rel_embeddings,
+                                   position_index=position_index, output_attentions=output_attentions,
+                                   training=training)
+        return self.output_(context, hidden_states, training=training), probs
+
+
+# =============================================================================================================
+# Layer (post-LayerNorm transformer block)
+class TFDebertaV2Intermediate(keras.layers.Layer):
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        with keras.name_scope(self.name):
+            self.dense = Dense(config.hidden_size, config.intermediate_size, std=config.initializer_range,
+                               name="dense", dtype=self.dtype_policy)
+        self.act = ACT2FN[config.hidden_act]
+        self.built = True
+
+    def call(self, hidden_states):
+        return self.act(self.dense(hidden_states))
+
+
+class TFDebertaV2Output(keras.layers.Layer):
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        H, dt = config.hidden_size, self.dtype_policy
+        with keras.name_scope(self.name):
+            self.dense = Dense(config.intermediate_size, H, std=config.initializer_range, name="dense", dtype=dt)
+            self.LayerNorm = LayerNorm(H, config.layer_norm_eps, name="LayerNorm", dtype=dt)
+        self.dropout_rate = config.hidden_dropout_prob
+        self.built = True
+
+    def call(self, hidden_states, input_tensor, training=False):
+        return self.LayerNorm(dropout(self.dense(hidden_states), self.dropout_rate, training) + input_tensor)
+
+
+class TFDebertaV2Layer(keras.layers.Layer):
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        dt = self.dtype_policy
+        with keras.name_scope(self.name):
+            self.attention = TFDebertaV2Attention(config, name="attention", dtype=dt)
+            self.intermediate = TFDebertaV2Intermediate(config, name="intermediate", dtype=dt)
+            self.output_ = TFDebertaV2Output(config, name="output", dtype=dt)  # see TFDebertaV2Attention
+        self.built = True
+
+    def call(self, hidden_states, attention_mask, rel_embeddings=None, position_index=None,
+             output_attentions=False, training=False):
+        attention_output, probs = self.attention(hidden_states, attention_mask, rel_embeddings=rel_embeddings,
+                                                 position_index=position_index,
+                                                 output_attentions=output_attentions, training=training)
+        return self.output_(self.intermediate(attention_output), attention_output, training=training), probs
+
+
+# =============================================================================================================
+# Encoder, with the nGiE convolution of v2 (applied once, beside layer 0)
+class TFConvLayer(keras.layers.Layer):
+    """LayerNorm(layer0_output + act(dropout(conv(embedding_output)))) on non-padding positions."""
+
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        H, dt = config.hidden_size, self.dtype_policy
+        with keras.name_scope(self.name):
+            self.conv = Conv1D(H, config.conv_kernel_size, config.conv_groups, std=config.initializer_range,
+                               name="conv", dtype=dt)
+            self.LayerNorm = LayerNorm(H, config.layer_norm_eps, name="LayerNorm", dtype=dt)
+        self.dropout_rate = config.hidden_dropout_prob
+        self.act = ACT2FN[config.conv_act]
+        self.built = True
+
+    def call(self, hidden_states, residual_states, input_mask, training=False):
+        out = self.conv(hidden_states)  # [B, L, H]
+        keep = tf.cast(input_mask, out.dtype)[:, :, None]
+        out = tf.where(keep == 0, tf.zeros_like(out), out)
+        out = self.act(dropout(out, self.dropout_rate, training))
+        return self.LayerNorm(residual_states + out) * keep
+
+
+class TFDebertaV2Encoder(keras.layers.Layer):
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        H, dt = config.hidden_size, self.dtype_policy
+        with keras.name_scope(self.name):
+            with keras.name_scope("layer"):  # variable paths .../encoder/layer/{i}/...
+                self.layer = [TFDebertaV2Layer(config, name=str(i), dtype=dt) for i in range(config.num_hidden_layers)]
+            self.rel_embeddings = (Embedding(2 * config.att_span, H, config.initializer_range, name="rel_embeddings",
+                                             dtype=dt) if config.relative_attention else None)
+            self.LayerNorm = (LayerNorm(H, config.layer_norm_eps, name="LayerNorm", dtype=dt)
+                              if config.rel_embeddings_layer_norm else None)
+            self.conv = TFConvLayer(config, name="conv", dtype=dt) if config.conv_kernel_size > 0 else None
+        self.built = True
+
+    def get_rel_embedding(self):
+        if not self.config.relative_attention:
+            return None
+        rel_embeddings = tf.convert_to_tensor(self.rel_embeddings.embeddings)
+        if self.LayerNorm is not None:
+            rel_embeddings = self.LayerNorm(rel_embeddings)
+        return rel_embeddings
+
+    def call(self, hidden_states, attention_mask, input_mask, output_hidden_states=False, output_attentions=False,
+             training=False):
+        """``attention_mask``: bool [B, 1, L, L]; ``input_mask``: [B, L] (1 = token, 0 = padding)."""
+        rel_embeddings = self.get_rel_embedding()
+        seq_length = hidden_states.shape[1]
+        if seq_length is None:
+            seq_length = tf.shape(hidden_states)[1]
+        position_index = relative_position_indices(self.config, seq_length) if self.config.relative_attention \
+            else None
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        embedding_output = hidden_states
+        for i, layer in enumerate(self.layer):
+            hidden_states, probs = layer(hidden_states, attention_mask, rel_embeddings=rel_embeddings,
+                                         position_index=position_index, output_attentions=output_attentions,
+                                         training=training)
+            if i == 0 and self.conv is not None:
+                hidden_states = self.conv(embedding_output, hidden_states, input_mask, training=training)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(probs)
+        return ModelOutput(last_hidden_state=hidden_states,
+                           hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+                           attentions=tuple(all_attentions) if output_attentions else None)
+
+
+def attention_masks(attention_mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """2-D [B, L] or 3-D [B, Lq, Lk] mask -> (bool [B, 1, L, L] pair mask, [B, L] token mask).
+
+    A 2-D mask becomes the outer product (padding query rows are masked too). A token of a 3-D mask counts as
+    present when any query attends to it, as the reference's ConvLayer reads it.
+    """
+    rank = attention_mask.shape.rank
+    if rank == 2:
+        input_mask = attention_mask
+        pair = attention_mask[:, None, :, None] * attention_mask[:, None, None, :]
+    elif rank == 3:
+        input_mask = tf.cast(tf.reduce_sum(attention_mask, axis=-2) > 0, attention_mask.dtype)
+        pair = attention_mask[:, None]
+    else:
+        raise ValueError(f"attention_mask must be 2-D [batch, seq] or 3-D [batch, seq, seq], got shape "
+                         f"{attention_mask.shape}")
+    return tf.cast(pair, tf.bool), input_mask
+
+
+# =============================================================================================================
+# Pre-trained model base: init, loading, saving
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+# Keras leaf name -> canonical leaf name (the inverse of schema.LAYOUT's "tf" column)
+_CANONICAL_LEAF = {"kernel": "weight", "embeddings": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
+
+
+def dtype_policy(dtype: Any) -> str:
+    """None / "float32" / "bfloat16" / "float16" (numpy, tf or string spellings) -> a Keras dtype policy name."""
+    if dtype is None:
+        return "float32"
+    name = str(getattr(dtype, "name", dtype)).replace("tf.", "").replace("torch.", "")
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected float32, float16 or bfloat16")
+    return _DTYPES[name]
+
+
+def _as_tensor(x, dtype=None):
+    if x is None:
+        return None
+    if isinstance(x, np.ndarray) and dtype is None and x.dtype == np.float64:
+        dtype = tf.float32
+    return tf.convert_to_tensor(x, dtype=dtype) if not tf.is_tensor(x) else (x if dtype is None else tf.cast(x, dtype))
+
+
+def _snake_case(name: str) -> str:
+    return keras.src.utils.naming.to_snake_case(name)
+
+
+class TFDebertaV2PreTrainedModel(keras.Model):
+    """Base of every TF DeBERTa-v2 model: ``from_pretrained``, ``from_config``, ``save_pretrained``."""
+
+    task = "base"
+    base_model_prefix = "deberta"
+
+    def __init__(self, config: DebertaV2Config, dtype: Any = None, name: Optional[str] = None, **kwargs):
+        super().__init__(name=name or _snake_case(type(self).__name__), dtype=dtype_policy(dtype), **kwargs)
+        self.config = config
+
+    # ---------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: DebertaV2Config, dtype: Any = None, seed: Optional[int] = None):
+        """A randomly initialised model (normal(0, initializer_range) weights, as the reference)."""
+        if isinstance(config, dict):  # keras.Model.from_config(dict) convention
+            config = DebertaV2Config.from_dict(config)
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        return cls(config, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
+                        dtype: Any = None, **config_overrides: Any):
+        """Load a checkpoint directory (``config.json`` + weights: ``tf_model.h5`` first, then any other supported
+        file) or a weights file (then ``config`` is required)."""
+        cfg = resolve_config(pretrained_model_name_or_path, config)
+        if config_overrides:
+            cfg = DebertaV2Config.from_dict({**cfg.to_dict(), **config_overrides})
+        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "tf", config=cfg)
+        model = cls(cfg, dtype=dtype)
+        model.load_canonical(loaded.arrays)
+        model.loading_report = loaded.report
+        model.weights_path = loaded.weights_path
+        return model
+
+    # ---------------------------------------------------------------------------------------------------------
+    def canonical_variables(self) -> dict[str, Any]:
+        """Canonical name -> Keras variable, from the variables' paths (the model name dropped)."""
+        out = {}
+        for variable in self.weights:
+            module, _, leaf = variable.path.split("/", 1)[1].rpartition("/")
+            name = f"{module.replace('/', '.')}.{_CANONICAL_LEAF[leaf]}"
+            out[name] = variable
+        return out
+
+    def check_variables(self) -> None:
+        """The variables are exactly the schema's names and shapes (a guard against drift)."""
+        expected = schema.expected_shapes(self.config, self.task)
+        variables = self.canonical_variables()
+        drift = set(variables) ^ set(expected)
+        wrong = [n for n in set(variables) & set(expected)
+                 if tuple(variables[n].shape) != schema.framework_shape(n, expected[n], "tf")]
+        if drift or wrong:
+            raise RuntimeError(f"variables differ from the schema: names {sorted(drift)}, shapes {sorted(wrong)}")
+
+    def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
+        """Assign canonical (PyTorch-layout) arrays to the variables of the same names."""
+        variables = self.canonical_variables()
+        for name, array in arrays.items():
+            variable = variables[name]
+            variable.assign(np.asarray(schema.to_framework(name, array, "tf")).astype(variable.dtype))
+
+    def canonical_state(self) -> dict[str, np.ndarray]:
+        """Canonical name -> numpy array in canonical layout (float32 copies of bf16 variables)."""
+        out = {}
+        for name, variable in self.canonical_variables().items():
+            value = np.asarray(variable.numpy())
+            if value.dtype.name == "bfloat16":
+                value = value.astype(np.float32)
+            out[name] = schema.from_framework(name, value, "tf").copy()
+        return out
+
+    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "tf_h5") -> None:
+        """Write ``config.json`` and ``tf_model.h5`` (the reference's layout), or ``model.weights.h5`` (Keras 3)
+        with ``format="keras_h5"``. Tensors are streamed one at a time."""
+        from convert.formats import FORMATS, TensorInfo, write_weights
+
+        if format not in ("tf_h5", "keras_h5"):
+            raise ValueError(f"unsupported format {format!r} for the TF model; expected 'tf_h5' or 'keras_h5'")
+        self.check_variables()
+        os.makedirs(save_directory, exist_ok=True)
+        variables = self.canonical_variables()
+        expected = schema.expected_shapes(self.config, self.task)
+        infos = {n: TensorInfo(expected[n], np.dtype(variables[n].dtype)) for n in expected}
+
+        def get(name: str) -> np.ndarray:
+            return schema.from_framework(name, np.asarray(variables[name].numpy()), "tf")
+
+        filename = FORMATS[format].filenames[0]
+        write_weights(os.path.join(save_directory, filename), infos, get, format=format, task=self.task)
+        self.config.save_pretrained(save_directory)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def _prepare(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        input_ids = _as_tensor(input_ids)
+        inputs_embeds = _as_tensor(inputs_embeds, self.compute_dtype) if inputs_embeds is not None else None
+        if attention_mask is None:
+            shape = tf.shape(input_ids) if input_ids is not None else tf.shape(inputs_embeds)[:-1]
+            attention_mask = tf.ones(shape, dtype=tf.int32)
+        return input_ids, _as_tensor(attention_mask), _as_tensor(token_type_ids), _as_tensor(position_ids), \
+            inputs_embeds
+
+
+# =============================================================================================================
+# The encoder model
+class TFDebertaV2Model(TFDebertaV2PreTrainedModel):
+    def __init__(self, config: DebertaV2Config, dtype: Any = None, name: Optional[str] = None, **kwargs):
+        super().__init__(config, dtype=dtype, name=name, **kwargs)
+        with keras.name_scope(self.name):
+            self.embeddings = TFDebertaV2Embeddings(config, name="embeddings", dtype=self.dtype_policy)
+            self.encoder = TFDebertaV2Encoder(config, name="encoder", dtype=self.dtype_policy)
+        self.built = True
+
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+             output_attentions=False, output_hidden_states=False, training=None):
+        training = bool(training)
+        input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = self._prepare(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        pair_mask, input_mask = attention_masks(attention_mask)
+        embedding_output = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
+                                           position_ids=position_ids, input_mask=input_mask,
+                                           inputs_embeds=inputs_embeds, training=training)
+        return self.encoder(embedding_output, pair_mask, input_mask, output_hidden_states=bool(output_hidden_states),
+                            output_attentions=bool(output_attentions), training=training)
+
+
+class _TaskModel(TFDebertaV2PreTrainedModel):
+    """A task model: the encoder under ``deberta`` plus a head created by ``build_head``."""
+
+    def __init__(self, config: DebertaV2Config, dtype: Any = None, name: Optional[str] = None, **kwargs):
+        super().__init__(config, dtype=dtype, name=name, **kwargs)
+        with keras.name_scope(self.name):
+            self.deberta = TFDebertaV2Model(config, dtype=dtype, name="deberta")
+            self.build_head(config, self.dtype_policy)
+        self.built = True
+
+    def build_head(self, config: DebertaV2Config, dt) -> None:
+        raise NotImplementedError
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
+                output_hidden_states, training):
+        return self.deberta(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds,
+                            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                            training=training)
+
+
+# =============================================================================================================
+# Heads
+class TFLegacyDebertaV2PredictionHeadTransform(keras.layers.Layer):
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        E, dt = config.embedding_dim, self.dtype_policy
+        with keras.name_scope(self.name):
+            self.dense = Dense(config.hidden_size, E, std=config.initializer_range, name="dense", dtype=dt)
+            self.LayerNorm = LayerNorm(E, config.layer_norm_eps, name="LayerNorm", dtype=dt)
+        self.act = ACT2FN[config.hidden_act]
+        self.built = True
+
+    def call(self, hidden_states):
+        return self.LayerNorm(self.act(self.dense(hidden_states)))
+
+
+def _tied_decoder(hidden_states, word_embeddings, bias):
+    """hidden [..., E] @ word_embeddings[V, E]^T + bias"""
+    shape = tf.shape(hidden_states)
+    logits = tf.matmul(tf.reshape(hidden_states, [-1, shape[-1]]), word_embeddings, transpose_b=True)
+    logits = tf.nn.bias_add(logits, bias)
+    return tf.reshape(logits, tf.concat([shape[:-1], [-1]], 0))
+
+
+class TFLegacyDebertaV2LMPredictionHead(keras.layers.Layer):
+    """``cls.predictions``: transform (H -> E) then the decoder tied to the word embeddings, plus ``bias``."""
+
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        self.bias = self.add_weight(name="bias", shape=(config.vocab_size,), initializer="zeros")
+        with keras.name_scope(self.name):
+            self.transform = TFLegacyDebertaV2PredictionHeadTransform(config, name="transform",
+                                                                      dtype=self.dtype_policy)
+        self.built = True
+
+    def call(self, hidden_states, word_embeddings):
+        return _tied_decoder(self.transform(hidden_states), word_embeddings, self.bias)
+
+
+class TFLegacyDebertaV2OnlyMLMHead(keras.layers.Layer):
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        with keras.name_scope(self.name):
+            self.predictions = TFLegacyDebertaV2LMPredictionHead(config, name="predictions", dtype=self.dtype_policy)
+        self.built = True
+
+    def call(self, sequence_output, word_embeddings):
+        return self.predictions(sequence_output, word_embeddings)
+
+
+class TFDebertaV2LMPredictionHead(keras.layers.Layer):
+    """``lm_predictions.lm_head`` (the published checkpoints' layout): LN(act(dense(h))) @ W_emb^T + bias."""
+
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        H, dt = config.hidden_size, self.dtype_policy
+        self.bias = self.add_weight(name="bias", shape=(config.vocab_size,), initializer="zeros")
+        with keras.name_scope(self.name):
+            self.dense = Dense(H, H, std=config.initializer_range, name="dense", dtype=dt)
+            self.LayerNorm = LayerNorm(H, config.layer_norm_eps, name="LayerNorm", dtype=dt)
+        self.act = ACT2FN[config.hidden_act]
+        self.built = True
+
+    def call(self, hidden_states, word_embeddings):
+        hidden_states = self.LayerNorm(self.act(self.dense(hidden_states)))
+        return _tied_decoder(hidden_states, word_embeddings, self.bias)
+
+
+class TFDebertaV2OnlyMLMHead(keras.layers.Layer):
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        with keras.name_scope(self.name):
+            self.lm_head = TFDebertaV2LMPredictionHead(config, name="lm_head", dtype=self.dtype_policy)
+        self.built = True
+
+    def call(self, sequence_output, word_embeddings):
+        return self.lm_head(sequence_output, word_embeddings)
+
+
+class TFContextPooler(keras.layers.Layer):
+    """The first token's hidden state -> dropout -> dense -> activation."""
+
+    def __init__(self, config: DebertaV2Config, **kwargs):
+        super().__init__(**kwargs)
+        with keras.name_scope(self.name):
+            self.dense = Dense(config.pooler_size, config.pooler_size, std=config.initializer_range, name="dense",
+                               dtype=self.dtype_policy)
+        self.dropout_rate = config.pooler_dropout
+        self.act = ACT2FN[config.pooler_hidden_act]
+        self.built = True
+
+    def call(self, hidden_states, training=False):
+        return self.act(self.dense(dropout(hidden_states[:, 0], self.dropout_rate, training)))
+
+
+def _with_encoder_outputs(outputs: ModelOutput, **fields) -> ModelOutput:
+    return ModelOutput(**fields, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+
+# Losses: the reference PyTorch rules (torch.nn.functional semantics), computed in float32.
+def cross_entropy(logits, labels, ignore_index: int = -100):
+    """F.cross_entropy(logits [N, C], labels [N]): mean over labels != ignore_index (nan if there are none)."""
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    keep = tf.not_equal(labels, ignore_index)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0), logits=logits)
+    losses = tf.where(keep, losses, 0.0)
+    return tf.reduce_sum(losses) / tf.reduce_sum(tf.cast(keep, tf.float32))
+
+
+def mse_loss(a, b):
+    return tf.reduce_mean(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32)))
+
+
+def sequence_classification_loss(config: DebertaV2Config, logits, labels):
+    """The reference's loss rules for sequence classification (incl. regression for num_labels == 1)."""
+    num_labels = config.num_labels
+    logits32 = tf.cast(logits, tf.float32)
+    if config.problem_type is None:
+        if num_labels == 1:
+            return mse_loss(tf.reshape(logits32, [-1]), tf.reshape(labels, [-1]))
+        if labels.shape.rank == 1 or labels.shape[-1] == 1:
+            labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+            keep = labels >= 0  # rows with a negative label are ignored
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0),
+                                                                    logits=tf.reshape(logits32, [-1, num_labels]))
+            count = tf.reduce_sum(tf.cast(keep, tf.float32))
+            total = tf.reduce_sum(tf.where(keep, losses, 0.0))
+            return tf.where(count > 0, total / tf.maximum(count, 1.0), 0.0)  # 0 when no row is kept
+        labels = tf.cast(labels, tf.float32)  # soft labels
+        return -tf.reduce_mean(tf.reduce_sum(tf.nn.log_softmax(logits32, axis=-1) * labels, axis=-1))
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return mse_loss(tf.squeeze(logits32), tf.squeeze(labels))
+        return mse_loss(logits32, labels)
+    if config.problem_type == "single_label_classification":
+        return cross_entropy(tf.reshape(logits32, [-1, num_labels]), tf.reshape(labels, [-1]))
+    labels = tf.cast(labels, tf.float32)  # multi_label_classification
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits32))
+
+
+def _loss_dtype(loss, logits):
+    return tf.cast(loss, logits.dtype)
+
+
+class TFDebertaV2ForMaskedLM(_TaskModel):
+    task = "masked-lm"
+
+    def build_head(self, config: DebertaV2Config, dt) -> None:
+        if config.legacy:
+            self.cls = TFLegacyDebertaV2OnlyMLMHead(config, name="cls", dtype=dt)
+        else:
+            schema.expected_shapes(config, self.task)  # raises for embedding_size != hidden_size
+            self.lm_predictions = TFDebertaV2OnlyMLMHead(config, name="lm_predictions", dtype=dt)
+
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+             labels=None, output_attentions=False, output_hidden_states=False, training=None):
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, training)
+        word_embeddings = tf.convert_to_tensor(self.deberta.embeddings.word_embeddings.embeddings)
+        head = self.cls if self.config.legacy else self.lm_predictions
+        logits = head(outputs.last_hidden_state, word_embeddings)
+        loss = None
+        if labels is not None:
+            loss = cross_entropy(tf.reshape(logits, [-1, self.config.vocab_size]), tf.reshape(_as_tensor(labels), [-1]))
+            loss = _loss_dtype(loss, logits)
+        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+
+
+class TFDebertaV2ForSequenceClassification(_TaskModel):
+    task = "sequence-classification"
+
+    def build_head(self, config: DebertaV2Config, dt) -> None:
+        self.pooler = TFContextPooler(config, name="pooler", dtype=dt)
+        self.classifier = Dense(config.hidden_size, config.num_labels, std=config.initializer_range,
+                                name="classifier", dtype=dt)
+        self.dropout_rate = config.classifier_dropout
+
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+             labels=None, output_attentions=False, output_hidden_states=False, training=None):
+        training = bool(training)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, training)
+        pooled = self.pooler(outputs.last_hidden_state, training=training)
+        logits = self.classifier(dropout(pooled, self.dropout_rate, training))
+        loss = None
+        if labels is not None:
+            loss = _loss_dtype(sequence_classification_loss(self.config, logits, _as_tensor(labels)), logits)
+        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+
+
+class TFDebertaV2ForTokenClassification(_TaskModel):
+    task = "token-classification"
+
+    def build_head(self, config: DebertaV2Config, dt) -> None:
+        self.classifier = Dense(config.hidden_size, config.num_labels, std=config.initializer_range,
+                                name="classifier", dtype=dt)
+        self.dropout_rate = config.hidden_dropout_prob
+
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+             labels=None, output_attentions=False, output_hidden_states=False, training=None):
+        training = bool(training)
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, training)
+        logits = self.classifier(dropout(outputs.last_hidden_state, self.dropout_rate, training))
+        loss = None
+        if labels is not None:
+            loss = cross_entropy(tf.reshape(logits, [-1, self.config.num_labels]), tf.reshape(_as_tensor(labels), [-1]))
+            loss = _loss_dtype(loss, logits)
+        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+
+
+class TFDebertaV2ForQuestionAnswering(_TaskModel):
+    task = "question-answering"
+
+    def build_head(self, config: DebertaV2Config, dt) -> None:
+        self.qa_outputs = Dense(config.hidden_size, config.num_labels, std=config.initializer_range,
+                                name="qa_outputs", dtype=dt)
+
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+             start_positions=None, end_positions=None, output_attentions=False, output_hidden_states=False,
+             training=None):
+        outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, training)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = tf.unstack(logits, num=self.config.num_labels, axis=-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored_index = tf.shape(start_logits)[1]  # positions outside the sequence are clamped here and ignored
+
+            def span_loss(span_logits, positions):
+                positions = tf.clip_by_value(tf.reshape(tf.cast(_as_tensor(positions), tf.int32), [-1]), 0,
+                                             ignored_index)
+                return cross_entropy(span_logits, positions, ignore_index=ignored_index)
+
+            loss = _loss_dtype((span_loss(start_logits, start_positions) + span_loss(end_logits, end_positions)) / 2,
+                               logits)
+        return _with_encoder_outputs(outputs, loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
+class TFDebertaV2ForMultipleChoice(_TaskModel):
+    task = "multiple-choice"
+
+    def build_head(self, config: DebertaV2Config, dt) -> None:
+        self.pooler = TFContextPooler(config, name="pooler", dtype=dt)
+        self.classifier = Dense(config.hidden_size, 1, std=config.initializer_range, name="classifier", dtype=dt)
+        self.dropout_rate = config.classifier_dropout
+
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+             labels=None, output_attentions=False, output_hidden_states=False, training=None):
+        """Inputs are [batch, num_choices, seq] ([batch, num_choices, seq, E] for inputs_embeds)."""
+        training = bool(training)
+        input_ids, inputs_embeds = _as_tensor(input_ids), _as_tensor(inputs_embeds, self.compute_dtype) \
+            if inputs_embeds is not None else None
+        ref = input_ids if input_ids is not None else inputs_embeds
+        num_choices = ref.shape[1] if ref.shape[1] is not None else tf.shape(ref)[1]
+
+        def flat(x, tail: int = 1):
+            if x is None:
+                return None
+            x = _as_tensor(x)
+            return tf.reshape(x, tf.concat([[-1], tf.shape(x)[x.shape.rank - tail:]], 0))
+
+        mask_tail = 2 if attention_mask is not None and _as_tensor(attention_mask).shape.rank == 4 else 1
+        outputs = self._encode(flat(input_ids), flat(attention_mask, mask_tail), flat(token_type_ids),
+                               flat(position_ids), flat(inputs_embeds, 2), output_attentions, output_hidden_states,
+                               training)
+        pooled = self.pooler(outputs.last_hidden_state, training=training)
+        logits = self.classifier(dropout(pooled, self.dropout_rate, training))
+        reshaped_logits = tf.reshape(logits, tf.stack([-1, num_choices]))
+        loss = None
+        if labels is not None:
+            loss = _loss_dtype(cross_entropy(reshaped_logits, tf.reshape(_as_tensor(labels), [-1])), logits)
+        return _with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits)
+
+
+MODEL_CLASSES = {cls.task: cls for cls in (
+    TFDebertaV2Model, TFDebertaV2ForMaskedLM, TFDebertaV2ForSequenceClassification,
+    TFDebertaV2ForTokenClassification, TFDebertaV2ForQuestionAnswering, TFDebertaV2ForMultipleChoice)}
