@@ -1,0 +1,518 @@
+"""The parity harness behind ``deberta-xf parity``: one checkpoint, every installed framework, every output.
+
+Steps (DESIGN §5):
+1. inputs: the checkpoint's slow and fast tokenizers on real text (compared with each other), or seeded token
+   ids when the checkpoint has no tokenizer files; with ``--compare-to`` the recorded inputs;
+2. each framework loads the checkpoint by DESIGN §1's rule (its own file first; the report names the file) on the
+   requested device and dtype, with full-precision matmuls pinned, and runs the task head with every hidden state;
+3. every pair of frameworks (and every recorded framework against every one run now) is compared on every
+   output and hidden state by :mod:`parity.compare`; a failing pair names its first diverging layer and, when
+   the two frameworks read different weight files, the tensors in which those files differ.
+
+:func:`run_parity` returns a :class:`ParityReport`; :mod:`parity.report` renders it. Bad input raises
+:class:`impls.errors.DebertaXfError` (exit code 2); a failed check is a report with ``passed == False`` (1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import sys
+from typing import Any
+
+import numpy as np
+
+from impls.configuration import CONFIG_NAME, DebertaV2Config
+from impls.errors import DebertaXfError
+from impls.schema import TASKS
+from parity import inputs as parity_inputs
+from parity.compare import THRESHOLD_KEYS, Comparison, compare_outputs, divergence, thresholds_for
+from parity.frameworks import FRAMEWORKS, RUNNERS
+from parity.recording import Recording, config_differences, load_recording, save_recording
+
+SCHEMA_VERSION = 1
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "gpu")
+MATMUL_PRECISION = ("full fp32 matmuls pinned: torch allow_tf32=False + float32_matmul_precision 'highest'; "
+                    "TF enable_tensor_float_32_execution(False); JAX default_matmul_precision 'highest'")
+
+
+@dataclasses.dataclass
+class ParityOptions:
+    checkpoint: str
+    frameworks: list[str] = dataclasses.field(default_factory=lambda: list(FRAMEWORKS))
+    device: str = "auto"
+    dtype: str = "float32"
+    texts: str | None = None
+    task: str | None = None
+    atol: dict[str, float] = dataclasses.field(default_factory=dict)  # overrides: hidden / logits / mlm_logits
+    attentions: bool = False
+    save_outputs: str | None = None
+    compare_to: str | None = None
+
+
+@dataclasses.dataclass
+class FrameworkStatus:
+    framework: str
+    status: str                   # ran | not installed | no gpu | failed | recorded
+    device: str = ""              # cpu | gpu
+    device_name: str = ""
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    weights_file: str = ""
+    seconds: float = 0.0
+    note: str = ""
+    outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.framework}@{self.device}" + ("(recorded)" if self.status == "recorded" else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "label": self.label if self.device else self.framework,
+                "device": self.device or None, "device_name": self.device_name or None, "versions": self.versions,
+                "weights_file": self.weights_file or None, "seconds": round(self.seconds, 3),
+                "note": self.note or None}
+
+
+@dataclasses.dataclass
+class PairResult:
+    reference: FrameworkStatus
+    candidate: FrameworkStatus
+    tensors: list[Comparison]
+    weights_diff: dict[str, Any] | None = None   # when a failing pair read different weight files
+
+    @property
+    def name(self) -> str:
+        return f"{self.reference.label} vs {self.candidate.label}"
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed for t in self.tensors)
+
+    @property
+    def first_diverging_layer(self) -> str | None:
+        return None if self.passed else divergence(self.tensors)
+
+    @property
+    def worst(self) -> Comparison | None:
+        return max(self.tensors, key=lambda t: (t.max_abs / t.atol if t.atol else t.max_abs), default=None)
+
+    def as_dict(self) -> dict[str, Any]:
+        worst = self.worst
+        return {"pair": self.name, "reference": self.reference.label, "candidate": self.candidate.label,
+                "passed": self.passed, "first_diverging_layer": self.first_diverging_layer,
+                "worst": None if worst is None else {"name": worst.name, "max_abs": _finite(worst.max_abs),
+                                                     "atol": worst.atol},
+                "max_abs": _finite(max((t.max_abs for t in self.tensors), default=0.0)),
+                "weights_diff": self.weights_diff,
+                "tensors": [_tensor_dict(t) for t in self.tensors]}
+
+
+@dataclasses.dataclass
+class Check:
+    suite: str
+    name: str
+    status: str        # passed | failed | skipped
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ParityReport:
+    checkpoint: str
+    task: str
+    task_source: str
+    dtype: str
+    device_request: str
+    tolerances: dict[str, Any]
+    inputs: dict[str, Any]
+    tokenizer: parity_inputs.TokenizerResult | None
+    frameworks: list[FrameworkStatus]
+    pairs: list[PairResult]
+    recording: dict[str, Any] | None
+    notes: list[str]
+    environment: dict[str, Any]
+    created: str
+
+    def checks(self) -> list[Check]:
+        out: list[Check] = []
+        if self.tokenizer is not None:
+            for c in self.tokenizer.checks:
+                out.append(Check("tokenizer", c.name, "passed" if c.passed else "failed", c.detail))
+        for fw in self.frameworks:
+            if fw.status == "recorded":
+                continue
+            status = {"ran": "passed", "failed": "failed"}.get(fw.status, "skipped")
+            message = (f"{fw.framework} loaded {fw.weights_file} on {fw.device_name} in {fw.seconds:.1f}s"
+                       if fw.status == "ran" else f"{fw.framework}: {fw.status}: {fw.note}")
+            out.append(Check("load", fw.framework, status, message))
+        sources = sum(1 for fw in self.frameworks if fw.outputs)
+        if not self.pairs:
+            recording_only = self.recording is not None and self.recording.get("saved_to") and sources
+            out.append(Check("model", "pairs", "skipped" if recording_only else "failed",
+                             f"{sources} framework(s) produced outputs: nothing to compare"
+                             + ("; outputs recorded for a later --compare-to" if recording_only else
+                                "; install another framework or use --compare-to F.npz")))
+        for pair in self.pairs:
+            layer = pair.first_diverging_layer
+            for t in pair.tensors:
+                if t.passed:
+                    message = f"max abs {t.max_abs:.3e} <= atol {t.atol:.1e}"
+                else:
+                    message = (f"max abs {_fmt(t.max_abs)} > atol {t.atol:.1e}" + (f" ({t.note})" if t.note else "")
+                               + (f"; first diverging layer: {layer}" if layer else ""))
+                out.append(Check(pair.name, t.name, "passed" if t.passed else "failed", message))
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not any(c.status == "failed" for c in self.checks())
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def as_dict(self) -> dict[str, Any]:
+        checks = self.checks()
+        tok = self.tokenizer
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": "deberta-xf parity",
+            "created": self.created,
+            "checkpoint": self.checkpoint,
+            "task": self.task,
+            "task_source": self.task_source,
+            "dtype": self.dtype,
+            "device_request": self.device_request,
+            "tolerances": self.tolerances,
+            "environment": self.environment,
+            "inputs": self.inputs,
+            "tokenizer": {"checked": tok.checked, "passed": tok.passed, "note": tok.note,
+                          "tokenizers": tok.tokenizers, "checks": [c.as_dict() for c in tok.checks]}
+            if tok is not None else {"checked": False, "passed": None, "note": self.inputs["note"],
+                                     "tokenizers": [], "checks": []},
+            "frameworks": {fw.framework if fw.status != "recorded" else fw.label: fw.as_dict()
+                           for fw in self.frameworks},
+            "recording": self.recording,
+            "comparisons": [p.as_dict() for p in self.pairs],
+            "checks": [c.as_dict() for c in checks],
+            "notes": self.notes,
+            "summary": {"checks": len(checks), "failed": sum(c.status == "failed" for c in checks),
+                        "skipped": sum(c.status == "skipped" for c in checks),
+                        "tensors_compared": sum(len(p.tensors) for p in self.pairs),
+                        "worst_max_abs": {p.name: _finite(max((t.max_abs for t in p.tensors), default=0.0))
+                                          for p in self.pairs}},
+            "passed": self.passed,
+            "exit_code": self.exit_code,
+        }
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no inf/NaN: a comparison that could not produce a number is null (its ``note`` says why)."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3e}" if math.isfinite(x) else "inf"
+
+
+def _tensor_dict(t: Comparison) -> dict[str, Any]:
+    return {"name": t.name, "shape": list(t.shape), "max_abs": _finite(t.max_abs), "mean_abs": _finite(t.mean_abs),
+            "max_rel": _finite(t.max_rel), "atol": t.atol, "passed": t.passed, "compared": t.compared,
+            "note": t.note or None}
+
+
+# === Validation of the options (everything that is bad input fails here, before any model runs) ===
+
+def _check_options(opts: ParityOptions) -> DebertaV2Config:
+    if opts.dtype not in DTYPES:
+        raise DebertaXfError(f"--dtype {opts.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if opts.device not in DEVICES:
+        raise DebertaXfError(f"--device {opts.device!r}: expected one of {', '.join(DEVICES)}")
+    if opts.task is not None and opts.task not in TASKS:
+        raise DebertaXfError(f"--task {opts.task!r}: expected one of {', '.join(TASKS)}")
+    for key, value in opts.atol.items():
+        if key not in THRESHOLD_KEYS:
+            raise DebertaXfError(f"unknown tolerance {key!r}; expected {', '.join(THRESHOLD_KEYS)}")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise DebertaXfError(f"--atol-{key.replace('mlm_logits', 'mlm')} {value!r}: expected a positive number")
+    unknown = [f for f in opts.frameworks if f not in FRAMEWORKS]
+    if unknown or not opts.frameworks:
+        raise DebertaXfError(f"--frameworks: expected a comma-separated list of {', '.join(FRAMEWORKS)}")
+    ckpt = opts.checkpoint
+    if not os.path.exists(ckpt):
+        raise DebertaXfError(f"{ckpt}: no such checkpoint directory")
+    if not os.path.isdir(ckpt):
+        raise DebertaXfError(f"{ckpt}: CHECKPOINT must be a directory holding {CONFIG_NAME} and weights")
+    config_path = os.path.join(ckpt, CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise DebertaXfError(f"{ckpt}: no {CONFIG_NAME} in this checkpoint directory")
+    config = DebertaV2Config.from_json_file(config_path)  # ConfigError (a DebertaXfError) names the fields
+    from convert.formats import find_weights
+
+    find_weights(ckpt, "torch")  # CheckpointError when the directory has no weights file at all
+    return config
+
+
+def _environment(statuses: list[FrameworkStatus]) -> dict[str, Any]:
+    try:
+        version = importlib.metadata.version("deberta-xf")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"deberta_xf": version, "python": sys.version.split()[0], "platform": platform.platform(),
+            "machine": platform.machine(), "numpy": np.__version__,
+            "frameworks": {fw.framework if fw.status != "recorded" else fw.label:
+                           {"versions": fw.versions, "device": fw.device or None,
+                            "device_name": fw.device_name or None} for fw in statuses},
+            "matmul_precision": MATMUL_PRECISION}
+
+
+# === Inputs ===
+
+def _model_inputs(opts: ParityOptions, config: DebertaV2Config, task: str,
+                  recording: Recording | None) -> tuple[dict[str, np.ndarray], dict[str, Any],
+                                                        parity_inputs.TokenizerResult | None]:
+    ckpt = opts.checkpoint
+    config_path = os.path.join(ckpt, CONFIG_NAME)
+    tokenizer = None
+    texts = None
+    if parity_inputs.has_tokenizer(ckpt):
+        texts = parity_inputs.read_texts(opts.texts)
+        tokenizer = parity_inputs.tokenizer_checks(ckpt, texts, config.max_position_embeddings)
+    elif opts.texts is not None:
+        parity_inputs.read_texts(opts.texts)  # still a bad --texts file is bad input
+    info: dict[str, Any] = {"source": "", "note": "", "shape": None, "real_tokens": None, "texts_file": None,
+                            "num_texts": None, "pairs": None, "seed": None, "recording": None}
+    if recording is not None:
+        model_inputs = dict(recording.inputs)
+        recorded_note = (recording.metadata.get("inputs") or {}).get("note", "no description")
+        info.update(source="recording", recording=recording.path,
+                    note=f"the inputs recorded in {recording.path} ({recorded_note})")
+        source = recording.path
+    elif tokenizer is not None:
+        model_inputs = dict(tokenizer.encoding)
+        info.update(source="tokenizer", texts_file=texts.source, num_texts=len(texts), pairs=texts.second is not None,
+                    note=f"{len(texts)} texts from {texts.source} tokenized by the checkpoint's "
+                         f"{' and '.join(tokenizer.tokenizers)} tokenizer, padded"
+                         + (f"; {tokenizer.truncated} truncated to {config.max_position_embeddings} tokens"
+                            if tokenizer.truncated else ""))
+        source = f"{texts.source} tokenized by {ckpt}"
+    else:
+        model_inputs = parity_inputs.deterministic_inputs(config)
+        info.update(source="deterministic", seed=parity_inputs.DETERMINISTIC_SEED,
+                    note=f"{ckpt} has no tokenizer files (spm.model / tokenizer.json): fed deterministic token ids "
+                         f"(numpy seed {parity_inputs.DETERMINISTIC_SEED}) with padding"
+                         + ("; --texts ignored" if opts.texts else ""))
+        source = "deterministic ids"
+    model_inputs = parity_inputs.as_task_inputs(model_inputs, task, source)
+    parity_inputs.check_ids(model_inputs, config, source, config_path)
+    info["shape"] = list(model_inputs["input_ids"].shape)
+    info["real_tokens"] = int(np.asarray(model_inputs["attention_mask"]).sum())
+    return model_inputs, info, tokenizer
+
+
+# === Thresholds ===
+
+def _tolerances(opts: ParityOptions, recording: Recording | None) -> dict[str, Any]:
+    dtypes = [opts.dtype] + ([recording.dtype] if recording is not None and recording.dtype != opts.dtype else [])
+    base = {k: max(thresholds_for(d)[k] for d in dtypes) for k in THRESHOLD_KEYS}
+    source = {"float32": "DESIGN §5 fp32", "bfloat16": "measured bf16 (parity.compare.BF16_THRESHOLDS)",
+              "float16": "measured fp16 (parity.compare.FP16_THRESHOLDS)"}
+    description = " / ".join(source[d] for d in dtypes)
+    if len(dtypes) > 1:
+        description += f" (the looser of {opts.dtype} now and {recording.dtype} recorded)"
+    overrides = {k: float(v) for k, v in opts.atol.items()}
+    if overrides:
+        description += "; overridden: " + ", ".join(f"{k}={v:.1e}" for k, v in overrides.items())
+    return {"dtype": opts.dtype if len(dtypes) == 1 else "+".join(dtypes), **base, **overrides,
+            "source": description}
+
+
+# === Running and comparing ===
+
+def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.ndarray]) -> list[FrameworkStatus]:
+    statuses: list[FrameworkStatus] = []
+    plan = []
+    for framework in opts.frameworks:
+        runner = RUNNERS[framework]
+        why = runner.available()
+        if why is not None:
+            statuses.append(FrameworkStatus(framework, "not installed", note=why))
+            continue
+        device = runner.resolve_device(opts.device)
+        status = FrameworkStatus(framework, "pending", versions=runner.versions())
+        if device is None:
+            status.status, status.note = "no gpu", f"--device gpu: {framework} sees no GPU"
+        else:
+            status.device, status.device_name = device.kind, device.name
+            plan.append((runner, device, status))
+        statuses.append(status)
+    if opts.device == "gpu" and not plan and any(s.status == "no gpu" for s in statuses):
+        raise DebertaXfError("--device gpu: no requested framework sees a GPU ("
+                             + "; ".join(f"{s.framework}: {s.note or s.status}" for s in statuses) + ")")
+    for runner, device, status in plan:
+        try:
+            execution = runner.run(opts.checkpoint, task, opts.dtype, model_inputs, device, opts.attentions)
+        except Exception as err:  # a framework that cannot load or run the checkpoint is a failed check
+            status.status = "failed"
+            status.note = _one_line(f"{type(err).__name__}: {err}")
+            try:
+                from convert.formats import find_weights
+
+                status.weights_file = os.path.basename(find_weights(opts.checkpoint, runner.framework)[0])
+            except DebertaXfError:
+                pass
+            continue
+        status.status = "ran"
+        status.outputs = execution.outputs
+        status.weights_file = execution.weights_file
+        status.seconds = execution.seconds
+    return statuses
+
+
+_MANTISSA_BITS = {"float64": 52, "float32": 23, "float16": 10, "bfloat16": 7}
+
+
+def _weights_diff(checkpoint: str, file_a: str, file_b: str, limit: int = 10) -> dict[str, Any]:
+    """Which tensors differ between two weight files of one checkpoint (canonical names, compared as float64
+    after rounding both to the coarser of their dtypes)."""
+    from convert.formats import open_weights
+
+    result: dict[str, Any] = {"files": [file_a, file_b], "differing": [], "num_differing": 0, "only_in_first": [],
+                              "only_in_second": [], "error": None}
+    try:
+        with open_weights(os.path.join(checkpoint, file_a)) as ra, open_weights(os.path.join(checkpoint, file_b)) as rb:
+            ia, ib = ra.infos(), rb.infos()
+            differing = []
+            for name in [n for n in ia if n in ib]:
+                a, b = ra.read(name), rb.read(name)
+                if a.shape != b.shape:
+                    differing.append({"name": name, "max_abs": None, "note": f"shape {list(a.shape)} vs "
+                                                                             f"{list(b.shape)}"})
+                    continue
+                if a.dtype.kind in "iub" or b.dtype.kind in "iub":
+                    continue
+                coarse = min((a.dtype, b.dtype), key=lambda d: _MANTISSA_BITS.get(d.name, 23))
+                diff = np.abs(a.astype(coarse).astype(np.float64) - b.astype(coarse).astype(np.float64))
+                if diff.size and diff.max() > 0:
+                    differing.append({"name": name, "max_abs": float(diff.max()),
+                                      "changed": int((diff > 0).sum()), "size": int(diff.size)})
+            result["differing"] = differing[:limit]
+            result["num_differing"] = len(differing)
+            result["only_in_first"] = sorted(set(ia) - set(ib))[:limit]
+            result["only_in_second"] = sorted(set(ib) - set(ia))[:limit]
+    except Exception as err:  # a diagnosis; the failure itself is already reported
+        result["error"] = f"could not compare the files: {type(err).__name__}: {err}"
+    return result
+
+
+def _compare(opts: ParityOptions, task: str, statuses: list[FrameworkStatus], recorded: list[FrameworkStatus],
+             mask: np.ndarray, thresholds: dict[str, float]) -> list[PairResult]:
+    ran = [s for s in statuses if s.status == "ran"]
+    pairs = [(a, b) for a in recorded for b in ran]
+    pairs += [(ran[i], ran[j]) for i in range(len(ran)) for j in range(i + 1, len(ran))]
+    results = []
+    for a, b in pairs:
+        tensors = compare_outputs(a.outputs, b.outputs, task, mask, thresholds, strict=True)
+        pair = PairResult(a, b, tensors)
+        # A failing pair that read two different files: which tensors differ between them? (A recorded
+        # framework's file is diffed when this checkpoint has a file of that name.)
+        if (not pair.passed and a.weights_file and b.weights_file and a.weights_file != b.weights_file
+                and os.path.isfile(os.path.join(opts.checkpoint, a.weights_file))):
+            pair.weights_diff = _weights_diff(opts.checkpoint, a.weights_file, b.weights_file)
+        results.append(pair)
+    return results
+
+
+def _recorded_statuses(recording: Recording) -> list[FrameworkStatus]:
+    return [FrameworkStatus(r.framework, "recorded", r.device, r.device_name, dict(r.versions), r.weights_file,
+                            note=f"recorded in {recording.path}", outputs=r.outputs) for r in recording.frameworks]
+
+
+def run_parity(opts: ParityOptions) -> ParityReport:
+    config = _check_options(opts)
+    ckpt = opts.checkpoint
+    config_path = os.path.join(ckpt, CONFIG_NAME)
+    recording = load_recording(opts.compare_to) if opts.compare_to else None
+    notes: list[str] = []
+
+    if opts.task is not None:
+        task, task_source = opts.task, "--task"
+    else:
+        from convert.formats import open_weights, find_weights
+
+        with open_weights(find_weights(ckpt, "torch")[0]) as reader:
+            names = reader.keys()
+        task, task_source = parity_inputs.infer_task(config, names, config_path)
+    if recording is not None:
+        if recording.task != task:
+            raise DebertaXfError(f"--compare-to {recording.path}: recorded task {recording.task!r} but this run's "
+                                 f"task is {task!r} (pass --task {recording.task} if that is meant)")
+        current = json.loads(json.dumps(config.to_dict()))  # as the recording stored it (JSON types)
+        diffs = config_differences(recording.metadata["config"], current)
+        if diffs:
+            raise DebertaXfError(f"--compare-to {recording.path}: recorded with a different config than "
+                                 f"{config_path}: " + "; ".join(diffs[:5]))
+
+    model_inputs, inputs_info, tokenizer = _model_inputs(opts, config, task, recording)
+    tolerances = _tolerances(opts, recording)
+    thresholds = {k: tolerances[k] for k in THRESHOLD_KEYS}
+    statuses = _run_frameworks(opts, task, model_inputs)
+    recorded = _recorded_statuses(recording) if recording is not None else []
+    pairs = _compare(opts, task, statuses, recorded, model_inputs["attention_mask"], thresholds)
+
+    for s in statuses:
+        if s.status in ("not installed", "no gpu"):
+            notes.append(f"{s.framework} skipped: {s.note}")
+    weight_files = {s.weights_file for s in statuses if s.status == "ran"}
+    if len(weight_files) > 1:
+        notes.append("the frameworks loaded different weight files: " + ", ".join(
+            f"{s.framework}: {s.weights_file}" for s in statuses if s.status == "ran"))
+
+    recording_info: dict[str, Any] | None = None
+    if recording is not None or opts.save_outputs:
+        recording_info = {"saved_to": None, "saved_frameworks": None, "compared_to": None, "recorded_dtype": None,
+                          "recorded_frameworks": None, "recorded_environment": None}
+    if recording is not None:
+        recording_info.update(
+            compared_to=recording.path, recorded_dtype=recording.dtype,
+            recorded_frameworks={r.label: {"device_name": r.device_name, "versions": r.versions,
+                                           "weights_file": r.weights_file} for r in recorded},
+            recorded_environment=recording.metadata.get("environment"))
+    env = _environment(statuses + recorded)
+    if opts.save_outputs:
+        ran = [s for s in statuses if s.status == "ran"]
+        metadata = {"checkpoint": os.path.abspath(ckpt), "config": config.to_dict(), "task": task,
+                    "dtype": opts.dtype, "inputs": inputs_info, "environment": env,
+                    "frameworks": {s.framework: {"device": s.device, "device_name": s.device_name,
+                                                 "versions": s.versions, "weights_file": s.weights_file}
+                                   for s in ran},
+                    "created": _now()}
+        if ran:
+            save_recording(opts.save_outputs, metadata, model_inputs, {s.framework: s.outputs for s in ran})
+            recording_info.update(saved_to=opts.save_outputs, saved_frameworks=[s.label for s in ran])
+        else:
+            notes.append(f"--save-outputs {opts.save_outputs}: nothing written, no framework ran")
+
+    return ParityReport(checkpoint=ckpt, task=task, task_source=task_source, dtype=opts.dtype,
+                        device_request=opts.device, tolerances=tolerances, inputs=inputs_info, tokenizer=tokenizer,
+                        frameworks=recorded + statuses, pairs=pairs, recording=recording_info, notes=notes,
+                        environment=env, created=_now())
+
+
+def _one_line(message: str, limit: int = 400) -> str:
+    """An exception message for a report cell: ANSI colours removed, lines joined, length capped."""
+    text = " ".join(line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", message).splitlines() if line.strip())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,266 @@
+"""Model inputs for a parity run: real text through the checkpoint's tokenizers, or deterministic token ids.
+
+- :func:`read_texts` reads ``--texts FILE`` (UTF-8, one text per line; a TAB splits a sentence pair) or the
+  built-in ``parity/sample_texts.txt``.
+- :func:`tokenizer_checks` tokenizes the texts with the slow (sentencepiece) and the fast (tokenizers)
+  tokenizer of the checkpoint, batched with padding, and compares ``input_ids``, ``token_type_ids`` and
+  ``attention_mask``; offsets only where they are defined (the slow tokenizer has none, so the fast one's
+  offsets are checked for being well formed).
+- :func:`deterministic_inputs` gives seeded token ids, with padding, for a checkpoint without tokenizer files.
+- :func:`infer_task` reads the head from ``config.json``'s ``architectures``, else from the weights' names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from impls.configuration import DebertaV2Config
+from impls.errors import DebertaXfError
+
+SAMPLE_TEXTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_texts.txt")
+TOKENIZER_FILES = ("spm.model", "tokenizer.json")
+TOKENIZER_FIELDS = ("input_ids", "token_type_ids", "attention_mask")
+DETERMINISTIC_SEED = 0
+
+# config.json "architectures" (reference class names, any framework prefix) -> task
+ARCHITECTURE_TASKS = {
+    "DebertaV2Model": "base",
+    "DebertaV2ForMaskedLM": "masked-lm",
+    "DebertaV2ForSequenceClassification": "sequence-classification",
+    "DebertaV2ForTokenClassification": "token-classification",
+    "DebertaV2ForQuestionAnswering": "question-answering",
+    "DebertaV2ForMultipleChoice": "multiple-choice",
+}
+
+
+# === Task ===
+
+def infer_task(config: DebertaV2Config, weight_names: list[str], config_path: str) -> tuple[str, str]:
+    """(task, how it was found). ``architectures`` wins; otherwise the head's weight names decide."""
+    architectures = getattr(config, "architectures", None) or []
+    if isinstance(architectures, str):
+        architectures = [architectures]
+    for arch in architectures:
+        name = str(arch)
+        for prefix in ("TF", "Flax"):
+            if name.startswith(prefix + "DebertaV2"):
+                name = name[len(prefix):]
+        if name in ARCHITECTURE_TASKS:
+            return ARCHITECTURE_TASKS[name], f'{config_path} "architectures": {arch}'
+    if architectures:
+        raise DebertaXfError(f'{config_path}: "architectures" {architectures} names no DeBERTa-v2 head; '
+                             f"pass --task")
+    names = set(weight_names)
+    if any(n.startswith(("lm_predictions.", "cls.predictions.")) for n in names):
+        task = "masked-lm"
+    elif "qa_outputs.weight" in names:
+        task = "question-answering"
+    elif "classifier.weight" in names and "pooler.dense.weight" in names:
+        task = "sequence-classification"
+    elif "classifier.weight" in names:
+        task = "token-classification"
+    else:
+        task = "base"
+    return task, "the weights' head tensors (no \"architectures\" in config.json)"
+
+
+# === Texts ===
+
+@dataclasses.dataclass
+class Texts:
+    source: str                      # the file they came from
+    first: list[str]
+    second: list[str] | None         # sentence pairs when every line has a TAB
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+
+def read_texts(path: str | None) -> Texts:
+    """One text per non-empty line; ``a<TAB>b`` is a sentence pair (all lines, or none)."""
+    source = path or SAMPLE_TEXTS
+    if path is not None and not os.path.exists(path):
+        raise DebertaXfError(f"--texts {path}: no such file")
+    if os.path.isdir(source):
+        raise DebertaXfError(f"--texts {source}: is a directory, expected a text file")
+    with open(source, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DebertaXfError(f"--texts {source}: not UTF-8 text (invalid byte at offset {err.start})") from None
+    lines = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    if not lines:
+        raise DebertaXfError(f"--texts {source}: no non-empty lines; expected one text per line")
+    paired = [n for n, line in lines if "\t" in line]
+    if paired and len(paired) != len(lines):
+        single = next(n for n, line in lines if "\t" not in line)
+        raise DebertaXfError(f"--texts {source}: line {single} is a single text but line {paired[0]} is a "
+                             f"TAB-separated pair; use one kind per file")
+    if paired:
+        pairs = [line.split("\t", 1) for _, line in lines]
+        return Texts(source, [a for a, _ in pairs], [b for _, b in pairs])
+    return Texts(source, [line for _, line in lines], None)
+
+
+# === Tokenizers ===
+
+@dataclasses.dataclass
+class TokenizerCheck:
+    name: str          # input_ids | token_type_ids | attention_mask | offset_mapping
+    passed: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TokenizerResult:
+    checked: bool                    # both tokenizers ran and were compared
+    note: str
+    tokenizers: list[str]            # which ran: "slow (spm.model)", "fast (tokenizer.json)"
+    checks: list[TokenizerCheck]
+    encoding: dict[str, np.ndarray] | None  # the model inputs (slow tokenizer's, else the fast one's)
+    truncated: int = 0               # texts cut to max_length
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+def has_tokenizer(checkpoint: str) -> bool:
+    return any(os.path.isfile(os.path.join(checkpoint, f)) for f in TOKENIZER_FILES)
+
+
+def _first_mismatch(a: np.ndarray, b: np.ndarray, texts: Texts) -> str:
+    if a.shape != b.shape:
+        return f"shapes differ: slow {list(a.shape)} vs fast {list(b.shape)}"
+    rows = np.nonzero((a != b).any(axis=tuple(range(1, a.ndim))))[0]
+    if rows.size == 0:
+        return ""
+    row = int(rows[0])
+    col = int(np.nonzero((a[row] != b[row]).reshape(a.shape[1], -1).any(axis=1))[0][0])
+    snippet = texts.first[row][:40]
+    return (f"{rows.size} of {a.shape[0]} texts differ; first: text {row + 1} ({snippet!r}) at token {col}: "
+            f"slow {a[row, col].tolist()} vs fast {b[row, col].tolist()}")
+
+
+def _check_offsets(offsets: np.ndarray, mask: np.ndarray, special: np.ndarray, texts: Texts) -> TokenizerCheck:
+    """The fast tokenizer's offsets: within the text, non-decreasing, (0, 0) on [CLS], [SEP] and padding."""
+    problems = []
+    for row in range(offsets.shape[0]):
+        length = len(texts.first[row]) if texts.second is None else max(len(texts.first[row]),
+                                                                       len(texts.second[row]))
+        real = (mask[row] == 1) & ~special[row]
+        starts, ends = offsets[row, real, 0], offsets[row, real, 1]
+        if (starts > ends).any() or (ends > length).any() or (starts < 0).any():
+            problems.append(f"text {row + 1}: an offset outside [0, {length}] or with start > end")
+        elif texts.second is None and (np.diff(starts) < 0).any():
+            problems.append(f"text {row + 1}: offsets go backwards")
+        elif (offsets[row, ~real] != 0).any():
+            problems.append(f"text {row + 1}: [CLS], [SEP] or padding has a non-zero offset")
+    detail = ("; ".join(problems[:3]) if problems else
+              "slow tokenizer defines no offsets; the fast tokenizer's are well formed "
+              "(within the text, non-decreasing, (0, 0) on [CLS], [SEP] and padding)")
+    return TokenizerCheck("offset_mapping", not problems, detail)
+
+
+def tokenizer_checks(checkpoint: str, texts: Texts, max_length: int) -> TokenizerResult:
+    """Tokenize ``texts`` with both tokenizers of ``checkpoint`` (batched, padded) and compare them."""
+    from impls.tokenization_deberta_v2 import DebertaV2Tokenizer
+    from impls.tokenization_deberta_v2_fast import DebertaV2TokenizerFast
+
+    kwargs = dict(padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    args = (texts.first,) if texts.second is None else (texts.first, texts.second)
+    has_spm = os.path.isfile(os.path.join(checkpoint, "spm.model"))
+    fast_source = ("tokenizer.json" if os.path.isfile(os.path.join(checkpoint, "tokenizer.json"))
+                   else "converted from spm.model")
+    try:
+        fast = DebertaV2TokenizerFast.from_pretrained(checkpoint)
+        fast_enc = fast(*args, return_offsets_mapping=True, **kwargs)
+        slow_enc = None
+        if has_spm:
+            slow = DebertaV2Tokenizer.from_pretrained(checkpoint)
+            slow_enc = slow(*args, **kwargs)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise DebertaXfError(f"{checkpoint}: cannot load or run its tokenizer: {err}") from err
+    tokenizers = (["slow (spm.model)"] if has_spm else []) + [f"fast ({fast_source})"]
+    untruncated = fast(*args, padding=False, truncation=False)["input_ids"]
+    truncated = sum(len(ids) > max_length for ids in untruncated)
+
+    checks: list[TokenizerCheck] = []
+    if slow_enc is not None:
+        for field in TOKENIZER_FIELDS:
+            a, b = slow_enc.get(field), fast_enc.get(field)
+            if a is None or b is None:
+                checks.append(TokenizerCheck(field, False, f"{'slow' if a is None else 'fast'} tokenizer returned "
+                                                           f"no {field}"))
+                continue
+            mismatch = _first_mismatch(np.asarray(a), np.asarray(b), texts)
+            checks.append(TokenizerCheck(field, not mismatch, mismatch or
+                                         f"identical, shape {list(np.shape(a))}"))
+        note = f"slow and fast tokenizers compared on {len(texts)} texts from {texts.source}"
+    else:
+        note = "no spm.model: only the fast tokenizer (tokenizer.json) ran; slow/fast parity not checked"
+    # [CLS] and [SEP] added by the tokenizer span no text; every other token (even [UNK]) spans some.
+    added = [i for i in (fast.cls_token_id, fast.sep_token_id) if i is not None]
+    special = np.isin(fast_enc["input_ids"], np.asarray(added, dtype=np.int64))
+    checks.append(_check_offsets(np.asarray(fast_enc["offset_mapping"]), np.asarray(fast_enc["attention_mask"]),
+                                 special, texts))
+    encoding_source = slow_enc if slow_enc is not None else fast_enc
+    encoding = {k: np.asarray(encoding_source[k]).astype(np.int64) for k in TOKENIZER_FIELDS if k in encoding_source}
+    return TokenizerResult(slow_enc is not None, note, tokenizers, checks, encoding, truncated)
+
+
+# === Deterministic ids ===
+
+def deterministic_inputs(config: DebertaV2Config, batch: int = 4, seq_len: int = 32) -> dict[str, np.ndarray]:
+    """Seeded ids in [5, vocab_size) for a checkpoint without a tokenizer; rows are padded to different lengths
+    (the mask is 0 on the padding) and, when the config has token types, the second half of each row is
+    segment 1."""
+    if config.position_biased_input:
+        seq_len = min(seq_len, config.max_position_embeddings)
+    rng = np.random.default_rng(DETERMINISTIC_SEED)
+    low = min(5, config.vocab_size - 1)
+    ids = rng.integers(low, config.vocab_size, size=(batch, seq_len)).astype(np.int64)
+    lengths = [max(2, seq_len - (seq_len * i) // (2 * batch)) for i in range(batch)]
+    mask = np.zeros((batch, seq_len), dtype=np.int64)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    pad = config.pad_token_id if config.pad_token_id is not None and config.pad_token_id < config.vocab_size else 0
+    ids = np.where(mask == 1, ids, pad)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if config.type_vocab_size > 1:
+        segment = (np.arange(seq_len)[None, :] >= (np.asarray(lengths)[:, None] // 2)).astype(np.int64)
+        inputs["token_type_ids"] = segment * mask
+    else:
+        inputs["token_type_ids"] = np.zeros_like(ids)
+    return inputs
+
+
+def as_task_inputs(inputs: dict[str, np.ndarray], task: str, source: str) -> dict[str, np.ndarray]:
+    """Multiple choice takes [batch, choices, seq]: consecutive rows become the 2 choices of one example."""
+    if task != "multiple-choice" or inputs["input_ids"].ndim == 3:
+        return inputs
+    rows = inputs["input_ids"].shape[0]
+    if rows < 2:
+        raise DebertaXfError(f"{source}: multiple choice needs at least 2 texts (2 choices), got {rows}")
+    keep = rows - rows % 2
+    return {k: v[:keep].reshape(keep // 2, 2, v.shape[-1]) for k, v in inputs.items()}
+
+
+def check_ids(inputs: dict[str, np.ndarray], config: DebertaV2Config, source: str, config_path: str) -> None:
+    """Token ids and token types must index the checkpoint's embeddings."""
+    ids = inputs["input_ids"]
+    if ids.size and int(ids.max()) >= config.vocab_size:
+        raise DebertaXfError(f"{source}: token id {int(ids.max())} is outside the embeddings: {config_path} "
+                             f"vocab_size is {config.vocab_size} (tokenizer and model do not belong together)")
+    types = inputs.get("token_type_ids")
+    if types is not None and config.type_vocab_size > 0 and types.size and int(types.max()) >= config.type_vocab_size:
+        raise DebertaXfError(f"{source}: token type {int(types.max())} is outside the embeddings: {config_path} "
+                             f"type_vocab_size is {config.type_vocab_size}")

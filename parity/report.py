@@ -1,0 +1,277 @@
+"""Renderings of a parity report: the stdout table, JSON, Markdown (a CI job summary), JUnit XML and a PNG plot.
+
+Every renderer reads the JSON form (:meth:`parity.harness.ParityReport.as_dict`), so the same files can be
+regenerated from a saved ``--json`` report. Numbers are max-abs differences in ``%.3e``; every table states the
+dtype with its tolerances.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import xml.etree.ElementTree as ET
+from typing import Any, Callable
+
+from impls.errors import DebertaXfError
+
+HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")
+TABLE_COLUMNS = ("pair", "tensor", "shape", "max abs", "mean abs", "max rel", "atol", "result")
+
+
+def _num(x: float | None) -> str:
+    return "inf" if x is None else f"{x:.3e}"
+
+
+def _shape(shape: list[int]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _tolerance_line(report: dict[str, Any]) -> str:
+    tol = report["tolerances"]
+    return (f"tolerances ({tol['dtype']}): hidden {tol['hidden']:.1e}, logits {tol['logits']:.1e}, "
+            f"masked-LM logits {tol['mlm_logits']:.1e}  [{tol['source']}]")
+
+
+def _framework_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows = []
+    for name, fw in report["frameworks"].items():
+        versions = " ".join(f"{k} {v}" for k, v in fw["versions"].items()) or "-"
+        detail = fw["weights_file"] or "-"
+        if fw["status"] not in ("ran", "recorded"):
+            detail = fw["note"] or "-"
+        elif fw["status"] == "recorded":
+            detail += "  (recorded)"
+        rows.append((fw["label"], fw["status"], fw["device_name"] or "-", versions, detail))
+    return rows
+
+
+def _aligned(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> list[str]:
+    rows = ([header] if header else []) + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
+# === stdout ===
+
+def format_text(report: dict[str, Any], verbose: bool = True) -> str:
+    """The human report: environment, tokenizer checks, one row per compared tensor, the verdict."""
+    lines = [f"deberta-xf parity: {report['checkpoint']}",
+             f"task: {report['task']} (from {report['task_source']})   dtype: {report['dtype']}   "
+             f"device: {report['device_request']}",
+             _tolerance_line(report),
+             f"inputs: {report['inputs']['note']}; shape {_shape(report['inputs']['shape'])}",
+             "", "frameworks:"]
+    lines += ["  " + line for line in _aligned(_framework_rows(report))]
+    tok = report["tokenizer"]
+    if tok["checks"]:
+        lines += ["", f"tokenizer: {tok['note']}"]
+        lines += ["  " + line for line in _aligned(
+            [(c["name"], "PASS" if c["passed"] else "FAIL", c["detail"]) for c in tok["checks"]])]
+    rows = []
+    for pair in report["comparisons"]:
+        for t in pair["tensors"]:
+            if verbose or not t["passed"]:
+                rows.append((pair["pair"], t["name"], _shape(t["shape"]), _num(t["max_abs"]), _num(t["mean_abs"]),
+                             _num(t["max_rel"]), f"{t['atol']:.1e}", "PASS" if t["passed"] else "FAIL"))
+    if rows:
+        lines += [""] + _aligned(rows, TABLE_COLUMNS)
+    if report["comparisons"]:
+        lines += ["", "pairs:"]
+        for pair in report["comparisons"]:
+            verdict = "PASS" if pair["passed"] else "FAIL"
+            line = f"  {verdict}  {pair['pair']}: worst max abs {_num(pair['max_abs'])}"
+            if pair["worst"]:
+                line += f" ({pair['worst']['name']})"
+            if pair["first_diverging_layer"]:
+                line += f"; first diverging layer: {pair['first_diverging_layer']}"
+            lines.append(line)
+            lines += ["        " + s for s in _weights_diff_lines(pair.get("weights_diff"))]
+    for t in (t for p in report["comparisons"] for t in p["tensors"] if t["note"]):
+        lines.append(f"  note: {t['name']}: {t['note']}")
+    failed = [c for c in report["checks"] if c["status"] == "failed"]
+    if report["notes"]:
+        lines += [""] + [f"note: {n}" for n in report["notes"]]
+    lines.append("")
+    if failed:
+        lines.append(f"FAILED: {len(failed)} of {len(report['checks'])} checks")
+        for c in failed[:20]:
+            lines.append(f"  {c['suite']} :: {c['name']}: {c['message']}")
+        if len(failed) > 20:
+            lines.append(f"  ... and {len(failed) - 20} more")
+    else:
+        skipped = sum(c["status"] == "skipped" for c in report["checks"])
+        lines.append(f"PASSED: {len(report['checks']) - skipped} checks" + (f" ({skipped} skipped)" if skipped else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _weights_diff_lines(diff: dict[str, Any] | None) -> list[str]:
+    if not diff:
+        return []
+    a, b = diff["files"]
+    if diff["error"]:
+        return [f"weights {a} vs {b}: {diff['error']}"]
+    if not diff["num_differing"]:
+        return [f"weights: {a} and {b} hold the same values"]
+    out = [f"weights: {diff['num_differing']} tensor(s) differ between {a} and {b}:"]
+    for d in diff["differing"]:
+        out.append(f"  {d['name']}: " + (d.get("note") or f"max abs {d['max_abs']:.3e} "
+                                                           f"({d['changed']} of {d['size']} values)"))
+    return out
+
+
+# === JSON ===
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+# === Markdown ===
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """A compact summary for a CI job page: verdict, environment, per-pair worst, failures, full table folded."""
+    ok = report["passed"]
+    md = [f"## {'✅' if ok else '❌'} deberta-xf parity: `{report['checkpoint']}`", "",
+          f"**{report['task']}** · dtype **{report['dtype']}** · device `{report['device_request']}` · "
+          f"{_tolerance_line(report)}", "",
+          f"Inputs: {report['inputs']['note']}; shape `{_shape(report['inputs']['shape'])}`", "",
+          "| framework | status | device | versions | weights file / note |", "|---|---|---|---|---|"]
+    for row in _framework_rows(report):
+        md.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+    tok = report["tokenizer"]
+    if tok["checks"]:
+        md += ["", f"**Tokenizer** ({tok['note']})", "", "| check | result | detail |", "|---|---|---|"]
+        md += [f"| {c['name']} | {'✅' if c['passed'] else '❌'} | {_md_cell(c['detail'])} |" for c in tok["checks"]]
+    if report["comparisons"]:
+        md += ["", "| pair | result | tensors | worst max abs | worst tensor | first diverging layer |",
+               "|---|---|---|---|---|---|"]
+        for p in report["comparisons"]:
+            worst = p["worst"]["name"] if p["worst"] else "-"
+            md.append(f"| {p['pair']} | {'✅' if p['passed'] else '❌'} | {len(p['tensors'])} | "
+                      f"{_num(p['max_abs'])} | `{worst}` | {p['first_diverging_layer'] or '-'} |")
+            for line in _weights_diff_lines(p.get("weights_diff")):
+                md.append(f"| | | | | | {_md_cell(line.strip())} |")
+    failed = [c for c in report["checks"] if c["status"] == "failed"]
+    if failed:
+        md += ["", f"**{len(failed)} failed check(s)**", ""]
+        md += [f"- `{c['suite']}` · `{c['name']}`: {c['message']}" for c in failed[:30]]
+        if len(failed) > 30:
+            md.append(f"- … and {len(failed) - 30} more")
+    if report["notes"]:
+        md += [""] + [f"> {n}" for n in report["notes"]]
+    rows = [f"| {p['pair']} | `{t['name']}` | {_shape(t['shape'])} | {_num(t['max_abs'])} | {_num(t['mean_abs'])} | "
+            f"{_num(t['max_rel'])} | {t['atol']:.1e} | {'PASS' if t['passed'] else '**FAIL**'} |"
+            for p in report["comparisons"] for t in p["tensors"]]
+    if rows:
+        md += ["", "<details><summary>Every compared tensor</summary>", "",
+               "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)] + rows + ["", "</details>"]
+    return "\n".join(md) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+# === JUnit XML ===
+
+def format_junit(report: dict[str, Any]) -> str:
+    """One ``testsuite`` per group (tokenizer, load, each framework pair) and one ``testcase`` per check."""
+    checks = report["checks"]
+    root = ET.Element("testsuites", name="deberta-xf parity", tests=str(len(checks)),
+                      failures=str(sum(c["status"] == "failed" for c in checks)),
+                      skipped=str(sum(c["status"] == "skipped" for c in checks)), errors="0")
+    suites: dict[str, ET.Element] = {}
+    for c in checks:
+        suite = suites.get(c["suite"])
+        if suite is None:
+            suite = ET.SubElement(root, "testsuite", name=f"parity {c['suite']}", tests="0", failures="0",
+                                  skipped="0", errors="0", timestamp=report["created"])
+            props = ET.SubElement(suite, "properties")
+            for key, value in (("checkpoint", report["checkpoint"]), ("task", report["task"]),
+                               ("dtype", report["dtype"]), ("tolerances", _tolerance_line(report))):
+                ET.SubElement(props, "property", name=key, value=str(value))
+            suites[c["suite"]] = suite
+        case = ET.SubElement(suite, "testcase", classname=f"parity.{c['suite']}", name=c["name"])
+        suite.set("tests", str(int(suite.get("tests")) + 1))
+        if c["status"] == "failed":
+            failure = ET.SubElement(case, "failure", message=c["message"], type="ParityMismatch")
+            failure.text = f"{c['suite']} :: {c['name']}: {c['message']}"
+            suite.set("failures", str(int(suite.get("failures")) + 1))
+        elif c["status"] == "skipped":
+            ET.SubElement(case, "skipped", message=c["message"])
+            suite.set("skipped", str(int(suite.get("skipped")) + 1))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# === Plot ===
+
+def check_plot_support() -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise DebertaXfError("--plot needs matplotlib, which is not installed: pip install 'deberta-xf[plot]'")
+
+
+def write_plot(report: dict[str, Any], path: str) -> None:
+    """Max abs difference per layer (log scale), one line per framework pair, with the hidden-state tolerance."""
+    check_plot_support()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor = 1e-12  # identical values (0) sit on the floor of the log axis; a missing number (inf) on top
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    layers = max((int(t["name"].split(".")[1]) + 1 for p in report["comparisons"] for t in p["tensors"]
+                  if t["name"].startswith("hidden_states.")), default=0)
+    has_head = False
+    for pair in report["comparisons"]:
+        points = sorted((int(t["name"].split(".")[1]), t["max_abs"]) for t in pair["tensors"]
+                        if t["name"].startswith("hidden_states."))
+        head = [t["max_abs"] for t in pair["tensors"] if t["name"] in HEAD_OUTPUTS]
+        if head:  # the task head's outputs, one point after the last layer
+            has_head = True
+            points.append((layers, None if None in head else max(head)))
+        if not points:
+            continue
+        xs = [i for i, _ in points]
+        ys = [max(v, floor) if v is not None else 1e3 for _, v in points]
+        style = "-o" if pair["passed"] else "-x"
+        ax.plot(xs, ys, style, label=pair["pair"] + ("" if pair["passed"] else "  (FAIL)"))
+    tol = report["tolerances"]
+    ax.axhline(tol["hidden"], color="red", linestyle="--", linewidth=1, label=f"hidden atol {tol['hidden']:.1e}")
+    ax.set_yscale("log")
+    if has_head:
+        head_atol = tol["mlm_logits"] if report["task"] == "masked-lm" else tol["logits"]
+        ax.axhline(head_atol, color="purple", linestyle=":", linewidth=1, label=f"head atol {head_atol:.1e}")
+    ticks = ["emb"] + [str(i) for i in range(1, layers)] + (["head"] if has_head else [])
+    ax.set_xticks(range(len(ticks)))
+    ax.set_xticklabels(ticks)
+    ax.set_xlabel("hidden state (emb = embedding output, i = after layer i); head = task logits")
+    ax.set_ylabel(f"max |difference|  (0 drawn at {floor:.0e})")
+    name = "/".join(os.path.normpath(report["checkpoint"]).split(os.sep)[-2:])
+    ax.set_title(f"{name}  ·  {report['task']}  ·  "
+                 f"{report['dtype']}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if report["comparisons"]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+# === Files ===
+
+def _atomic(path: str, write: Callable[[str], None]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic(path, write)
