@@ -9,8 +9,9 @@ but needs neither JAX nor flax: the converter reads and writes it with ``msgpack
 
 Memory: msgpack has no index, so opening a file walks the whole tree once; the walk reads only the headers (through
 a memory map) and records where each tensor's bytes are, so the reader, like the safetensors one, reads a tensor
-only when asked, straight from the file into one fresh array. The writer streams: it writes the map headers as it goes and one tensor at a time (about one
-tensor in memory), so neither direction needs the whole tree in memory.
+only when asked, straight from the file into one fresh array. The writer streams: it writes the map headers as it
+goes and the tensors one at a time (about one tensor in memory; keys sorted, as flax writes them), so neither
+direction needs the whole tree in memory.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ from the schema's layout table, so state <-> canonical names is mechanical.
 Parity choices: exact (erf) GELU for "gelu", the explicit tanh formula for "gelu_new", LayerNorm with the two-pass
 variance and ``layer_norm_eps``, ``masked_fill(finfo.min)`` + softmax, and every matmul at
 ``Precision.HIGHEST`` in float32 (full fp32 on every backend, no TF32). ``dtype`` sets the compute dtype (e.g.
-bfloat16, whose matmuls use the backend's default precision); parameters stay float32. The forward is jit-compilable: relative positions and gather indices are NumPy
-constants computed at trace time from static shapes (``impls/relative_position.py``); flags that change the
-output structure are Python bools. ``model.jit_call(**inputs)`` runs it through ``nnx.jit``.
+bfloat16, whose matmuls use the backend's default precision); parameters stay float32.
+
+The forward is jit-compilable: relative positions and gather indices are NumPy constants computed at trace time
+from static shapes (``impls/relative_position.py``), and flags that change the output structure are Python bools.
+``model.jit_call(**inputs)`` runs it through ``nnx.jit``; ``jax.jit`` over ``nnx.split(model)`` works as well.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ except ValueError:  # already registered (module reloaded)
 
 class Static:
     """Holds a Python object as NNX static data. The graph definition (part of every nnx.jit cache key) must be
-    hashable; a config or load report is not, so it is held here and hashed by identity."""
+    hashable; a config or load report is not, so it is held here and hashed by identity. The modules read the
+    config when they are built: editing ``model.config`` afterwards does not change a built model."""
 
     __slots__ = ("value",)
 
@@ -681,10 +684,10 @@ def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array) -> ja
     return jnp.mean((1 - y) * x + jnp.log1p(jnp.exp(-jnp.abs(x))) + jnp.maximum(-x, 0))
 
 
-def sequence_classification_loss(config: DebertaV2Config, logits: jax.Array, labels: jax.Array) -> jax.Array:
+def sequence_classification_loss(num_labels: int, problem_type: Optional[str], logits: jax.Array,
+                                  labels: jax.Array) -> jax.Array:
     """The reference's loss rules for sequence classification (incl. regression for num_labels == 1)."""
-    num_labels = config.num_labels
-    if config.problem_type is None:
+    if problem_type is None:
         if num_labels == 1:
             return mse_loss(logits.reshape(-1), labels.reshape(-1))
         if labels.ndim == 1 or labels.shape[-1] == 1:
@@ -693,11 +696,11 @@ def sequence_classification_loss(config: DebertaV2Config, logits: jax.Array, lab
             total, count = _nll(logits.reshape(-1, num_labels), jnp.where(labels >= 0, labels, -1), ignore_index=-1)
             return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
         return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits.astype(jnp.float32), -1) * labels, -1))  # soft labels
-    if config.problem_type == "regression":
+    if problem_type == "regression":
         if num_labels == 1:
             return mse_loss(jnp.squeeze(logits), jnp.squeeze(labels))
         return mse_loss(logits, labels)
-    if config.problem_type == "single_label_classification":
+    if problem_type == "single_label_classification":
         return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
     return binary_cross_entropy_with_logits(logits, labels)  # multi_label_classification
 
@@ -734,6 +737,7 @@ class FlaxDebertaV2ForSequenceClassification(FlaxDebertaV2PreTrainedModel):
     def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
         super().__init__(config, dtype=dtype)
         self.num_labels = config.num_labels
+        self.problem_type = config.problem_type
         self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
         self.pooler = FlaxContextPooler(config, dtype=self.dtype, rngs=rngs)
         self.classifier = linear(config, config.hidden_size, config.num_labels, self.dtype, rngs)
@@ -747,7 +751,7 @@ class FlaxDebertaV2ForSequenceClassification(FlaxDebertaV2PreTrainedModel):
         logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
         loss = None
         if labels is not None:
-            loss = sequence_classification_loss(self.config, logits, _as_array(labels))
+            loss = sequence_classification_loss(self.num_labels, self.problem_type, logits, _as_array(labels))
         return _with_encoder_outputs(outputs, loss=loss, logits=logits)
 
 
