@@ -7,8 +7,8 @@ attribute (list items by their index), so a variable's Keras path is its canonic
 
     tf_deberta_v2_for_masked_lm/deberta/encoder/layer/0/attention/self/query_proj/kernel
       == deberta.encoder.layer.0.attention.self.query_proj.weight (transposed, see impls.schema.LAYOUT)
- The base model's names have no ``deberta.`` prefix,
-as in PyTorch.
+
+The base model's names have no ``deberta.`` prefix, as in PyTorch.
 
 Behaviour:
 - called as ``model(input_ids=..., attention_mask=..., ...)`` or ``model.call(..., training=False)``; inputs may
@@ -46,7 +46,6 @@ from impls.relative_position import attention_position_indices, c2p_index, make_
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
     raise ImportError(f"the TF DeBERTa-v2 implementation needs the Keras TensorFlow backend, but Keras runs on "
                       f"{keras.backend.backend()!r} (set KERAS_BACKEND=tensorflow before importing keras)")
-
 
 
 # =============================================================================================================
@@ -203,14 +202,16 @@ class TFDebertaV2Embeddings(keras.layers.Layer):
 # =============================================================================================================
 # Relative positions: the (bucketed) i - j matrix and the c2p / p2c columns come from impls.relative_position
 # (NumPy). Both column matrices are functions of i - j alone (c2p[i, j] = f(i - j), p2c[j, i] = g(j - i)), so
-# instead of gathering L * L scores one by one, the attention gathers the 2L - 1 projected position rows
-# f(L - 1), f(L - 2), ..., f(-(L - 1)), multiplies them with the queries ([B, h, L, 2L - 1]) and moves each row
-# into place with one pad + reshape (:func:`relative_shift`): the same dot products, as dense memory copies.
-# Only the rows ``rows[0]:rows[1]`` of the relative embeddings that some index touches are projected.
+# instead of gathering L * L scores one by one (as the reference does), the attention gathers the projected
+# position rows f(L - 1), f(L - 2), ..., f(-(L - 1)) plus one pad row, multiplies them with the queries
+# ([B, h, L, 2L]) and moves each row into place with one reshape (:func:`relative_shift`): the same dot products,
+# as dense memory copies. Only the rows ``rows[0]:rows[1]`` of the relative embeddings that an index touches are
+# projected.
 @dataclasses.dataclass(frozen=True)
 class PositionIndex:
     """For one sequence length L: the relative-embedding rows used, and for c2p / p2c the row (offset by
-    ``rows[0]``) that holds relative distance ``L - 1 - k`` at position k, k = 0 .. 2L - 2."""
+    ``rows[0]``) that holds relative distance ``L - 1 - k`` at position k, k = 0 .. 2L - 2, and once more the row
+    of -(L - 1) at k = 2L - 1 (it only pads the scores to width 2L and is never read)."""
 
     rows: tuple[int, int]
     c2p: Optional[tf.Tensor] = None
@@ -218,9 +219,10 @@ class PositionIndex:
 
 
 def _by_distance(matrix: np.ndarray) -> np.ndarray:
-    """A [L, L] matrix m[a, b] = h(a - b) -> h(L - 1), h(L - 2), ..., h(-(L - 1)) (checked to depend on a - b)."""
+    """A [L, L] matrix m[a, b] = h(a - b) -> h(L - 1), h(L - 2), ..., h(-(L - 1)), h(-(L - 1)) (the last entry is
+    the pad; checked to depend on a - b only)."""
     length = matrix.shape[0]
-    vector = np.concatenate([matrix[length - 1, :], matrix[0, 1:]])
+    vector = np.concatenate([matrix[length - 1, :], matrix[0, 1:], matrix[0, -1:]])
     a, b = np.indices(matrix.shape)
     if not np.array_equal(vector[length - 1 - a + b], matrix):
         raise AssertionError("relative-position columns are not a function of i - j")
@@ -271,7 +273,8 @@ def relative_position_indices(config: DebertaV2Config, seq_length) -> PositionIn
         return PositionIndex(**{k: (v if k == "rows" else tf.constant(v)) for k, v in static.items()})
     T, c2p_table, p2c_table = _difference_tables(config.position_buckets, config.max_relative_positions_resolved,
                                                  config.att_span)
-    distance = tf.clip_by_value(tf.range(seq_length - 1, -seq_length, -1, dtype=tf.int32), -T, T)  # L-1 .. -(L-1)
+    distance = tf.maximum(tf.range(seq_length - 1, -seq_length - 1, -1), 1 - seq_length)  # L-1 .. -(L-1), -(L-1)
+    distance = tf.clip_by_value(distance, -T, T)
     out: dict[str, Any] = {"rows": (0, 2 * config.att_span)}
     if "c2p" in config.pos_att_types:
         out["c2p"] = tf.gather(c2p_table, distance + T)
@@ -281,14 +284,13 @@ def relative_position_indices(config: DebertaV2Config, seq_length) -> PositionIn
 
 
 def relative_shift(x: tf.Tensor) -> tf.Tensor:
-    """[..., L, 2L - 1] -> [..., L, L] with out[..., a, b] = x[..., a, L - 1 - a + b].
+    """[..., L, 2L] -> [..., L, L] with out[..., a, b] = x[..., a, L - 1 - a + b].
 
-    Row a of ``x`` holds distances L - 1 ... -(L - 1); out[a, b] picks distance a - b. Padding each row to 2L
-    and re-reading the flattened rows with stride 2L - 1 from offset L - 1 shifts row a left by a.
+    Row a of ``x`` holds distances L - 1 ... -(L - 1) (+ pad); out[a, b] picks distance a - b. Re-reading the rows
+    flattened, with stride 2L - 1 from offset L - 1, shifts row a left by a.
     """
     shape = tf.shape(x)
     lead, length = shape[:-2], shape[-2]
-    x = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[0, 1]])  # [..., L, 2L]
     flat = tf.reshape(x, tf.concat([lead, [-1]], 0))  # [..., 2L^2]
     flat = flat[..., length - 1: length - 1 + length * (2 * length - 1)]
     return tf.reshape(flat, tf.concat([lead, [length, 2 * length - 1]], 0))[..., :length]
@@ -357,12 +359,12 @@ class TFDisentangledSelfAttention(keras.layers.Layer):
             pos_query_proj, pos_key_proj = self.pos_query_proj, self.pos_key_proj
         score = 0
         if "c2p" in self.pos_att_type:
-            # position keys for distances i - j = L - 1 ... -(L - 1): [h, 2L - 1, d]
+            # position keys for distances i - j = L - 1 ... -(L - 1) (+ a pad row): [h, 2L, d]
             pos_key = self.split_heads(tf.gather(pos_key_proj(rel_embeddings), position_index.c2p))
             c2p = relative_shift(tf.matmul(query, pos_key, transpose_b=True))  # [B, h, L, L]
             score = score + c2p / tf.cast(scale, c2p.dtype)
         if "p2c" in self.pos_att_type:
-            # position queries for distances j - i = L - 1 ... -(L - 1), against the keys: [B, h, Lk, Lq]
+            # position queries for distances j - i = L - 1 ... -(L - 1), against the keys; shifted: [B, h, Lk, Lq]
             pos_query = self.split_heads(tf.gather(pos_query_proj(rel_embeddings), position_index.p2c))
             p2c = relative_shift(tf.matmul(key, pos_query, transpose_b=True))
             score = score + tf.linalg.matrix_transpose(p2c) / tf.cast(scale, p2c.dtype)
