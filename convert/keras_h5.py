@@ -4,8 +4,8 @@ Keras 3 (``keras.src.saving.saving_lib``) stores each layer's *own* variables as
 (``i`` in creation order) and gives every layer a ``<path>/vars`` group whose ``name`` attribute is the layer's
 name. ``<path>`` is the chain of Python attribute names from the model down to the layer, visited in sorted
 order, where a list item is named after its class (``tf_deberta_v2_layer``, ``tf_deberta_v2_layer_1``, ...) and
-a layer first reached through ``keras.Model.layers`` (an attribute that sorts before ``pooler``, ``qa_outputs``
-and ``lm_predictions``) is stored under ``layers/<snake_case class name>``.
+a layer first reached through ``keras.Model.layers`` is stored under ``layers/<snake_case class name>`` (the
+property ``layers`` sorts before the attributes ``lm_predictions``, ``pooler`` and ``qa_outputs``).
 
 For ``impls.tf.modeling_tf_deberta_v2`` (whose attributes are the canonical module names) this makes the path a
 fixed function of the canonical name, which this module implements without Keras:
