@@ -391,7 +391,11 @@ def write_checkpoint(plan: ConversionPlan, directory: str,
                 tick(want.nbytes)
             return array
 
-        kwargs = {"metadata": {"format": "pt"}} if plan.target_format.name == "safetensors" else {}
+        kwargs: dict = {}
+        if plan.target_format.name == "safetensors":
+            kwargs["metadata"] = {"format": "pt"}
+        elif plan.target_format.name in ("tf_h5", "keras_h5"):
+            kwargs["task"] = plan.task  # the layout of the task's class (multiple choice is not inferable)
         plan.target_format.write(path, plan.infos, produce, **kwargs)
     write_config(plan, directory)
     for filename in plan.tokenizer_files:

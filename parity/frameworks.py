@@ -11,6 +11,7 @@ rule (the framework's own file first). A framework whose implementation module o
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import importlib
@@ -43,7 +44,7 @@ class Execution:
     seconds: float
 
 
-class Runner:
+class Runner(abc.ABC):
     framework = ""
 
     def available(self) -> str | None:
@@ -70,11 +71,13 @@ class Runner:
                 out[package] = "unknown"
         return out
 
+    @abc.abstractmethod
     def gpu(self) -> Device | None:
-        raise NotImplementedError
+        """The framework's first GPU, or None when it sees none."""
 
+    @abc.abstractmethod
     def cpu(self) -> Device:
-        raise NotImplementedError
+        """The framework's CPU device."""
 
     def resolve_device(self, request: str) -> Device | None:
         """``auto``: the GPU when the framework sees one; ``gpu``: the GPU or None; ``cpu``: the CPU."""
@@ -85,8 +88,9 @@ class Runner:
             return gpu
         return gpu or self.cpu()
 
+    @abc.abstractmethod
     def precision(self, dtype: str) -> contextlib.AbstractContextManager:
-        raise NotImplementedError
+        """A context pinning full-precision matmuls (TF32 off) for a run in ``dtype``."""
 
     def device_scope(self, device: Device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -96,8 +100,9 @@ class Runner:
 
         return create_model(self.framework, task, checkpoint=checkpoint, dtype=dtype)
 
+    @abc.abstractmethod
     def forward(self, model, inputs: dict[str, np.ndarray], device: Device, attentions: bool) -> dict[str, Any]:
-        raise NotImplementedError
+        """One forward pass on ``device``, outputs flattened to numpy."""
 
     def run(self, checkpoint: str, task: str, dtype: str, inputs: dict[str, np.ndarray], device: Device,
             attentions: bool = False) -> Execution:

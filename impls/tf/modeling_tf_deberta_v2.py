@@ -24,6 +24,7 @@ Behaviour:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import math
@@ -703,7 +704,7 @@ class TFDebertaV2Model(TFDebertaV2PreTrainedModel):
                             output_attentions=bool(output_attentions), training=training)
 
 
-class _TaskModel(TFDebertaV2PreTrainedModel):
+class _TaskModel(TFDebertaV2PreTrainedModel, abc.ABC):
     """A task model: the encoder under ``deberta`` plus a head created by ``build_head``."""
 
     def __init__(self, config: DebertaV2Config, dtype: Any = None, name: Optional[str] = None, **kwargs):
@@ -713,8 +714,9 @@ class _TaskModel(TFDebertaV2PreTrainedModel):
             self.build_head(config, self.dtype_policy)
         self.built = True
 
+    @abc.abstractmethod
     def build_head(self, config: DebertaV2Config, dt) -> None:
-        raise NotImplementedError
+        """Create the head's layers (each task class defines its own)."""
 
     def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions,
                 output_hidden_states, training):
