@@ -8,6 +8,7 @@ constant: no framework re-implements the bucket arithmetic.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -73,3 +74,51 @@ def attention_position_indices(config, query_size: int, key_size: int | None = N
     if "p2c" in config.pos_att_types:
         out["p2c"] = p2c_index(build_relative_position(key_size, key_size, buckets, max_rel), span)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionWindow:
+    """The rows ``[start, stop)`` of the relative-embedding table that a sequence length actually reads, and the
+    c2p / p2c gather indices relative to ``start``."""
+
+    start: int
+    stop: int
+    index: dict[str, np.ndarray]
+
+
+def attention_position_window(config, query_size: int, trim: bool = True) -> PositionWindow:
+    """:func:`attention_position_indices` restricted to the embedding rows they use.
+
+    A sequence of length L reads at most rows ``span - (L - 1) .. span + (L - 1)`` of the ``2 span`` rows, so for
+    L < span (most inputs: span is 256 in the published checkpoints) projecting and scoring only that window does
+    the same dot products with less work. ``trim=False`` keeps all ``2 span`` rows.
+    """
+    index = attention_position_indices(config, query_size)
+    if not index:
+        return PositionWindow(0, 2 * config.att_span, index)
+    start = min(int(v.min()) for v in index.values()) if trim else 0
+    stop = max(int(v.max()) for v in index.values()) + 1 if trim else 2 * config.att_span
+    return PositionWindow(start, stop, {k: v - start for k, v in index.items()})
+
+
+def by_distance(matrix: np.ndarray) -> np.ndarray:
+    """A ``[L, L]`` matrix ``m[a, b] = h(a - b)`` -> the vector ``h(L - 1), h(L - 2), ..., h(-(L - 1))`` plus
+    ``h(-(L - 1))`` once more as a pad to length 2L (checked to depend on ``a - b`` only).
+
+    The c2p and p2c column matrices are functions of the distance alone, so an implementation can gather the
+    2L projected position rows once and move each row of ``q @ rowsᵀ`` into place with a reshape ("relative
+    shift": ``out[a, b] = x[a, L - 1 - a + b]``) instead of gathering L² scores one by one: the same dot
+    products, as dense copies.
+    """
+    length = matrix.shape[0]
+    vector = np.concatenate([matrix[length - 1, :], matrix[0, 1:], matrix[0, -1:]])
+    a, b = np.indices(matrix.shape)
+    if not np.array_equal(vector[length - 1 - a + b], matrix):
+        raise AssertionError("relative-position columns are not a function of i - j")
+    return vector
+
+
+def attention_distance_window(config, query_size: int) -> PositionWindow:
+    """:func:`attention_position_window` with each ``[L, L]`` index replaced by its :func:`by_distance` vector."""
+    window = attention_position_window(config, query_size)
+    return PositionWindow(window.start, window.stop, {k: by_distance(v) for k, v in window.index.items()})

@@ -34,7 +34,7 @@ from impls.configuration import DebertaV2Config
 from impls.errors import CheckpointError
 from impls.loading import load_checkpoint, resolve_config
 from impls.outputs import ModelOutput
-from impls.relative_position import attention_position_indices
+from impls.relative_position import attention_distance_window
 
 FRAMEWORK = "flax"
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -168,10 +168,25 @@ class FlaxDebertaV2Embeddings(nnx.Module):
 
 
 # =============================================================================================================
-# Relative positions: the (bucketed) i - j matrix comes from impls.relative_position (NumPy, shared by all
-# frameworks), computed from the static sequence length while tracing; here it only becomes the gather indices.
-def relative_position_indices(config: DebertaV2Config, seq_length: int) -> dict[str, jax.Array]:
-    return {k: jnp.asarray(v, dtype=jnp.int32) for k, v in attention_position_indices(config, seq_length).items()}
+# Relative positions: the (bucketed) i - j matrix and the c2p / p2c columns come from impls.relative_position
+# (NumPy), computed from the static sequence length while tracing. Both column matrices are functions of i - j
+# alone, so instead of gathering L * L scores one by one (as the reference does) the attention gathers the 2L
+# projected position rows by distance (relative_position.by_distance), multiplies them with the queries or keys
+# ([B, h, L, 2L]) and moves each row into place with one reshape (relative_shift): the same dot products, as dense
+# copies, which XLA runs far faster than an elementwise gather. Only the window of relative-embedding rows that
+# this length reads is projected.
+def relative_position_window(config: DebertaV2Config, seq_length: int) -> tuple[slice, dict[str, jax.Array]]:
+    window = attention_distance_window(config, seq_length)
+    return slice(window.start, window.stop), {k: jnp.asarray(v, dtype=jnp.int32) for k, v in window.index.items()}
+
+
+def relative_shift(x: jax.Array) -> jax.Array:
+    """[..., L, 2L] -> [..., L, L] with out[..., a, b] = x[..., a, L - 1 - a + b] (distance a - b).
+
+    Re-reading the rows flattened with stride 2L - 1 from offset L - 1 shifts row a left by a."""
+    *lead, length, width = x.shape
+    flat = x.reshape(*lead, length * width)[..., length - 1: length - 1 + length * (2 * length - 1)]
+    return flat.reshape(*lead, length, 2 * length - 1)[..., :length]
 
 
 # =============================================================================================================
@@ -196,7 +211,6 @@ class FlaxDisentangledSelfAttention(nnx.Module):
         self.share_att_key = config.share_att_key
         self.scale_factor = config.scale_factor
         if self.relative_attention:
-            self.att_span = config.att_span
             self.pos_dropout = dropout(config.hidden_dropout_prob, rngs)
             if not self.share_att_key:
                 if "c2p" in self.pos_att_type:
@@ -231,10 +245,12 @@ class FlaxDisentangledSelfAttention(nnx.Module):
         return context, (probs if output_attentions else None)
 
     def disentangled_attention_bias(self, query, key, rel_embeddings, position_index, scale):
-        """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``."""
-        rel_embeddings = rel_embeddings[: 2 * self.att_span]  # [2 span, H]
+        """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``.
+
+        ``rel_embeddings`` holds the rows of the relative-embedding table this length reads (at most 2 span);
+        ``position_index`` gives, per term, the row of each distance L - 1 .. -(L - 1) (see relative_shift)."""
         if self.share_att_key:
-            pos_query = self.split_heads(self.query_proj(rel_embeddings))  # [h, 2 span, d]
+            pos_query = self.split_heads(self.query_proj(rel_embeddings))  # [h, rows, d]
             pos_key = self.split_heads(self.key_proj(rel_embeddings))
         else:
             pos_key = self.split_heads(self.pos_key_proj(rel_embeddings)) if "c2p" in self.pos_att_type else None
@@ -242,13 +258,13 @@ class FlaxDisentangledSelfAttention(nnx.Module):
                          if "p2c" in self.pos_att_type else None)
         score = 0
         if "c2p" in self.pos_att_type:
-            c2p = _matmul(query, jnp.swapaxes(pos_key, -1, -2))  # [B, h, L, 2 span]
-            index = position_index["c2p"][None, None]  # [1, 1, Lq, Lk], broadcast over batch and heads
-            score = score + jnp.take_along_axis(c2p, index, axis=-1) / scale
+            pos_key = jnp.take(pos_key, position_index["c2p"], axis=-2)  # [h, 2L, d]: distances L-1 .. -(L-1)
+            c2p = relative_shift(_matmul(query, jnp.swapaxes(pos_key, -1, -2)))  # [B, h, L, L]
+            score = score + c2p / scale
         if "p2c" in self.pos_att_type:
-            p2c = _matmul(key, jnp.swapaxes(pos_query, -1, -2))  # [B, h, Lk, 2 span]
-            index = position_index["p2c"][None, None]
-            score = score + jnp.swapaxes(jnp.take_along_axis(p2c, index, axis=-1), -1, -2) / scale
+            pos_query = jnp.take(pos_query, position_index["p2c"], axis=-2)  # [h, 2L, d]
+            p2c = relative_shift(_matmul(key, jnp.swapaxes(pos_query, -1, -2)))  # [B, h, Lk, Lq]
+            score = score + jnp.swapaxes(p2c, -1, -2) / scale
         return score
 
 
@@ -356,9 +372,10 @@ class FlaxDebertaV2Encoder(nnx.Module):
     def __call__(self, hidden_states, attention_mask, input_mask, output_hidden_states=False,
                  output_attentions=False):
         """``attention_mask``: bool [B, 1, L, L]; ``input_mask``: [B, L] (1 = token, 0 = padding)."""
-        rel_embeddings = self.get_rel_embedding()
-        position_index = (relative_position_indices(self._config.value, hidden_states.shape[1])
-                          if self.relative_attention else None)
+        rel_embeddings = position_index = None
+        if self.relative_attention:
+            rows, position_index = relative_position_window(self._config.value, hidden_states.shape[1])
+            rel_embeddings = self.get_rel_embedding()[rows]
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         embedding_output = hidden_states

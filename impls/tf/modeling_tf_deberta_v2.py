@@ -41,7 +41,7 @@ from impls import schema  # noqa: E402
 from impls.configuration import DebertaV2Config  # noqa: E402
 from impls.loading import load_checkpoint, resolve_config  # noqa: E402
 from impls.outputs import ModelOutput  # noqa: E402
-from impls.relative_position import attention_position_indices, c2p_index, make_log_bucket_position, \
+from impls.relative_position import attention_distance_window, c2p_index, make_log_bucket_position, \
     p2c_index  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
@@ -219,28 +219,14 @@ class PositionIndex:
     p2c: Optional[tf.Tensor] = None
 
 
-def _by_distance(matrix: np.ndarray) -> np.ndarray:
-    """A [L, L] matrix m[a, b] = h(a - b) -> h(L - 1), h(L - 2), ..., h(-(L - 1)), h(-(L - 1)) (the last entry is
-    the pad; checked to depend on a - b only)."""
-    length = matrix.shape[0]
-    vector = np.concatenate([matrix[length - 1, :], matrix[0, 1:], matrix[0, -1:]])
-    a, b = np.indices(matrix.shape)
-    if not np.array_equal(vector[length - 1 - a + b], matrix):
-        raise AssertionError("relative-position columns are not a function of i - j")
-    return vector
-
-
 @functools.lru_cache(maxsize=64)
 def _static_position_index(position_buckets: int, max_relative_positions: int, att_span: int,
                            pos_att_types: tuple[str, ...], length: int) -> dict[str, Any]:
     config = DebertaV2Config(relative_attention=True, position_buckets=position_buckets,
                              max_relative_positions=max_relative_positions, pos_att_type=list(pos_att_types))
     assert config.att_span == att_span
-    index = attention_position_indices(config, length)  # {"c2p": [Lq, Lk] by (i, j), "p2c": [Lk, Lk] by (j, i)}
-    by_distance = {k: _by_distance(v) for k, v in index.items()}
-    used = np.concatenate(list(by_distance.values()))
-    lo, hi = int(used.min()), int(used.max()) + 1
-    return {"rows": (lo, hi), **{k: (v - lo).astype(np.int32) for k, v in by_distance.items()}}
+    window = attention_distance_window(config, length)  # c2p / p2c rows by distance, offset by window.start
+    return {"rows": (window.start, window.stop), **{k: v.astype(np.int32) for k, v in window.index.items()}}
 
 
 @functools.lru_cache(maxsize=64)

@@ -21,7 +21,7 @@ from impls import schema
 from impls.configuration import DebertaV2Config
 from impls.loading import load_checkpoint, resolve_config
 from impls.outputs import ModelOutput
-from impls.relative_position import attention_position_indices
+from impls.relative_position import attention_position_window
 
 logger = logging.getLogger("deberta_xf")
 
@@ -81,9 +81,12 @@ class DebertaV2Embeddings(nn.Module):
 
 # =============================================================================================================
 # Relative positions: the (bucketed) i - j matrix comes from impls.relative_position (NumPy, shared by all
-# frameworks); here it only becomes the gather indices of the c2p and p2c terms.
-def relative_position_indices(config: DebertaV2Config, seq_length: int, device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in attention_position_indices(config, seq_length).items()}
+# frameworks); here it only becomes the gather indices of the c2p and p2c terms, over the window of relative-
+# embedding rows that this sequence length reads.
+def relative_position_window(config: DebertaV2Config, seq_length: int, device) -> tuple[slice, dict]:
+    window = attention_position_window(config, seq_length)
+    rows = slice(window.start, window.stop)
+    return rows, {k: torch.from_numpy(v).to(device) for k, v in window.index.items()}
 
 
 # =============================================================================================================
@@ -105,7 +108,6 @@ class DisentangledSelfAttention(nn.Module):
         self.share_att_key = config.share_att_key
         self.scale_factor = config.scale_factor
         if self.relative_attention:
-            self.att_span = config.att_span
             self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
             if not self.share_att_key:
                 if "c2p" in self.pos_att_type:
@@ -138,10 +140,12 @@ class DisentangledSelfAttention(nn.Module):
         return context, (probs if output_attentions else None)
 
     def disentangled_attention_bias(self, query, key, rel_embeddings, position_index, scale):
-        """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``."""
-        rel_embeddings = rel_embeddings[: 2 * self.att_span]  # [2 span, H]
+        """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``.
+
+        ``rel_embeddings`` holds the rows of the relative-embedding table this length reads (at most 2 span);
+        ``position_index`` indexes into them."""
         if self.share_att_key:
-            pos_query = self.split_heads(self.query_proj(rel_embeddings))  # [h, 2 span, d]
+            pos_query = self.split_heads(self.query_proj(rel_embeddings))  # [h, rows, d]
             pos_key = self.split_heads(self.key_proj(rel_embeddings))
         else:
             pos_key = self.split_heads(self.pos_key_proj(rel_embeddings)) if "c2p" in self.pos_att_type else None
@@ -150,11 +154,11 @@ class DisentangledSelfAttention(nn.Module):
         batch_heads_len = query.shape[:3]
         score = 0
         if "c2p" in self.pos_att_type:
-            c2p = torch.matmul(query, pos_key.transpose(-1, -2))  # [B, h, L, 2 span]
+            c2p = torch.matmul(query, pos_key.transpose(-1, -2))  # [B, h, L, rows]
             index = position_index["c2p"].expand(*batch_heads_len, -1)
             score = score + torch.gather(c2p, -1, index) / scale
         if "p2c" in self.pos_att_type:
-            p2c = torch.matmul(key, pos_query.transpose(-1, -2))  # [B, h, Lk, 2 span]
+            p2c = torch.matmul(key, pos_query.transpose(-1, -2))  # [B, h, Lk, rows]
             index = position_index["p2c"].expand(*key.shape[:3], -1)
             score = score + torch.gather(p2c, -1, index).transpose(-1, -2) / scale
         return score
@@ -264,9 +268,10 @@ class DebertaV2Encoder(nn.Module):
     def forward(self, hidden_states, attention_mask, input_mask, output_hidden_states=False,
                 output_attentions=False):
         """``attention_mask``: bool [B, 1, L, L]; ``input_mask``: [B, L] (1 = token, 0 = padding)."""
-        rel_embeddings = self.get_rel_embedding()
-        position_index = (relative_position_indices(self.config, hidden_states.shape[1], hidden_states.device)
-                          if self.config.relative_attention else None)
+        rel_embeddings = position_index = None
+        if self.config.relative_attention:
+            rows, position_index = relative_position_window(self.config, hidden_states.shape[1], hidden_states.device)
+            rel_embeddings = self.get_rel_embedding()[rows]
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         embedding_output = hidden_states
