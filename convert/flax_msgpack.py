@@ -322,7 +322,7 @@ def _ext_header(n: int, code: int) -> bytes:
 
 def _write_array(f, array: np.ndarray) -> None:
     """One array as flax's ext type 1: (shape, dtype name, C-order bytes), written without copying the data."""
-    array = np.ascontiguousarray(array)
+    array = schema.contiguous(array)  # layout conversions are views until here
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     head = b"\x93" + msgpack.packb(list(array.shape)) + msgpack.packb(array.dtype.name) + _bin_header(array.nbytes)
@@ -334,7 +334,7 @@ def _write_array(f, array: np.ndarray) -> None:
 
 def _write_chunked(f, array: np.ndarray) -> None:
     """An array over MAX_CHUNK_SIZE bytes, split as flax's ``_chunk`` does."""
-    flat = np.ascontiguousarray(array).reshape(-1)
+    flat = schema.contiguous(array).reshape(-1)
     step = max(1, MAX_CHUNK_SIZE // flat.dtype.itemsize)
     starts = range(0, flat.size, step)
     f.write(_map_header(3))

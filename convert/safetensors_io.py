@@ -16,6 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader
+from impls import schema
 from impls.errors import CheckpointError
 from impls.fileio import atomic_path
 
@@ -178,4 +179,4 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, metadata: M
                     raise CheckpointError(f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, announced "
                                           f"as {info.dtype}{list(info.shape)}")
                 if array.size:
-                    f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+                    f.write(schema.contiguous(array).reshape(-1).view(np.uint8))

@@ -164,6 +164,7 @@ def read_dataset(dataset) -> np.ndarray:
 
 
 def write_dataset(group, key: str, array: np.ndarray):
+    array = schema.contiguous(array)  # layout conversions are views until here
     if array.dtype == BFLOAT16:
         dataset = group.create_dataset(key, data=array)
         dataset.attrs["dtype"] = "bfloat16"

@@ -14,6 +14,7 @@ import numpy as np
 
 from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader
 from convert.safetensors_io import ShardedReader
+from impls import schema
 from impls.errors import CheckpointError
 from impls.fileio import atomic_path
 
@@ -38,10 +39,10 @@ def tensor_to_numpy(tensor) -> np.ndarray:
 
 def numpy_to_tensor(array: np.ndarray):
     torch = _torch()
-    array = np.asarray(array)
+    array = schema.contiguous(array)
     if array.dtype == BFLOAT16:
-        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 class TorchBinReader(TensorReader):

@@ -541,7 +541,7 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
         out = {}
         for path, variable in nnx.to_flat_state(nnx.state(self, nnx.Param)):
             name = names[_path_key(path)]
-            out[name] = np.array(schema.from_framework(name, np.asarray(variable[...]), FRAMEWORK))
+            out[name] = np.array(schema.contiguous(schema.from_framework(name, np.asarray(variable[...]), FRAMEWORK)))
         return out
 
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "msgpack") -> None:

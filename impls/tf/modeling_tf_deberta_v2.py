@@ -629,7 +629,7 @@ class TFDebertaV2PreTrainedModel(keras.Model):
             value = np.asarray(variable.numpy())
             if value.dtype.name == "bfloat16":
                 value = value.astype(np.float32)
-            out[name] = schema.from_framework(name, value, "tf").copy()
+            out[name] = schema.contiguous(schema.from_framework(name, value, "tf"))
         return out
 
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "tf_h5") -> None:

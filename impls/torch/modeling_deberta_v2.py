@@ -393,7 +393,7 @@ class DebertaV2PreTrainedModel(nn.Module):
         with torch.no_grad():
             for name, array in arrays.items():
                 param = params[name]
-                param.copy_(torch.from_numpy(np.ascontiguousarray(array)).to(param.dtype))
+                param.copy_(torch.from_numpy(schema.contiguous(array)).to(param.dtype))
 
     def canonical_state(self) -> dict[str, np.ndarray]:
         """Canonical name -> numpy array (float32 copies of bf16 parameters)."""
