@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from convert.formats import DEFAULT_FORMAT, FORMATS, FRAMEWORK_FORMATS
+from convert.formats import DEFAULT_FORMAT, FORMATS
 from impls.schema import TASKS
 
 DTYPES = ("keep", "float32", "float16", "bfloat16")

@@ -18,7 +18,7 @@ import abc
 import dataclasses
 import importlib
 import os
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -178,15 +178,3 @@ def cast_dtype(name: str) -> np.dtype | None:
     if name not in table:
         raise CheckpointError(f"unknown dtype {name!r} (expected keep, float32, float16 or bfloat16)")
     return table[name]
-
-
-def iter_progress(items: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None,
-                  unit: str = "tensor") -> Iterator:
-    """A tqdm progress bar when stderr is a terminal (or when forced), else the plain iterable."""
-    if enabled is None:
-        enabled = os.isatty(2)
-    if not enabled:
-        return iter(items)
-    from tqdm.auto import tqdm
-
-    return iter(tqdm(items, total=total, desc=desc, unit=unit, leave=False))

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-OUTPUT_FIELDS = ("loss", "logits", "start_logits", "end_logits", "last_hidden_state", "hidden_states",
-                 "attentions")
-
-
 class ModelOutput(dict):
     def __init__(self, *mapping: Any, **fields: Any):
         # A positional mapping / (key, value) pairs too, as dict: tf.function and tf.nest rebuild outputs that way.

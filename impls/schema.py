@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -363,10 +363,6 @@ def check_report(report: LoadReport, config: DebertaV2Config, task: str, source:
     if problems:
         raise CheckpointError(f"{source}: checkpoint does not fit the {task} model:\n  - " + "\n  - ".join(problems))
     return missing_head
-
-
-def iter_names(config: DebertaV2Config, task: str) -> Iterable[str]:
-    return expected_shapes(config, task).keys()
 
 
 def num_parameters(config: DebertaV2Config, task: str = "base") -> int:

@@ -177,7 +177,7 @@ def test_injected_weight_fault_names_first_diverging_layer(tmp_path):
     # Markdown: verdict, the pair row with its first diverging layer, the failed checks listed.
     md = (tmp_path / "r.md").read_text()
     assert md.startswith("## ❌ deberta-xf parity")
-    assert f"| torch@cpu(recorded) vs torch@cpu | ❌ | 4 |" in md and LAYER1 in md
+    assert "| torch@cpu(recorded) vs torch@cpu | ❌ | 4 |" in md and LAYER1 in md
     assert "**2 failed check(s)**" in md
 
 
