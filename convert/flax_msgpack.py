@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import msgpack
 import numpy as np
 
-from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader
+from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
 from impls import schema
 from impls.errors import CheckpointError
 from impls.fileio import atomic_path
@@ -378,11 +378,7 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=No
                 continue
             name = child
             next(names, None)
-            info = infos[name]
-            array = np.asarray(get(name))
-            if tuple(array.shape) != tuple(info.shape) or array.dtype != info.dtype:
-                raise CheckpointError(f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, announced as "
-                                      f"{info.dtype}{list(info.shape)}")
+            array = produce(get, name, infos, path)
             if array.dtype.hasobject or array.dtype.names is not None:
                 raise CheckpointError(f"{path}: cannot store tensor {name!r} of dtype {array.dtype} in msgpack")
             array = schema.to_framework(name, array, FRAMEWORK)

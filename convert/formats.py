@@ -83,6 +83,17 @@ class TensorReader(abc.ABC):
 Producer = Callable[[str], np.ndarray]
 
 
+def produce(get: Producer, name: str, infos: Mapping[str, TensorInfo], path: str) -> np.ndarray:
+    """One tensor from a writer's producer, checked against the shape and dtype announced up front (a writer has
+    already laid out its file from them)."""
+    info = infos[name]
+    array = np.asarray(get(name))
+    if tuple(array.shape) != tuple(info.shape) or array.dtype != info.dtype:
+        raise CheckpointError(f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, announced as "
+                              f"{info.dtype}{list(info.shape)}")
+    return array
+
+
 @dataclasses.dataclass(frozen=True)
 class Format:
     name: str

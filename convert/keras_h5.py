@@ -33,7 +33,7 @@ from typing import Mapping
 
 import numpy as np
 
-from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader
+from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
 from convert.tf_h5 import infer_task, read_dataset, write_dataset
 from impls import schema
 from impls.errors import CheckpointError
@@ -199,11 +199,7 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, task: str |
                     if layer_name is not None and f"{group_path}/vars" not in f:
                         f.create_group(f"{group_path}/vars").attrs["name"] = layer_name
             for name in (progress(names) if progress else names):
-                info = infos[name]
-                array = np.asarray(get(name))
-                if tuple(array.shape) != tuple(info.shape) or array.dtype != info.dtype:
-                    raise CheckpointError(f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, announced "
-                                          f"as {info.dtype}{list(info.shape)}")
+                array = produce(get, name, infos, path)
                 group_path, index = locations[name]
                 write_dataset(f[f"{group_path}/vars" if group_path else "vars"], str(index),
                               schema.to_framework(name, array, "tf"))

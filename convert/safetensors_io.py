@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader
+from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
 from impls import schema
 from impls.errors import CheckpointError
 from impls.fileio import atomic_path
@@ -173,10 +173,6 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, metadata: M
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
             for name in (progress(names) if progress else names):
-                info = infos[name]
-                array = np.asarray(get(name))
-                if tuple(array.shape) != info.shape or array.dtype != info.dtype:
-                    raise CheckpointError(f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, announced "
-                                          f"as {info.dtype}{list(info.shape)}")
+                array = produce(get, name, infos, path)
                 if array.size:
                     f.write(schema.contiguous(array).reshape(-1).view(np.uint8))

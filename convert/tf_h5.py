@@ -31,7 +31,7 @@ from typing import Mapping
 
 import numpy as np
 
-from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader
+from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
 from impls import schema
 from impls.errors import CheckpointError
 from impls.fileio import atomic_path
@@ -282,11 +282,7 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, task: str |
                 groups[layer] = group
             where = {name: (layer, var) for layer, entries in by_layer.items() for var, name in entries}
             for name in order:
-                info = infos[name]
-                array = np.asarray(get(name))
-                if tuple(array.shape) != tuple(info.shape) or array.dtype != info.dtype:
-                    raise CheckpointError(f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, announced "
-                                          f"as {info.dtype}{list(info.shape)}")
+                array = produce(get, name, infos, path)
                 layer, var = where[name]
                 write_dataset(groups[layer], var, schema.to_framework(name, array, "tf"))
             for var in shared:
