@@ -34,7 +34,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 XLARGE = "/work/shared/reference/configs/deberta-v2-xlarge.json"
-CLI = [sys.executable, "-m", "impls.cli"]
+CLI = [sys.executable, "-m", "deberta_xf"]
 
 
 # What any tool that reads and writes the bytes itself has to do at least (shutil.copyfile copies inside the kernel).
@@ -52,9 +52,9 @@ def make_checkpoint(directory: str, config_path: str, layers: int | None) -> int
     """Write config.json and a random fp32 model.safetensors (streamed); return the parameter count."""
     import numpy as np
 
-    from convert.formats import TensorInfo, write_weights
-    from impls import schema
-    from impls.configuration import DebertaV2Config
+    from deberta_xf.formats import TensorInfo, write_weights
+    from deberta_xf import schema
+    from deberta_xf.configuration import DebertaV2Config
 
     with open(config_path, encoding="utf-8") as f:
         data = json.load(f)
@@ -96,7 +96,7 @@ def tensors_equal(a_path: str, b_path: str) -> list[str]:
     """Names of the tensors that differ between two weights files (one tensor in memory at a time)."""
     import numpy as np
 
-    from convert.formats import open_weights
+    from deberta_xf.formats import open_weights
 
     bad = []
     with open_weights(a_path) as a, open_weights(b_path) as b:

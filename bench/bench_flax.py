@@ -1,6 +1,6 @@
 """Our jitted Flax (NNX) DeBERTa-v2 forward next to our PyTorch implementation, on deberta-v3-base-sized weights.
 
-    python bench/bench_flax.py                          # CPU, fp32, shapes 8x128 and 1x512, vs impls.torch
+    python bench/bench_flax.py                          # CPU, fp32, shapes 8x128 and 1x512, vs deberta_xf.torch
     python bench/bench_flax.py --device gpu --dtype bfloat16 --batch 32 --seq 512    # tokens/s on a GPU
 
 Both models hold the same random weights (the Flax model's, copied into the PyTorch one by canonical name). The
@@ -57,8 +57,8 @@ def main(argv=None) -> int:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    from impls.configuration import DebertaV2Config
-    from impls.flax.modeling_flax_deberta_v2 import FlaxDebertaV2Model
+    from deberta_xf.configuration import DebertaV2Config
+    from deberta_xf.flax.modeling_flax_deberta_v2 import FlaxDebertaV2Model
 
     if args.device == "gpu" and jax.default_backend() != "gpu":
         print(f"no GPU visible to JAX (backend {jax.default_backend()!r})", file=sys.stderr)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     if not args.no_torch:
         import torch
 
-        from impls.torch.modeling_deberta_v2 import DebertaV2Model
+        from deberta_xf.torch.modeling_deberta_v2 import DebertaV2Model
 
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

@@ -58,9 +58,9 @@ def main(argv=None) -> int:
     import tensorflow as tf
     import torch
 
-    from impls import DebertaV2Config
-    from impls.tf.modeling_tf_deberta_v2 import TFDebertaV2Model
-    from impls.torch.modeling_deberta_v2 import DebertaV2Model
+    from deberta_xf import DebertaV2Config
+    from deberta_xf.tf.modeling_tf_deberta_v2 import TFDebertaV2Model
+    from deberta_xf.torch.modeling_deberta_v2 import DebertaV2Model
 
     config = DebertaV2Config(**{**BASE_CONFIG, "num_hidden_layers": args.layers})
     torch_model = DebertaV2Model.from_config(config, seed=0)

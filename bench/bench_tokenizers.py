@@ -47,8 +47,8 @@ def main(argv=None) -> int:
 
     import transformers
 
-    from impls.tokenization_deberta_v2 import DebertaV2Tokenizer
-    from impls.tokenization_deberta_v2_fast import DebertaV2TokenizerFast
+    from deberta_xf.tokenization_deberta_v2 import DebertaV2Tokenizer
+    from deberta_xf.tokenization_deberta_v2_fast import DebertaV2TokenizerFast
 
     transformers.logging.set_verbosity(logging.CRITICAL)
     warnings.simplefilter("ignore")

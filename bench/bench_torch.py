@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from impls.configuration import DebertaV2Config  # noqa: E402
-from impls.torch.modeling_deberta_v2 import DebertaV2Model  # noqa: E402
+from deberta_xf.configuration import DebertaV2Config  # noqa: E402
+from deberta_xf.torch.modeling_deberta_v2 import DebertaV2Model  # noqa: E402
 
 V3_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "fixtures", "published-configs",
                        "deberta-v3-base.json")

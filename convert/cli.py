@@ -18,8 +18,8 @@ import argparse
 import os
 import sys
 
-from convert.formats import DEFAULT_FORMAT, FORMATS
-from impls.schema import TASKS
+from deberta_xf.formats import DEFAULT_FORMAT, FORMATS
+from deberta_xf.tasks import TASKS
 
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 
@@ -86,7 +86,7 @@ def _progress_bar(total_tensors: int, total_bytes: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.convert import convert_checkpoint
+    from deberta_xf.convert.convert import convert_checkpoint
 
     result = convert_checkpoint(
         args.source, args.destination, args.to, format=args.format, dtype=args.dtype, config=args.config,
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m convert.cli SRC DST --to ...``: the same command without the ``deberta-xf`` wrapper."""
     import logging
 
-    from impls.errors import DebertaXfError
+    from deberta_xf.errors import DebertaXfError
 
     parser = argparse.ArgumentParser(prog="deberta-xf convert", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

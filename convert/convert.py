@@ -2,7 +2,7 @@
 directory for one framework, streamed, checked, verified and atomic.
 
 Everything here works on canonical names (the reference's PyTorch state-dict names) and plain numpy arrays; the
-format readers and writers of :mod:`convert.formats` do the per-format naming and layouts. The steps:
+format readers and writers of :mod:`deberta_xf.formats` do the per-format naming and layouts. The steps:
 
 1. :func:`plan_conversion` -- everything that needs no tensor data, so bad input fails before anything is
    written: the config (``config.json`` of SRC, or ``--config``), the weights file and its format, the task
@@ -12,8 +12,8 @@ format readers and writers of :mod:`convert.formats` do the per-format naming an
    writer asks for it, checked for NaN/Inf, cast, and handed on, so about one tensor is in memory at a time
    (where the target format allows: ``pytorch_model.bin`` is one pickle); then ``config.json`` and the
    tokenizer files of SRC.
-3. Verification (:mod:`convert.verify`), on by default, against the temporary directory.
-4. The temporary directory is renamed onto DST only when all of that succeeded (:func:`impls.fileio.
+3. Verification (:mod:`deberta_xf.convert.verify`), on by default, against the temporary directory.
+4. The temporary directory is renamed onto DST only when all of that succeeded (:func:`deberta_xf.fileio.
    atomic_directory`); on any failure or interruption it is removed and DST (if it existed) is left as it was.
 
 The source is only ever opened for reading.
@@ -22,21 +22,21 @@ The source is only ever opened for reading.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import shutil
 import time
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 
-from convert.formats import (DEFAULT_FORMAT, FORMATS, FRAMEWORK_FORMATS, Format, TensorInfo,
-                             TensorReader, cast_dtype, detect_format, find_weights, open_weights)
-from impls import schema
-from impls.configuration import CONFIG_NAME, DebertaV2Config
-from impls.errors import CheckpointError, ConfigError, DebertaXfError
-from impls.fileio import atomic_directory
+from deberta_xf.formats import (DEFAULT_FORMAT, FORMATS, FRAMEWORK_FORMATS, Format, TensorInfo, cast_dtype,
+                                detect_format, find_weights, open_checked)
+from deberta_xf import schema
+from deberta_xf.tasks import TASK_TABLE, check_task, infer_task
+from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
+from deberta_xf.errors import CheckpointError, ConfigError, DebertaXfError
+from deberta_xf.fileio import atomic_directory
 
 # Files of a checkpoint's tokenizer, copied from SRC to DST when present (symlinks are followed).
 TOKENIZER_FILES = ("spm.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -47,14 +47,6 @@ SOURCE_SEARCH = "torch"
 # Formats that can carry tensors outside the model's own parameters (the RTD head with --keep-rtd): those
 # keyed by canonical names. The framework formats (tf_h5, keras_h5, msgpack) map every name onto a layer.
 FREE_NAME_FORMATS = ("safetensors", "bin")
-# The reference's PyTorch class name of each task, for config.json's "architectures" (transformers writes
-# PyTorch class names there whichever framework saved the checkpoint).
-ARCHITECTURES = {
-    "base": "DebertaV2Model", "masked-lm": "DebertaV2ForMaskedLM",
-    "sequence-classification": "DebertaV2ForSequenceClassification",
-    "token-classification": "DebertaV2ForTokenClassification",
-    "question-answering": "DebertaV2ForQuestionAnswering", "multiple-choice": "DebertaV2ForMultipleChoice",
-}
 RTD_PREFIX = "mask_predictions."
 HEAD_PREFIXES = ("cls.", "lm_predictions.", "pooler.", "classifier.", "qa_outputs.")
 _FINITE_CHUNK = 1 << 24  # elements per NaN/Inf check, so the check needs no tensor-sized temporary
@@ -86,47 +78,10 @@ def _within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def format_module_available(fmt: Format) -> bool:
-    try:
-        importlib.import_module(fmt.module)
-    except ModuleNotFoundError as err:
-        if err.name == fmt.module:
-            return False
-        raise
-    return True
-
-
 def _require_format(fmt: Format, role: str) -> None:
-    if not format_module_available(fmt):
+    if not fmt.available():
         raise CheckpointError(f"the {fmt.name} format ({', '.join(fmt.filenames)}) cannot be {role} by this "
                               f"installation: its module {fmt.module} is missing")
-
-
-def infer_task(names: Mapping[str, tuple[int, ...]], config: DebertaV2Config) -> tuple[str, str]:
-    """The task of a checkpoint, from its head tensors (and config "architectures" where they are ambiguous).
-
-    Returns the task and how it was decided. The RTD head of v3 checkpoints (``mask_predictions.*``) is not a
-    task head: such a checkpoint is a masked-lm or base checkpoint.
-    """
-    tops = {n.split(".", 1)[0] for n in names}
-    if tops & {"cls", "lm_predictions"}:
-        return "masked-lm", "from its MLM head tensors (cls.predictions.* / lm_predictions.lm_head.*)"
-    if "qa_outputs" in tops:
-        return "question-answering", "from its qa_outputs.* tensors"
-    if {"pooler", "classifier"} <= tops:
-        architectures = [str(a) for a in (config.to_dict().get("architectures") or [])]
-        if any(a.endswith("ForMultipleChoice") for a in architectures):
-            return "multiple-choice", "from its pooler.* and classifier.* tensors and config architectures"
-        if any(a.endswith("ForSequenceClassification") for a in architectures):
-            return "sequence-classification", "from its pooler.* and classifier.* tensors and config architectures"
-        rows = names.get("classifier.weight", (None,))[0]
-        if rows == 1 and config.num_labels != 1:
-            return "multiple-choice", (f"from its pooler.* tensors and a one-row classifier.weight (config "
-                                       f"num_labels={config.num_labels})")
-        return "sequence-classification", "from its pooler.* and classifier.* tensors"
-    if "classifier" in tops:
-        return "token-classification", "from its classifier.* tensors without a pooler"
-    return "base", "no task head tensors"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,16 +158,6 @@ def _open_source(source: str, config: str | None) -> tuple[str | None, str, Form
     return source_dir, weights_path, fmt, cfg, config_path
 
 
-def _open_reader(path: str) -> TensorReader:
-    """open_weights, with any low-level failure of a reader (h5py, msgpack, OS) named as a bad file."""
-    try:
-        return open_weights(path)
-    except DebertaXfError:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: cannot read this weights file ({type(err).__name__}: {err})") from None
-
-
 def plan_conversion(source: str, destination: str, to: str, *, format: str | None = None, dtype: str = "keep",
                     config: str | None = None, task: str | None = None, force: bool = False,
                     keep_rtd: bool = False, allow_nonfinite: bool = False) -> ConversionPlan:
@@ -233,7 +178,7 @@ def plan_conversion(source: str, destination: str, to: str, *, format: str | Non
     _require_format(source_format, "read")
     _require_format(target_format, "written")
 
-    with _open_reader(weights_path) as reader:
+    with open_checked(weights_path) as reader:
         source_infos = reader.infos()
     if not source_infos:
         raise CheckpointError(f"{weights_path}: holds no tensors")
@@ -242,7 +187,7 @@ def plan_conversion(source: str, destination: str, to: str, *, format: str | Non
     if task is None:
         task, reason = infer_task(shapes, cfg)
     else:
-        schema.check_task(task)
+        check_task(task)
         reason = "given with --task"
 
     mapping, report = schema.match_checkpoint(cfg, task, shapes)
@@ -359,7 +304,7 @@ def write_checkpoint(plan: ConversionPlan, directory: str,
     start = time.perf_counter()
     path = os.path.join(directory, plan.weights_filename)
     tick = progress(len(plan.infos), plan.total_bytes) if progress else None
-    with _open_reader(plan.weights_path) as reader:
+    with open_checked(plan.weights_path) as reader:
         def produce(name: str) -> np.ndarray:
             src = plan.names[name]
             try:
@@ -411,7 +356,7 @@ def write_config(plan: ConversionPlan, directory: str) -> None:
     """config.json of DST: the source config, with "architectures" naming the converted task's class and
     "dtype" the floating dtype written."""
     data = plan.config.to_dict()
-    data["architectures"] = [ARCHITECTURES[plan.task]]
+    data["architectures"] = [TASK_TABLE[plan.task].architecture]
     floats = {dtype_name(i.dtype) for i in plan.infos.values() if is_floating(i.dtype)}
     if len(floats) == 1:
         data["dtype"] = floats.pop()
@@ -427,7 +372,7 @@ def write_config(plan: ConversionPlan, directory: str) -> None:
 class ConversionResult:
     plan: ConversionPlan
     written: WriteSummary | None = None
-    verification: object | None = None  # convert.verify.VerificationReport
+    verification: object | None = None  # deberta_xf.convert.verify.VerificationReport
     kept: bool = False                   # DST now holds the result
 
     @property
@@ -460,7 +405,7 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
                            force=force, keep_rtd=keep_rtd, allow_nonfinite=allow_nonfinite)
     verifier = None
     if verify:
-        from convert import verify as verify_module
+        from deberta_xf.convert import verify as verify_module
 
         verifier = verify_module.Verifier(plan)  # imports the frameworks now: a missing one fails before writing
     log(describe_plan(plan))

@@ -8,7 +8,7 @@ Two checks on the converted checkpoint, while it is still in its temporary direc
    torch, tf_model.h5 / .weights.h5: tf, msgpack: flax), the converted checkpoint in the target framework
    (``from_pretrained`` on the temporary directory), both in float32; they are run on one fixed, padded batch and
    every output (hidden states, last hidden state, logits) is compared by the DESIGN §5 rules of
-   :mod:`parity.compare` (token-level outputs where ``attention_mask == 1``).
+   :mod:`deberta_xf.compare` (token-level outputs where ``attention_mask == 1``).
 
 The batch is tokenized from fixed sentence pairs with the checkpoint's own tokenizer when SRC has tokenizer files
 (``tokenizer.json`` -> the fast tokenizer, else ``spm.model`` -> the sentencepiece one); otherwise it is made of
@@ -31,14 +31,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convert.convert import ConversionPlan, _open_reader, format_module_available
-from impls import schema
-from impls.errors import DebertaXfError
-from parity.compare import FP32_THRESHOLDS, Comparison, compare_arrays, flatten_outputs, threshold, token_mask
+from deberta_xf import schema
+from deberta_xf.errors import DebertaXfError
+from deberta_xf.compare import FP32_THRESHOLDS, Comparison, compare_arrays, output_order, threshold, token_mask
+from deberta_xf.formats import open_checked
+from deberta_xf.frameworks import get_framework
+
+if TYPE_CHECKING:  # the plan is made by deberta_xf.convert.convert, which imports this module
+    from deberta_xf.convert.convert import ConversionPlan
 
 LOSSY_RTOL = {"float16": 1e-2, "bfloat16": 5e-2}
 TEXTS = ("The quick brown fox jumps over the lazy dog.",
@@ -48,24 +52,6 @@ CHOICES = (("It is asleep.", "The fox is faster than the dog, which does not mov
            ("BERT.", "Attention over content and relative positions, separately."))
 MAX_TOKENS = 48
 SEED = 0
-
-
-def pin_float32(framework: str) -> None:
-    """Full float32 matmuls (no TF32) in the framework, as DESIGN §5 requires for fp32 parity."""
-    if framework == "torch":
-        import torch
-
-        torch.set_float32_matmul_precision("highest")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    elif framework == "tf":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_tensor_float_32_execution(False)
-    elif framework == "flax":
-        import jax
-
-        jax.config.update("jax_default_matmul_precision", "highest")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,9 +66,9 @@ def _tokenizer(directory: str | None):
         return None, "SRC has no tokenizer files (spm.model / tokenizer.json)"
     name = "DebertaV2TokenizerFast" if has_fast else "DebertaV2Tokenizer"
     try:
-        import impls
+        import deberta_xf
 
-        return getattr(impls, name).from_pretrained(directory), f"{'tokenizer.json' if has_fast else 'spm.model'}"
+        return getattr(deberta_xf, name).from_pretrained(directory), f"{'tokenizer.json' if has_fast else 'spm.model'}"
     except (ImportError, AttributeError) as err:
         return None, f"the tokenizer is not available ({err})"
     except Exception as err:  # a broken tokenizer file must not stop a weights conversion
@@ -124,20 +110,6 @@ def make_inputs(config, task: str, directory: str | None) -> tuple[dict[str, np.
         inputs = {k: np.stack([v, v[::-1]], axis=1) for k, v in inputs.items()}  # [batch, 2 choices, seq]
     shape = "x".join(map(str, inputs["input_ids"].shape))
     return inputs, f"{shape} deterministic token ids (seed {SEED}, one row padded): {source}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-def run_model(framework: str, model: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if framework == "torch":
-        import torch
-
-        with torch.no_grad():
-            outputs = model(**inputs, output_hidden_states=True)
-    else:
-        outputs = model(**inputs, output_hidden_states=True)
-    flat = flatten_outputs(outputs)
-    flat.pop("loss", None)
-    return flat
 
 
 @dataclasses.dataclass
@@ -185,29 +157,26 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-def _row_order(comparison: Comparison) -> tuple:
-    """Table order: hidden states by layer (embedding output first), then the model's final outputs."""
-    prefix, _, index = comparison.name.partition(".")
-    return (0, int(index), "") if index.isdigit() else (1, 0, comparison.name)
+def _without_loss(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    outputs.pop("loss", None)
+    return outputs
 
 
 class Verifier:
     """Built before anything is written, so that a framework that is not installed is reported first."""
 
     def __init__(self, plan: ConversionPlan):
-        from impls.factory import model_class
-
         self.plan = plan
-        self.classes = {}
-        for role, framework in (("source", plan.source_framework), ("target", plan.to)):
+        self.frameworks = {"source": get_framework(plan.source_framework), "target": get_framework(plan.to)}
+        for role, framework in self.frameworks.items():
             try:
-                self.classes[role] = model_class(framework, plan.task)
+                framework.model_class(plan.task)
             except ImportError as err:
                 raise DebertaXfError(
-                    f"verification needs the {framework!r} framework to load the {role} checkpoint, and it is not "
+                    f"verification needs the {framework.name!r} framework to load the {role} checkpoint, and it is not "
                     f"available ({err}); install it, or pass --no-verify to convert without verification") from None
         for fmt in {plan.source_format, plan.target_format}:
-            if not format_module_available(fmt):
+            if not fmt.available():
                 raise DebertaXfError(f"verification cannot read {fmt.name} files: {fmt.module} is missing")
 
     def tolerance(self) -> tuple[dict[str, float] | None, float | None, str]:
@@ -227,18 +196,18 @@ class Verifier:
         say(f"verifying: reading back {len(plan.names)} tensors")
         problems, identical = self.check_tensors(directory)
         inputs, input_note = make_inputs(plan.config, plan.task, plan.source_dir)
-        pin_float32(plan.source_framework)
-        pin_float32(plan.to)
+        source, target = self.frameworks["source"], self.frameworks["target"]
         say(f"verifying: loading and running the source in {plan.source_framework}")
-        source_model = self.classes["source"].from_pretrained(plan.weights_path, config=plan.config)
-        reference = run_model(plan.source_framework, source_model, inputs)
-        del source_model
+        with source.precision("float32"):
+            reference = _without_loss(source.outputs(source.load(plan.weights_path, plan.task, config=plan.config),
+                                                     inputs))
         say(f"verifying: loading and running the converted checkpoint in {plan.to}")
         used, load_error = plan.weights_filename, ""
         try:  # the source loaded, so a converted checkpoint that does not is a failed conversion (exit 1)
-            target_model = self.classes["target"].from_pretrained(directory)
-            used = os.path.basename(getattr(target_model, "weights_path", "") or used)
-            candidate = run_model(plan.to, target_model, inputs)
+            with target.precision("float32"):
+                target_model = target.load(directory, plan.task)
+                used = os.path.basename(getattr(target_model, "weights_path", "") or used)
+                candidate = _without_loss(target.outputs(target_model, inputs))
             del target_model
         except Exception as err:  # noqa: BLE001 - reported in the table, the result is not kept
             candidate = {}
@@ -260,7 +229,7 @@ class Verifier:
             if name not in reference:
                 comparisons.append(Comparison(name, tuple(candidate[name].shape), float("inf"), float("inf"),
                                               float("inf"), 0.0, 0))
-        comparisons.sort(key=_row_order)
+        comparisons.sort(key=lambda c: output_order(c.name))
         return VerificationReport(
             f"{plan.source_framework} ({os.path.basename(plan.weights_path)} of SRC)",
             f"{plan.to} ({used} of DST)", input_note, note, comparisons, len(plan.names), identical, problems,
@@ -274,7 +243,7 @@ class Verifier:
         problems = []
         identical = 0
         path = os.path.join(directory, plan.weights_filename)
-        with _open_reader(plan.weights_path) as source, _open_reader(path) as written:
+        with open_checked(plan.weights_path) as source, open_checked(path) as written:
             infos = written.infos()
             # Written names back to the plan's names, as every loader does (a format may store the other MLM
             # head layout, e.g. tf_model.h5 always uses the reference TF's cls.predictions.*).

@@ -1,36 +1,27 @@
 """deberta-xf: DeBERTa-v2/v3 in PyTorch, TensorFlow (Keras 3) and Flax (NNX).
 
-Every public name is resolved lazily, so ``import impls`` imports no framework: ``impls.DebertaV2Model``
-imports torch, ``impls.TFDebertaV2Model`` TensorFlow, ``impls.FlaxDebertaV2Model`` JAX/Flax.
+Every public name is resolved lazily, so ``import deberta_xf`` imports no framework: ``deberta_xf.DebertaV2Model``
+imports torch, ``deberta_xf.TFDebertaV2Model`` TensorFlow, ``deberta_xf.FlaxDebertaV2Model`` JAX/Flax.
 """
 
 from __future__ import annotations
 
 import importlib
 
-_TASK_CLASSES = (
-    "PreTrainedModel",
-    "Model",
-    "ForMaskedLM",
-    "ForSequenceClassification",
-    "ForTokenClassification",
-    "ForQuestionAnswering",
-    "ForMultipleChoice",
-)
+from deberta_xf.frameworks import REGISTRY
+from deberta_xf.tasks import PRETRAINED_SUFFIX, TASK_TABLE
 
 _LAZY: dict[str, str] = {
-    "DebertaV2Config": "impls.configuration",
-    "ModelOutput": "impls.outputs",
-    "create_model": "impls.factory",
-    "DebertaV2Tokenizer": "impls.tokenization_deberta_v2",
-    "DebertaV2TokenizerFast": "impls.tokenization_deberta_v2_fast",
+    "DebertaV2Config": "deberta_xf.configuration",
+    "ModelOutput": "deberta_xf.outputs",
+    "create_model": "deberta_xf.factory",
+    "DebertaV2Tokenizer": "deberta_xf.tokenization_deberta_v2",
+    "DebertaV2TokenizerFast": "deberta_xf.tokenization_deberta_v2_fast",
 }
-for _suffix in _TASK_CLASSES:
-    _LAZY[f"DebertaV2{_suffix}"] = "impls.torch.modeling_deberta_v2"
-    _LAZY[f"TFDebertaV2{_suffix}"] = "impls.tf.modeling_tf_deberta_v2"
-    _LAZY[f"FlaxDebertaV2{_suffix}"] = "impls.flax.modeling_flax_deberta_v2"
-
-_EXTRA = {"impls.torch": "torch", "impls.tf": "tf", "impls.flax": "flax"}
+# Every framework's classes, by the task table's names: DebertaV2ForMaskedLM, TFDebertaV2ForMaskedLM, ...
+for _framework in REGISTRY.values():
+    for _suffix in (PRETRAINED_SUFFIX, *(t.suffix for t in TASK_TABLE.values())):
+        _LAZY[f"{_framework.class_prefix}DebertaV2{_suffix}"] = _framework.module
 
 __all__ = sorted(_LAZY)
 
@@ -38,16 +29,16 @@ __all__ = sorted(_LAZY)
 def __getattr__(name: str):
     module_name = _LAZY.get(name)
     if module_name is None:
-        raise AttributeError(f"module 'impls' has no attribute {name!r}")
+        raise AttributeError(f"module 'deberta_xf' has no attribute {name!r}")
+    framework = next((f for f in REGISTRY.values() if f.module == module_name), None)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        extra = next((e for prefix, e in _EXTRA.items() if module_name.startswith(prefix)), None)
-        if extra is None or (err.name or "").startswith("impls"):
+        if framework is None or (err.name or "").startswith("deberta_xf"):
             raise
         raise ImportError(
-            f"{name} needs the {extra!r} extra, which is not installed ({err.name} is missing): "
-            f"pip install 'deberta-xf[{extra}]'"
+            f"{name} needs the {framework.extra!r} extra, which is not installed ({err.name} is missing): "
+            f"pip install 'deberta-xf[{framework.extra}]'"
         ) from err
     value = getattr(module, name)
     globals()[name] = value

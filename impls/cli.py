@@ -10,12 +10,12 @@ import argparse
 import logging
 import sys
 
-from impls.errors import DebertaXfError
+from deberta_xf.errors import DebertaXfError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from convert import cli as convert_cli
-    from parity import cli as parity_cli
+    from deberta_xf.convert import cli as convert_cli
+    from deberta_xf.parity import cli as parity_cli
 
     parser = argparse.ArgumentParser(prog="deberta-xf", description=__doc__.splitlines()[0])
     parser.add_argument("--verbose", "-v", action="store_true", help="log warnings and details")

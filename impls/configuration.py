@@ -14,7 +14,7 @@ import math
 import os
 from typing import Any
 
-from impls.errors import ConfigError
+from deberta_xf.errors import ConfigError
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "deberta-v2"
@@ -286,7 +286,7 @@ class DebertaV2Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        from impls.fileio import atomic_write_text
+        from deberta_xf.fileio import atomic_write_text
 
         atomic_write_text(path, self.to_json_string())
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from impls import schema
-from impls.configuration import CONFIG_NAME, DebertaV2Config
-from impls.errors import CheckpointError, ConfigError
+from deberta_xf import schema
+from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
+from deberta_xf.errors import CheckpointError, ConfigError
+from deberta_xf.formats import find_weights, open_weights
 
 logger = logging.getLogger("deberta_xf")
 
@@ -57,8 +58,6 @@ def is_floating(array: np.ndarray) -> bool:
 
 
 def weights_path_for(path: str, framework: str) -> str:
-    from convert.formats import find_weights
-
     path = os.fspath(path)
     if os.path.isdir(path):
         return find_weights(path, framework)[0]
@@ -75,8 +74,6 @@ def load_checkpoint(path: str | os.PathLike, task: str, framework: str, config: 
     checkpoints stored in fp16). Missing backbone tensors and shape mismatches raise :class:`CheckpointError`;
     missing head tensors are returned (the head keeps its fresh initialisation, with a warning).
     """
-    from convert.formats import open_weights
-
     cfg = resolve_config(path, config)
     weights = weights_path_for(os.fspath(path), framework)
     with open_weights(weights) as reader:

@@ -18,12 +18,10 @@ from typing import Mapping
 
 import numpy as np
 
-from impls.configuration import DebertaV2Config
-from impls.errors import CheckpointError
+from deberta_xf.configuration import DebertaV2Config
+from deberta_xf.errors import CheckpointError
+from deberta_xf.tasks import check_task
 
-TASKS = ("base", "masked-lm", "sequence-classification", "token-classification", "question-answering",
-         "multiple-choice")
-FRAMEWORKS = ("torch", "tf", "flax")
 BACKBONE_PREFIX = "deberta."
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,6 +176,7 @@ def backbone_shapes(config: DebertaV2Config) -> dict[str, tuple[int, ...]]:
 
 def head_shapes(config: DebertaV2Config, task: str) -> dict[str, tuple[int, ...]]:
     """Canonical names and shapes of a task head (outside the ``deberta.`` backbone)."""
+    check_task(task)
     c = config
     H, E, V = c.hidden_size, c.embedding_dim, c.vocab_size
     if task == "base":
@@ -196,15 +195,7 @@ def head_shapes(config: DebertaV2Config, task: str) -> dict[str, tuple[int, ...]
                 "classifier.weight": (n_out, H), "classifier.bias": (n_out,)}
     if task == "token-classification":
         return {"classifier.weight": (c.num_labels, H), "classifier.bias": (c.num_labels,)}
-    if task == "question-answering":
-        return {"qa_outputs.weight": (c.num_labels, H), "qa_outputs.bias": (c.num_labels,)}
-    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-
-
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    return task
+    return {"qa_outputs.weight": (c.num_labels, H), "qa_outputs.bias": (c.num_labels,)}  # question-answering
 
 
 def expected_shapes(config: DebertaV2Config, task: str = "base") -> dict[str, tuple[int, ...]]:

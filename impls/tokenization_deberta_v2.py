@@ -25,7 +25,7 @@ from typing import Any, Optional
 import sentencepiece
 from tokenizers import AddedToken
 
-from impls.tokenization_utils import (
+from deberta_xf.tokenization_utils import (
     VOCAB_FILE,
     BatchEncoding,
     CallOptions,

@@ -23,7 +23,7 @@ from typing import Optional
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
-from impls.tokenization_utils import (
+from deberta_xf.tokenization_utils import (
     TOKENIZER_FILE,
     VOCAB_FILE,
     BatchEncoding,

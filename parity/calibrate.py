@@ -1,4 +1,4 @@
-"""How the bf16 / fp16 thresholds in :mod:`parity.compare` were measured; rerun with ``python -m parity.calibrate``.
+"""How the bf16 / fp16 thresholds in :mod:`deberta_xf.compare` were measured; rerun with ``python -m deberta_xf.parity.calibrate``.
 
 For each measured checkpoint and each installed framework that runs the dtype, the checkpoint runs in float32
 and in the low dtype on the same inputs; we record the max abs difference, per threshold class (hidden states,
@@ -24,9 +24,9 @@ import tempfile
 
 import numpy as np
 
-from parity import inputs as parity_inputs
-from parity.compare import THRESHOLD_KEYS, compare_outputs, threshold
-from parity.frameworks import RUNNERS
+from deberta_xf.parity import inputs as parity_inputs
+from deberta_xf.compare import THRESHOLD_KEYS, compare_outputs, threshold
+from deberta_xf.frameworks import REGISTRY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_CASES = ["v3/masked-lm", "v3/sequence-classification", "v2-conv/masked-lm", "abs-noshare/question-answering",
@@ -66,7 +66,7 @@ def measure(checkpoint: str, task: str, model_inputs: dict[str, np.ndarray], dty
     """{dtype: {"torch vs fp32": {class: max abs}, "torch vs flax": {...}, ...}}"""
     runs: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for fw in frameworks:
-        runner = RUNNERS[fw]
+        runner = REGISTRY[fw]
         if runner.available() is not None:
             continue
         for dtype in ["float32"] + dtypes:
@@ -96,7 +96,7 @@ def base_sized_checkpoint(directory: str, task: str, seed: int = 0) -> str:
     """A randomly initialised deberta-v3-base-sized checkpoint (torch init, written as model.safetensors)."""
     import torch
 
-    from impls.factory import create_model
+    from deberta_xf.factory import create_model
 
     torch.manual_seed(seed)
     model = create_model("torch", task, config=dict(BASE_SIZED))
@@ -106,7 +106,7 @@ def base_sized_checkpoint(directory: str, task: str, seed: int = 0) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parity.calibrate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m deberta_xf.parity.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--frameworks", default="torch,tf,flax")
     parser.add_argument("--dtypes", default="bfloat16,float16")
     parser.add_argument("--margin", type=float, default=2.0)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = parity_inputs.read_texts(None)
     encoding = parity_inputs.tokenizer_checks(tiny, texts, 128).encoding
     targets.append(("tiny-deberta-v3", tiny, "sequence-classification", encoding))
-    from impls.configuration import DebertaV2Config
+    from deberta_xf.configuration import DebertaV2Config
 
     for case in FIXTURE_CASES:
         directory = os.path.join(ROOT, "fixtures", "reference", case)

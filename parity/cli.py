@@ -11,8 +11,8 @@ import argparse
 import os
 import sys
 
-from impls.errors import DebertaXfError
-from parity.compare import FP32_THRESHOLDS
+from deberta_xf.errors import DebertaXfError
+from deberta_xf.compare import FP32_THRESHOLDS
 
 EPILOG = """\
 examples:
@@ -40,8 +40,8 @@ def _positive_float(flag: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from impls.schema import TASKS
-    from parity.harness import DEVICES, DTYPES
+    from deberta_xf.tasks import TASKS
+    from deberta_xf.parity.harness import DEVICES, DTYPES
 
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory (config.json + weights)")
     parser.add_argument("--frameworks", default="torch,tf,flax",
@@ -94,8 +94,8 @@ def _check_output_path(flag: str, path: str | None) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    from parity.frameworks import parse_frameworks
-    from parity.harness import ParityOptions
+    from deberta_xf.frameworks import parse_frameworks
+    from deberta_xf.parity.harness import ParityOptions
 
     frameworks = parse_frameworks(args.frameworks)
     if len(frameworks) < 2 and not (args.compare_to or args.save_outputs):
@@ -104,7 +104,7 @@ def options_from_args(args: argparse.Namespace):
     for flag in ("json", "markdown", "junit", "plot", "save_outputs"):
         _check_output_path("--" + flag.replace("_", "-"), getattr(args, flag))
     if args.plot:
-        from parity.report import check_plot_support
+        from deberta_xf.parity.report import check_plot_support
 
         check_plot_support()
     atol = {key: value for key, value in (("hidden", args.atol_hidden), ("logits", args.atol_logits),
@@ -116,8 +116,8 @@ def options_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """The subcommand: run the harness, print the table, write the requested files; the exit code."""
-    from parity import report as render
-    from parity.harness import run_parity
+    from deberta_xf.parity import report as render
+    from deberta_xf.parity.harness import run_parity
 
     options = options_from_args(args)
     result = run_parity(options).as_dict()

@@ -6,11 +6,11 @@ Steps (DESIGN §5):
 2. each framework loads the checkpoint by DESIGN §1's rule (its own file first; the report names the file) on the
    requested device and dtype, with full-precision matmuls pinned, and runs the task head with every hidden state;
 3. every pair of frameworks (and every recorded framework against every one run now) is compared on every
-   output and hidden state by :mod:`parity.compare`; a failing pair names its first diverging layer and, when
+   output and hidden state by :mod:`deberta_xf.compare`; a failing pair names its first diverging layer and, when
    the two frameworks read different weight files, the tensors in which those files differ.
 
-:func:`run_parity` returns a :class:`ParityReport`; :mod:`parity.report` renders it. Bad input raises
-:class:`impls.errors.DebertaXfError` (exit code 2); a failed check is a report with ``passed == False`` (1).
+:func:`run_parity` returns a :class:`ParityReport`; :mod:`deberta_xf.parity.report` renders it. Bad input raises
+:class:`deberta_xf.errors.DebertaXfError` (exit code 2); a failed check is a report with ``passed == False`` (1).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from impls.configuration import CONFIG_NAME, DebertaV2Config
-from impls.errors import DebertaXfError
-from impls.schema import TASKS
-from parity import inputs as parity_inputs
-from parity.compare import THRESHOLD_KEYS, Comparison, compare_outputs, divergence, thresholds_for
-from parity.frameworks import FRAMEWORKS, RUNNERS
-from parity.recording import Recording, config_differences, load_recording, save_recording
+from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
+from deberta_xf.errors import DebertaXfError
+from deberta_xf.tasks import TASKS, infer_task
+from deberta_xf.parity import inputs as parity_inputs
+from deberta_xf.compare import THRESHOLD_KEYS, Comparison, compare_outputs, divergence, thresholds_for
+from deberta_xf.frameworks import FRAMEWORKS, REGISTRY
+from deberta_xf.parity.recording import Recording, config_differences, load_recording, save_recording
 
 SCHEMA_VERSION = 1
 DTYPES = ("float32", "bfloat16", "float16")
@@ -256,7 +256,7 @@ def _check_options(opts: ParityOptions) -> DebertaV2Config:
     if not os.path.isfile(config_path):
         raise DebertaXfError(f"{ckpt}: no {CONFIG_NAME} in this checkpoint directory")
     config = DebertaV2Config.from_json_file(config_path)  # ConfigError (a DebertaXfError) names the fields
-    from convert.formats import find_weights
+    from deberta_xf.formats import find_weights
 
     find_weights(ckpt, "torch")  # CheckpointError when the directory has no weights file at all
     return config
@@ -324,8 +324,8 @@ def _model_inputs(opts: ParityOptions, config: DebertaV2Config, task: str,
 def _tolerances(opts: ParityOptions, recording: Recording | None) -> dict[str, Any]:
     dtypes = [opts.dtype] + ([recording.dtype] if recording is not None and recording.dtype != opts.dtype else [])
     base = {k: max(thresholds_for(d)[k] for d in dtypes) for k in THRESHOLD_KEYS}
-    source = {"float32": "DESIGN §5 fp32", "bfloat16": "measured bf16 (parity.compare.BF16_THRESHOLDS)",
-              "float16": "measured fp16 (parity.compare.FP16_THRESHOLDS)"}
+    source = {"float32": "DESIGN §5 fp32", "bfloat16": "measured bf16 (deberta_xf.compare.BF16_THRESHOLDS)",
+              "float16": "measured fp16 (deberta_xf.compare.FP16_THRESHOLDS)"}
     description = " / ".join(source[d] for d in dtypes)
     if len(dtypes) > 1:
         description += f" (the looser of {opts.dtype} now and {recording.dtype} recorded)"
@@ -342,7 +342,7 @@ def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.n
     statuses: list[FrameworkStatus] = []
     plan = []
     for framework in opts.frameworks:
-        runner = RUNNERS[framework]
+        runner = REGISTRY[framework]
         why = runner.available()
         if why is not None:
             statuses.append(FrameworkStatus(framework, "not installed", note=why))
@@ -365,7 +365,7 @@ def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.n
             status.status = "failed"
             status.note = _one_line(f"{type(err).__name__}: {err}")
             try:
-                from convert.formats import find_weights
+                from deberta_xf.formats import find_weights
 
                 status.weights_file = os.path.basename(find_weights(opts.checkpoint, runner.framework)[0])
             except DebertaXfError:
@@ -384,7 +384,7 @@ _MANTISSA_BITS = {"float64": 52, "float32": 23, "float16": 10, "bfloat16": 7}
 def _weights_diff(checkpoint: str, file_a: str, file_b: str, limit: int = 10) -> dict[str, Any]:
     """Which tensors differ between two weight files of one checkpoint (canonical names, compared as float64
     after rounding both to the coarser of their dtypes)."""
-    from convert.formats import open_weights
+    from deberta_xf.formats import open_weights
 
     result: dict[str, Any] = {"files": [file_a, file_b], "differing": [], "num_differing": 0, "only_in_first": [],
                               "only_in_second": [], "error": None}
@@ -447,11 +447,11 @@ def run_parity(opts: ParityOptions) -> ParityReport:
     if opts.task is not None:
         task, task_source = opts.task, "--task"
     else:
-        from convert.formats import open_weights, find_weights
+        from deberta_xf.formats import open_weights, find_weights
 
         with open_weights(find_weights(ckpt, "torch")[0]) as reader:
-            names = reader.keys()
-        task, task_source = parity_inputs.infer_task(config, names, config_path)
+            shapes = reader.shapes()
+        task, task_source = infer_task(shapes, config)
     if recording is not None:
         if recording.task != task:
             raise DebertaXfError(f"--compare-to {recording.path}: recorded task {recording.task!r} but this run's "

@@ -7,7 +7,6 @@
   ``attention_mask``; offsets only where they are defined (the slow tokenizer has none, so the fast one's
   offsets are checked for being well formed).
 - :func:`deterministic_inputs` gives seeded token ids, with padding, for a checkpoint without tokenizer files.
-- :func:`infer_task` reads the head from ``config.json``'s ``architectures``, else from the weights' names.
 """
 
 from __future__ import annotations
@@ -18,54 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from impls.configuration import DebertaV2Config
-from impls.errors import DebertaXfError
+from deberta_xf.configuration import DebertaV2Config
+from deberta_xf.errors import DebertaXfError
 
 SAMPLE_TEXTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_texts.txt")
 TOKENIZER_FILES = ("spm.model", "tokenizer.json")
 TOKENIZER_FIELDS = ("input_ids", "token_type_ids", "attention_mask")
 DETERMINISTIC_SEED = 0
 
-# config.json "architectures" (reference class names, any framework prefix) -> task
-ARCHITECTURE_TASKS = {
-    "DebertaV2Model": "base",
-    "DebertaV2ForMaskedLM": "masked-lm",
-    "DebertaV2ForSequenceClassification": "sequence-classification",
-    "DebertaV2ForTokenClassification": "token-classification",
-    "DebertaV2ForQuestionAnswering": "question-answering",
-    "DebertaV2ForMultipleChoice": "multiple-choice",
-}
-
-
-# === Task ===
-
-def infer_task(config: DebertaV2Config, weight_names: list[str], config_path: str) -> tuple[str, str]:
-    """(task, how it was found). ``architectures`` wins; otherwise the head's weight names decide."""
-    architectures = getattr(config, "architectures", None) or []
-    if isinstance(architectures, str):
-        architectures = [architectures]
-    for arch in architectures:
-        name = str(arch)
-        for prefix in ("TF", "Flax"):
-            if name.startswith(prefix + "DebertaV2"):
-                name = name[len(prefix):]
-        if name in ARCHITECTURE_TASKS:
-            return ARCHITECTURE_TASKS[name], f'{config_path} "architectures": {arch}'
-    if architectures:
-        raise DebertaXfError(f'{config_path}: "architectures" {architectures} names no DeBERTa-v2 head; '
-                             f"pass --task")
-    names = set(weight_names)
-    if any(n.startswith(("lm_predictions.", "cls.predictions.")) for n in names):
-        task = "masked-lm"
-    elif "qa_outputs.weight" in names:
-        task = "question-answering"
-    elif "classifier.weight" in names and "pooler.dense.weight" in names:
-        task = "sequence-classification"
-    elif "classifier.weight" in names:
-        task = "token-classification"
-    else:
-        task = "base"
-    return task, "the weights' head tensors (no \"architectures\" in config.json)"
 
 
 # === Texts ===
@@ -172,8 +131,8 @@ def _check_offsets(offsets: np.ndarray, mask: np.ndarray, special: np.ndarray, t
 
 def tokenizer_checks(checkpoint: str, texts: Texts, max_length: int) -> TokenizerResult:
     """Tokenize ``texts`` with both tokenizers of ``checkpoint`` (batched, padded) and compare them."""
-    from impls.tokenization_deberta_v2 import DebertaV2Tokenizer
-    from impls.tokenization_deberta_v2_fast import DebertaV2TokenizerFast
+    from deberta_xf.tokenization_deberta_v2 import DebertaV2Tokenizer
+    from deberta_xf.tokenization_deberta_v2_fast import DebertaV2TokenizerFast
 
     kwargs = dict(padding=True, truncation=True, max_length=max_length, return_tensors="np")
     args = (texts.first,) if texts.second is None else (texts.first, texts.second)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from impls.errors import DebertaXfError
+from deberta_xf.errors import DebertaXfError
 
 FORMAT = "deberta-xf parity recording"
 SCHEMA_VERSION = 1

@@ -1,6 +1,6 @@
 """Renderings of a parity report: the stdout table, JSON, Markdown (a CI job summary), JUnit XML and a PNG plot.
 
-Every renderer reads the JSON form (:meth:`parity.harness.ParityReport.as_dict`), so the same files can be
+Every renderer reads the JSON form (:meth:`deberta_xf.parity.harness.ParityReport.as_dict`), so the same files can be
 regenerated from a saved ``--json`` report. Numbers are max-abs differences in ``%.3e``; every table states the
 dtype with its tolerances.
 """
@@ -13,7 +13,7 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Any, Callable
 
-from impls.errors import DebertaXfError
+from deberta_xf.errors import DebertaXfError
 
 HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")
 TABLE_COLUMNS = ("pair", "tensor", "shape", "max abs", "mean abs", "max rel", "atol", "result")

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from parity.compare import compare_outputs
+from deberta_xf.compare import compare_outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "fixtures")
@@ -77,7 +77,7 @@ def assert_matches(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarr
                    attention_mask: np.ndarray, label: str = "", scale: float = 1.0) -> float:
     """Every reference output is present and within the DESIGN §5 threshold (times ``scale``); returns the
     worst max-abs difference."""
-    from parity.compare import FP32_THRESHOLDS
+    from deberta_xf.compare import FP32_THRESHOLDS
 
     thresholds = {k: v * scale for k, v in FP32_THRESHOLDS.items()}
     results = compare_outputs(reference, outputs, task, attention_mask, thresholds)

@@ -20,18 +20,20 @@ import sys
 import numpy as np
 import pytest
 
-from convert import safetensors_io
-from convert.convert import convert_checkpoint, format_module_available, infer_task
-from convert.formats import BFLOAT16, FORMATS, TensorInfo, open_weights, write_arrays
-from impls import schema
-from impls.configuration import DebertaV2Config
+from deberta_xf.formats import safetensors_io
+from deberta_xf.convert.convert import convert_checkpoint
+from deberta_xf.frameworks import REGISTRY
+from deberta_xf.tasks import infer_task
+from deberta_xf.formats import BFLOAT16, FORMATS, TensorInfo, open_weights, write_arrays
+from deberta_xf import schema
+from deberta_xf.configuration import DebertaV2Config
 from reference_cases import CASE_IDS, CASES, DEFAULT_CHECKPOINT, REFERENCE, ROOT, TF_CASES
 
 pytest.importorskip("torch")
 
-HAS_TF_H5 = format_module_available(FORMATS["tf_h5"])
-HAS_KERAS_H5 = format_module_available(FORMATS["keras_h5"])
-HAS_MSGPACK = format_module_available(FORMATS["msgpack"])
+HAS_TF_H5 = FORMATS["tf_h5"].available()
+HAS_KERAS_H5 = FORMATS["keras_h5"].available()
+HAS_MSGPACK = FORMATS["msgpack"].available()
 needs_tf_h5 = pytest.mark.skipif(not HAS_TF_H5, reason="convert/tf_h5.py (issue 4) is not there yet")
 needs_keras_h5 = pytest.mark.skipif(not HAS_KERAS_H5, reason="convert/keras_h5.py (issue 4) is not there yet")
 needs_msgpack = pytest.mark.skipif(not HAS_MSGPACK, reason="convert/flax_msgpack.py (issue 5) is not there yet")
@@ -41,10 +43,8 @@ def _impl(framework: str) -> bool:
     """The framework's implementation module exists and its packages are installed (nothing is imported)."""
     from importlib.util import find_spec
 
-    from impls.factory import FRAMEWORK_MODULES
-
-    packages = {"torch": ("torch",), "tf": ("tensorflow", "keras"), "flax": ("jax", "flax")}[framework]
-    return find_spec(FRAMEWORK_MODULES[framework][0]) is not None and all(find_spec(p) for p in packages)
+    entry = REGISTRY[framework]
+    return find_spec(entry.module) is not None and all(find_spec(p) for p in entry.packages)
 
 
 needs_tf = pytest.mark.skipif(not (HAS_TF_H5 and _impl("tf")), reason="the TF implementation is not there yet")
@@ -60,7 +60,7 @@ def case_dir(variant: str, task: str) -> str:
 
 def cli(*argv: str) -> tuple[int, str, str]:
     """Run `deberta-xf convert ...` in this process; (exit code, stdout, stderr)."""
-    from impls.cli import main
+    from deberta_xf.cli import main
 
     import contextlib
     import io
@@ -409,7 +409,7 @@ def test_backbone_only_checkpoint_converts_into_a_base_checkpoint(tmp_path):
     only = make_checkpoint(str(tmp_path / "backbone"), backbone, load_config(src))
     code, out, err = cli(only, str(tmp_path / "out"), "--to", "torch")
     assert code == 0, out + err
-    assert "task: base (no task head tensors)" in out
+    assert "task: base (no task head tensors" in out
     got = tensors(str(tmp_path / "out" / "model.safetensors"))
     assert_identical(got, {k[len("deberta."):]: v for k, v in backbone.items()}, "backbone -> base")
     assert load_config(str(tmp_path / "out"))["architectures"] == ["DebertaV2Model"]
@@ -674,9 +674,7 @@ def test_destination_inside_the_source_is_refused(tmp_path):
 
 
 def test_missing_framework_for_verification(tmp_path, monkeypatch):
-    from impls import factory
-
-    monkeypatch.setitem(factory.FRAMEWORK_MODULES, "torch", ("deberta_xf_no_such_torch_package", "torch"))
+    monkeypatch.setattr(REGISTRY["torch"], "module", "no_such_torch_package.modeling")
     dst = str(tmp_path / "out")
     code, out, err = cli(case_dir("v3", "base"), dst, "--to", "torch")
     assert code == 2
@@ -776,7 +774,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, monkeypatch):
 
 def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
     """On a TTY a byte progress bar runs on stderr; off a TTY nothing is drawn."""
-    import convert.cli as convert_cli
+    import deberta_xf.convert.cli as convert_cli
 
     monkeypatch.setattr(convert_cli.os, "isatty", lambda fd: True)
     code, out, err = cli(case_dir("v3", "base"), str(tmp_path / "a"), "--to", "torch", "--no-verify")

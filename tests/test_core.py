@@ -8,12 +8,13 @@ import os
 import numpy as np
 import pytest
 
-import impls
-from convert.formats import TensorInfo, detect_format, open_weights, write_arrays
-from impls import schema
-from impls.configuration import DebertaV2Config
-from impls.errors import CheckpointError, ConfigError
-from impls.relative_position import build_relative_position, make_log_bucket_position
+import deberta_xf
+from deberta_xf.formats import TensorInfo, detect_format, open_weights, write_arrays
+from deberta_xf import schema
+from deberta_xf.tasks import TASKS
+from deberta_xf.configuration import DebertaV2Config
+from deberta_xf.errors import CheckpointError, ConfigError
+from deberta_xf.relative_position import build_relative_position, make_log_bucket_position
 from reference_cases import FIXTURES, REFERENCE, load_case
 
 PUBLISHED = os.path.join(FIXTURES, "published-configs")  # copied from shared/reference/configs
@@ -137,7 +138,7 @@ def test_relative_position_matrix():
 # Schema
 def test_schema_names_are_the_reference_state_dict_names():
     for variant in ("v3", "v2-conv", "abs-noshare", "emb-proj", "no-rel"):
-        for task in schema.TASKS:
+        for task in TASKS:
             case = load_case(variant, task)
             config = DebertaV2Config.from_pretrained(case.directory)
             with open_weights(os.path.join(case.directory, "model.safetensors")) as reader:
@@ -216,7 +217,7 @@ def test_unknown_format_and_missing_file(tmp_path):
 
 
 def test_failed_write_leaves_no_file(tmp_path):
-    from convert.safetensors_io import write
+    from deberta_xf.formats.safetensors_io import write
 
     target = tmp_path / "model.safetensors"
 
@@ -230,11 +231,11 @@ def test_failed_write_leaves_no_file(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Public namespace and factory
-def test_import_impls_imports_no_framework():
+def test_import_deberta_xf_imports_no_framework():
     import subprocess
     import sys
 
-    code = ("import sys, impls; impls.DebertaV2Config; impls.create_model; "
+    code = ("import sys, deberta_xf; deberta_xf.DebertaV2Config; deberta_xf.create_model; "
             "print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'flax', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -242,13 +243,13 @@ def test_import_impls_imports_no_framework():
 
 def test_factory_errors():
     with pytest.raises(ValueError, match="unknown framework 'mxnet'"):
-        impls.create_model("mxnet", "base", config=DebertaV2Config())
+        deberta_xf.create_model("mxnet", "base", config=DebertaV2Config())
     with pytest.raises(ValueError, match="unknown task 'summarization'"):
-        impls.create_model("torch", "summarization", config=DebertaV2Config())
+        deberta_xf.create_model("torch", "summarization", config=DebertaV2Config())
     with pytest.raises(ValueError, match="needs a checkpoint or a config"):
-        impls.create_model("torch", "base")
+        deberta_xf.create_model("torch", "base")
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        impls.Nope  # noqa: B018
+        deberta_xf.Nope  # noqa: B018
 
 
 def test_factory_names_the_extra_for_a_missing_framework():
@@ -256,8 +257,8 @@ def test_factory_names_the_extra_for_a_missing_framework():
     import sys
 
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import impls\n"
-            "try:\n    impls.create_model('torch', 'base', config={'hidden_size': 8, 'num_attention_heads': 2})\n"
+            "import deberta_xf\n"
+            "try:\n    deberta_xf.create_model('torch', 'base', config={'hidden_size': 8, 'num_attention_heads': 2})\n"
             "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'deberta-xf[torch]'" in out.stdout

@@ -13,13 +13,13 @@ nnx = pytest.importorskip("flax.nnx")
 
 import jax.numpy as jnp  # noqa: E402
 
-import impls  # noqa: E402
-from convert.formats import open_weights, write_arrays  # noqa: E402
-from impls.errors import CheckpointError  # noqa: E402
-from impls.flax import modeling_flax_deberta_v2 as flax_deberta  # noqa: E402
-from impls.flax.modeling_flax_deberta_v2 import MODEL_CLASSES  # noqa: E402
-from impls.schema import expected_shapes  # noqa: E402
-from parity.compare import flatten_outputs  # noqa: E402
+import deberta_xf  # noqa: E402
+from deberta_xf.formats import open_weights, write_arrays  # noqa: E402
+from deberta_xf.errors import CheckpointError  # noqa: E402
+from deberta_xf.flax import modeling_flax_deberta_v2 as flax_deberta  # noqa: E402
+from deberta_xf.flax.modeling_flax_deberta_v2 import MODEL_CLASSES  # noqa: E402
+from deberta_xf.schema import expected_shapes  # noqa: E402
+from deberta_xf.compare import flatten_outputs  # noqa: E402
 from reference_cases import CASES, assert_matches, load_case  # noqa: E402
 
 # Same reference, different framework: fp32 rounding differs (XLA vs ATen kernels), so the outputs are not bit-equal
@@ -72,7 +72,7 @@ def test_directory_prefers_flax_msgpack(tmp_path):
     saved = saved_as_msgpack(case, tmp_path)
     for name in ("model.safetensors", "pytorch_model.bin"):  # beside the msgpack, as a converted checkpoint
         shutil.copy(os.path.join(case.directory, name), saved)
-    model = impls.FlaxDebertaV2ForTokenClassification.from_pretrained(saved)
+    model = deberta_xf.FlaxDebertaV2ForTokenClassification.from_pretrained(saved)
     assert model.weights_path.endswith("flax_model.msgpack")
 
 
@@ -123,7 +123,7 @@ def test_jit_matches_eager_and_compiles_once_per_shape(variant, task, monkeypatc
 def test_user_jit_over_split_state():
     """Plain jax.jit over (graphdef, state) works too, and returns a ModelOutput."""
     case = load_case("emb-proj", "question-answering")
-    model = impls.FlaxDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
+    model = deberta_xf.FlaxDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -131,14 +131,14 @@ def test_user_jit_over_split_state():
         return nnx.merge(graphdef, state)(**inputs, output_hidden_states=True)
 
     out = forward(state, case.inputs)
-    assert isinstance(out, impls.ModelOutput)
+    assert isinstance(out, deberta_xf.ModelOutput)
     assert set(out) == {"loss", "start_logits", "end_logits", "hidden_states"}
     assert_matches(case.pt, flatten_outputs(out), case.task, case.attention_mask, scale=TIGHT)
 
 
 def test_training_mode_enables_dropout():
     case = load_case("v3", "base")
-    model = impls.FlaxDebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.FlaxDebertaV2Model.from_pretrained(case.directory)
     model.train()
     a = np.asarray(model(**case.model_inputs).last_hidden_state)
     b = np.asarray(model(**case.model_inputs).last_hidden_state)
@@ -166,16 +166,16 @@ EXTRA_CONFIGS = {
 @pytest.mark.parametrize("fields", EXTRA_CONFIGS.values(), ids=EXTRA_CONFIGS.keys())
 def test_other_configs_match_the_pytorch_port(fields):
     torch = pytest.importorskip("torch")
-    from impls.torch.modeling_deberta_v2 import DebertaV2ForSequenceClassification
+    from deberta_xf.torch.modeling_deberta_v2 import DebertaV2ForSequenceClassification
 
-    config = impls.DebertaV2Config(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    config = deberta_xf.DebertaV2Config(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    intermediate_size=48, max_position_embeddings=64, num_labels=3, **fields)
     rng = np.random.default_rng(0)
     # weights 10x the init scale, so attention is far from uniform and every term matters
     arrays = {name: (1.0 + 0.2 * rng.normal(size=shape) if name.endswith("LayerNorm.weight")
                      else 0.2 * rng.normal(size=shape)).astype(np.float32)
               for name, shape in expected_shapes(config, "sequence-classification").items()}
-    flax_model = impls.FlaxDebertaV2ForSequenceClassification.from_config(config, seed=0)
+    flax_model = deberta_xf.FlaxDebertaV2ForSequenceClassification.from_config(config, seed=0)
     flax_model.load_canonical(arrays)
     torch_model = DebertaV2ForSequenceClassification(config).eval()
     torch_model.load_canonical(arrays)
@@ -195,7 +195,7 @@ def test_other_configs_match_the_pytorch_port(fields):
 # Inputs
 def test_three_dimensional_attention_mask():
     case = load_case("v3", "base")
-    model = impls.FlaxDebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.FlaxDebertaV2Model.from_pretrained(case.directory)
     mask2 = case.inputs["attention_mask"]
     outer = mask2[:, None, :] * mask2[:, :, None]  # the 2-D mask as a 3-D mask: the same computation
     out3 = np.asarray(model(input_ids=case.inputs["input_ids"], attention_mask=outer).last_hidden_state)
@@ -210,7 +210,7 @@ def test_three_dimensional_attention_mask():
 
 def test_inputs_embeds_position_ids_and_defaults():
     case = load_case("abs-noshare", "base")
-    model = impls.FlaxDebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.FlaxDebertaV2Model.from_pretrained(case.directory)
     ids = case.inputs["input_ids"]
     ref = np.asarray(model(**case.model_inputs).last_hidden_state)
     embeds = model.embeddings.word_embeddings(jnp.asarray(ids))
@@ -238,7 +238,7 @@ def test_inputs_embeds_position_ids_and_defaults():
 # Losses: the same rules as our PyTorch implementation (itself checked against the reference above)
 def test_losses_follow_the_pytorch_rules():
     torch = pytest.importorskip("torch")
-    from impls.torch import modeling_deberta_v2 as torch_deberta
+    from deberta_xf.torch import modeling_deberta_v2 as torch_deberta
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(5, 3)).astype(np.float32)
@@ -254,13 +254,13 @@ def test_losses_follow_the_pytorch_rules():
         (dict(num_labels=3, problem_type="regression"), rng.normal(size=(5, 3)).astype(np.float32)),
     ]
     for fields, labels in cases:
-        config = impls.DebertaV2Config(hidden_size=32, num_attention_heads=4, **fields)
+        config = deberta_xf.DebertaV2Config(hidden_size=32, num_attention_heads=4, **fields)
         got = float(flax_deberta.sequence_classification_loss(config.num_labels, config.problem_type,
                                                               jnp.asarray(logits), jnp.asarray(labels)))
         want = float(torch_deberta.sequence_classification_loss(config, torch.from_numpy(logits),
                                                                 torch.from_numpy(labels)))
         assert got == pytest.approx(want, abs=1e-6), (fields, labels)
-    regression = impls.DebertaV2Config(hidden_size=32, num_attention_heads=4, num_labels=1)
+    regression = deberta_xf.DebertaV2Config(hidden_size=32, num_attention_heads=4, num_labels=1)
     for problem_type in (None, "regression"):
         regression.problem_type = problem_type
         target = rng.normal(size=(5,)).astype(np.float32)
@@ -279,7 +279,7 @@ def test_losses_follow_the_pytorch_rules():
 def test_task_losses_with_ignored_positions():
     """Token classification (-100 labels) and QA (positions beyond the sequence are clamped and ignored)."""
     case = load_case("v3", "question-answering")
-    model = impls.FlaxDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
+    model = deberta_xf.FlaxDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
     seq = case.inputs["input_ids"].shape[1]
     out = model(**case.model_inputs, start_positions=np.array([3, seq + 5, 1]), end_positions=np.array([4, 2, 99]))
     start, end = np.asarray(out.start_logits, np.float64), np.asarray(out.end_logits, np.float64)
@@ -292,7 +292,7 @@ def test_task_losses_with_ignored_positions():
     assert float(out.loss) == pytest.approx(expected, abs=1e-5)
 
     tok_case = load_case("v3", "token-classification")
-    tok = impls.FlaxDebertaV2ForTokenClassification.from_pretrained(tok_case.directory)
+    tok = deberta_xf.FlaxDebertaV2ForTokenClassification.from_pretrained(tok_case.directory)
     labels = np.where(tok_case.attention_mask == 1, tok_case.inputs["labels"], -100)
     out = tok(**tok_case.model_inputs, labels=labels)
     logits = np.asarray(out.logits, np.float64).reshape(-1, tok.config.num_labels)
@@ -305,7 +305,7 @@ def test_task_losses_with_ignored_positions():
 # dtype
 def test_bfloat16_compute_with_float32_parameters():
     case = load_case("v3", "sequence-classification")
-    model = impls.FlaxDebertaV2ForSequenceClassification.from_pretrained(case.directory, dtype="bfloat16")
+    model = deberta_xf.FlaxDebertaV2ForSequenceClassification.from_pretrained(case.directory, dtype="bfloat16")
     assert {v.dtype for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
     out = model(**case.inputs, output_hidden_states=True)
     assert out.logits.dtype == jnp.bfloat16 and out.hidden_states[-1].dtype == jnp.bfloat16
@@ -323,17 +323,17 @@ def test_save_load_round_trip_is_exact(tmp_path):
     from safetensors import safe_open
 
     case = load_case("v2-conv", "masked-lm")
-    model = impls.FlaxDebertaV2ForMaskedLM.from_pretrained(case.directory)
+    model = deberta_xf.FlaxDebertaV2ForMaskedLM.from_pretrained(case.directory)
     state = model.canonical_state()
     with open_weights(os.path.join(case.directory, "model.safetensors")) as reader:
         assert set(state) == set(reader.keys())
-    fresh = impls.FlaxDebertaV2ForMaskedLM.from_config(model.config, seed=0)
+    fresh = deberta_xf.FlaxDebertaV2ForMaskedLM.from_config(model.config, seed=0)
     fresh.load_canonical(state)  # in place, by canonical name
     assert all(np.array_equal(fresh.canonical_state()[k], state[k]) for k in state)
     for fmt, filename in (("msgpack", "flax_model.msgpack"), ("safetensors", "model.safetensors")):
         model.save_pretrained(tmp_path / fmt, format=fmt)
         assert sorted(os.listdir(tmp_path / fmt)) == ["config.json", filename]
-        reloaded = impls.FlaxDebertaV2ForMaskedLM.from_pretrained(tmp_path / fmt)
+        reloaded = deberta_xf.FlaxDebertaV2ForMaskedLM.from_pretrained(tmp_path / fmt)
         assert reloaded.config == model.config
         again = reloaded.canonical_state()
         assert set(again) == set(state)
@@ -360,11 +360,11 @@ def test_loads_msgpack_written_by_flax_itself(tmp_path):
     from flax import serialization
 
     case = load_case("v3", "sequence-classification")
-    model = impls.FlaxDebertaV2ForSequenceClassification.from_pretrained(case.directory)
+    model = deberta_xf.FlaxDebertaV2ForSequenceClassification.from_pretrained(case.directory)
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     (tmp_path / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(pure))
     shutil.copy(os.path.join(case.directory, "config.json"), tmp_path)
-    reloaded = impls.FlaxDebertaV2ForSequenceClassification.from_pretrained(tmp_path)
+    reloaded = deberta_xf.FlaxDebertaV2ForSequenceClassification.from_pretrained(tmp_path)
     assert reloaded.weights_path.endswith("flax_model.msgpack")
     assert_matches(case.pt, run(reloaded, case.inputs), case.task, case.attention_mask, scale=TIGHT)
     with open_weights(str(tmp_path / "flax_model.msgpack")) as reader:  # readable without a model
@@ -391,17 +391,17 @@ def test_abstract_build_when_loading(monkeypatch):
 
     monkeypatch.setattr(flax_deberta, "_normal", recording)
     case = load_case("v3", "base")
-    impls.FlaxDebertaV2Model.from_pretrained(case.directory)
+    deberta_xf.FlaxDebertaV2Model.from_pretrained(case.directory)
     assert calls and all(calls)  # every initialiser ran on abstract values only
     calls.clear()
-    impls.FlaxDebertaV2Model.from_config(impls.DebertaV2Config.from_pretrained(case.directory), seed=0)
+    deberta_xf.FlaxDebertaV2Model.from_config(deberta_xf.DebertaV2Config.from_pretrained(case.directory), seed=0)
     assert calls and not any(calls)
 
 
 def test_head_model_from_base_checkpoint_and_both_mlm_layouts(caplog):
     case = load_case("v3", "base")
     with caplog.at_level("WARNING", logger="deberta_xf"):
-        model = impls.FlaxDebertaV2ForSequenceClassification.from_pretrained(case.directory)
+        model = deberta_xf.FlaxDebertaV2ForSequenceClassification.from_pretrained(case.directory)
     assert "freshly initialised" in caplog.text
     assert set(model.loading_report.missing) == {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight",
                                                  "classifier.bias"}
@@ -412,33 +412,33 @@ def test_head_model_from_base_checkpoint_and_both_mlm_layouts(caplog):
     # lm_predictions.lm_head.* into a legacy model, and cls.predictions.* into a legacy=False one
     for variant, legacy in (("v3-lmpred", True), ("v3", False)):
         mlm = load_case(variant, "masked-lm")
-        config = impls.DebertaV2Config.from_pretrained(mlm.directory, legacy=legacy)
-        model = impls.FlaxDebertaV2ForMaskedLM.from_pretrained(mlm.directory, config=config)
+        config = deberta_xf.DebertaV2Config.from_pretrained(mlm.directory, legacy=legacy)
+        model = deberta_xf.FlaxDebertaV2ForMaskedLM.from_pretrained(mlm.directory, config=config)
         assert model.loading_report.renamed
         assert_matches(mlm.pt, run(model, mlm.inputs), mlm.task, mlm.attention_mask, scale=TIGHT)
 
 
 def test_create_model_for_every_task():
-    config = impls.DebertaV2Config.from_pretrained(load_case("emb-proj", "base").directory)
+    config = deberta_xf.DebertaV2Config.from_pretrained(load_case("emb-proj", "base").directory)
     for task, cls in MODEL_CLASSES.items():
         variant = "v3-lmpred" if task == "masked-lm" else "v3"
         case = load_case(variant, task)
-        loaded = impls.create_model("flax", task, checkpoint=case.directory)
+        loaded = deberta_xf.create_model("flax", task, checkpoint=case.directory)
         assert type(loaded) is cls and in_eval_mode(loaded)
         assert_matches(case.pt, run(loaded, case.inputs), task, case.attention_mask, scale=TIGHT)
-        fresh = impls.create_model("flax", task, config=config, num_labels=3)
+        fresh = deberta_xf.create_model("flax", task, config=config, num_labels=3)
         assert type(fresh) is cls and fresh.config.num_labels == 3
         shapes = {k: v.shape for k, v in fresh.canonical_state().items()}
         assert shapes == expected_shapes(fresh.config, task)
 
 
 def test_random_init_follows_the_reference():
-    config = impls.DebertaV2Config(vocab_size=500, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+    config = deberta_xf.DebertaV2Config(vocab_size=500, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                                    intermediate_size=128, pad_token_id=3, relative_attention=True,
                                    position_buckets=8, norm_rel_ebd="layer_norm",
                                    conv_kernel_size=3)
-    a = impls.FlaxDebertaV2ForMaskedLM.from_config(config, seed=1).canonical_state()
-    b = impls.FlaxDebertaV2ForMaskedLM.from_config(config, seed=1).canonical_state()
+    a = deberta_xf.FlaxDebertaV2ForMaskedLM.from_config(config, seed=1).canonical_state()
+    b = deberta_xf.FlaxDebertaV2ForMaskedLM.from_config(config, seed=1).canonical_state()
     assert all(np.array_equal(a[k], b[k]) for k in a)  # seeded
     words = a["deberta.embeddings.word_embeddings.weight"]
     assert not words[3].any() and words[4].any()  # the padding row is zero
@@ -464,15 +464,15 @@ def test_missing_key_is_named(tmp_path):
     write_arrays(path, arrays)
     with pytest.raises(CheckpointError, match=r"(?s)flax_model\.msgpack.*missing 1 required tensor\(s\): "
                                               r"encoder\.layer\.1\.attention\.self\.key_proj\.bias"):
-        impls.FlaxDebertaV2Model.from_pretrained(directory)
+        deberta_xf.FlaxDebertaV2Model.from_pretrained(directory)
 
 
 def test_wrong_shape_is_named(tmp_path):
     directory = _msgpack_checkpoint(tmp_path)
-    config = impls.DebertaV2Config.from_pretrained(directory, vocab_size=300)
+    config = deberta_xf.DebertaV2Config.from_pretrained(directory, vocab_size=300)
     with pytest.raises(CheckpointError, match=r"embeddings\.word_embeddings\.weight.*\[211, 32\].*\[300, 32\]"):
-        impls.FlaxDebertaV2Model.from_pretrained(directory, config=config)
-    model = impls.FlaxDebertaV2Model.from_pretrained(directory)
+        deberta_xf.FlaxDebertaV2Model.from_pretrained(directory, config=config)
+    model = deberta_xf.FlaxDebertaV2Model.from_pretrained(directory)
     with pytest.raises(CheckpointError, match=r"'encoder\.rel_embeddings\.weight' of shape \[5, 32\]"):
         model.load_canonical({"encoder.rel_embeddings.weight": np.zeros((5, 32), np.float32)})
 
@@ -507,7 +507,7 @@ def test_corrupt_msgpack_names_the_file(tmp_path, damage):
     with open(path, "wb") as f:
         f.write(corrupt)
     with pytest.raises(CheckpointError, match=re.escape(path) + ": .*" + re.escape(DAMAGE[damage])):
-        impls.FlaxDebertaV2Model.from_pretrained(directory)
+        deberta_xf.FlaxDebertaV2Model.from_pretrained(directory)
 
 
 def test_msgpack_with_unknown_parameter_name(tmp_path):
@@ -520,4 +520,4 @@ def test_msgpack_with_unknown_parameter_name(tmp_path):
         "dense"].pop("kernel")
     open(path, "wb").write(serialization.msgpack_serialize(tree))
     with pytest.raises(CheckpointError, match=r"flax_model\.msgpack.*'encoder\.layer\.0\.output\.dense\.weights'"):
-        impls.FlaxDebertaV2Model.from_pretrained(directory)
+        deberta_xf.FlaxDebertaV2Model.from_pretrained(directory)

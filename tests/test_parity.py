@@ -17,9 +17,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from parity import cli
-from parity.compare import BF16_THRESHOLDS, FP32_THRESHOLDS
-from parity.frameworks import RUNNERS
+from deberta_xf.parity import cli
+from deberta_xf.compare import BF16_THRESHOLDS, FP32_THRESHOLDS
+from deberta_xf.frameworks import REGISTRY
 from reference_cases import DEFAULT_CHECKPOINT, REFERENCE, load_default_case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,7 @@ LAYER1 = "layer 1 (hidden_states.2)"
 
 
 def installed(framework: str) -> bool:
-    return RUNNERS[framework].available() is None
+    return REGISTRY[framework].available() is None
 
 
 def needs(*frameworks: str):
@@ -262,7 +262,7 @@ def test_checkpoint_without_tokenizer_gets_deterministic_ids(tmp_path):
 
 def test_tokenizer_mismatch_is_a_failed_check(tmp_path):
     """A tokenizer.json whose vocabulary disagrees with spm.model: the slow/fast check fails and names the text."""
-    from impls.tokenization_deberta_v2_fast import DebertaV2TokenizerFast
+    from deberta_xf.tokenization_deberta_v2_fast import DebertaV2TokenizerFast
 
     ckpt = tmp_path / "tiny"
     shutil.copytree(DEFAULT_CHECKPOINT, ckpt)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from impls import relative_position
-from impls.configuration import DebertaV2Config
-from parity.compare import flatten_outputs
+from deberta_xf import relative_position
+from deberta_xf.configuration import DebertaV2Config
+from deberta_xf.compare import flatten_outputs
 from reference_cases import assert_matches
 
 torch = pytest.importorskip("torch")
@@ -46,7 +46,7 @@ def test_window_is_trimmed_and_indices_by_distance():
 
 
 def test_trimmed_equals_untrimmed(monkeypatch):
-    from impls.torch import modeling_deberta_v2 as modeling
+    from deberta_xf.torch import modeling_deberta_v2 as modeling
 
     model = modeling.DebertaV2Model.from_config(DebertaV2Config(**CONFIG), seed=0)
     with torch.no_grad():
@@ -61,12 +61,12 @@ def test_trimmed_equals_untrimmed(monkeypatch):
 
 @pytest.mark.parametrize("framework", ["tf", "flax"])
 def test_frameworks_agree_on_a_trimmed_window(tmp_path, framework):
-    import impls
+    import deberta_xf
 
-    torch_model = impls.create_model("torch", "base", config=CONFIG)
+    torch_model = deberta_xf.create_model("torch", "base", config=CONFIG)
     torch_model.save_pretrained(tmp_path)
     with torch.no_grad():
         expected = flatten_outputs(torch_model(**inputs(), output_hidden_states=True))
-    other = impls.create_model(framework, "base", checkpoint=tmp_path)
+    other = deberta_xf.create_model(framework, "base", checkpoint=tmp_path)
     got = flatten_outputs(other(**inputs(), output_hidden_states=True))
     assert_matches(expected, got, "base", inputs()["attention_mask"], f"{framework} vs torch")

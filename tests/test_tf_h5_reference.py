@@ -21,9 +21,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("tf_keras")
 tf = pytest.importorskip("tensorflow")
 
-import impls  # noqa: E402
-from impls.tf.modeling_tf_deberta_v2 import MODEL_CLASSES  # noqa: E402
-from parity.compare import flatten_outputs  # noqa: E402
+import deberta_xf  # noqa: E402
+from deberta_xf.tf.modeling_tf_deberta_v2 import MODEL_CLASSES  # noqa: E402
+from deberta_xf.compare import flatten_outputs  # noqa: E402
 from reference_cases import TF_CASES, assert_matches, load_case  # noqa: E402
 
 HF_CLASSES = {"base": "TFDebertaV2Model", "masked-lm": "TFDebertaV2ForMaskedLM",
@@ -104,11 +104,11 @@ def test_our_tf_model_h5_loads_in_the_reference(tmp_path):
 def test_chunked_weight_names_load_in_the_reference(tmp_path):
     """A model deep enough for weight_names to be split into weight_names0, weight_names1, ... (the HDF5 object-header
     limit); its reference TF twin computes what ours computes."""
-    config = impls.DebertaV2Config(vocab_size=60, hidden_size=8, num_hidden_layers=40, num_attention_heads=2,
+    config = deberta_xf.DebertaV2Config(vocab_size=60, hidden_size=8, num_hidden_layers=40, num_attention_heads=2,
                                    intermediate_size=16, max_position_embeddings=32, relative_attention=True,
                                    position_buckets=8, norm_rel_ebd="layer_norm", share_att_key=True,
                                    pos_att_type="p2c|c2p", position_biased_input=False, num_labels=3)
-    model = impls.TFDebertaV2ForSequenceClassification.from_config(config, seed=3)
+    model = deberta_xf.TFDebertaV2ForSequenceClassification.from_config(config, seed=3)
     rng = np.random.default_rng(0)
     for variable in model.weights:  # O(1) weights so that every layer matters
         variable.assign(rng.normal(size=variable.shape).astype(np.float32) / np.sqrt(variable.shape[0]))

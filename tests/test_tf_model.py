@@ -12,11 +12,12 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 h5py = pytest.importorskip("h5py")
 
-import impls  # noqa: E402
-from impls import schema  # noqa: E402
-from impls.errors import CheckpointError  # noqa: E402
-from impls.tf.modeling_tf_deberta_v2 import MODEL_CLASSES, relative_position_indices  # noqa: E402
-from parity.compare import flatten_outputs  # noqa: E402
+import deberta_xf  # noqa: E402
+from deberta_xf import schema  # noqa: E402
+from deberta_xf.tasks import TASKS  # noqa: E402
+from deberta_xf.errors import CheckpointError  # noqa: E402
+from deberta_xf.tf.modeling_tf_deberta_v2 import MODEL_CLASSES, relative_position_indices  # noqa: E402
+from deberta_xf.compare import flatten_outputs  # noqa: E402
 from reference_cases import CASES, assert_matches, load_case, load_default_case  # noqa: E402
 
 # (variant, task, weights file) for every fixture case and every file it has
@@ -52,24 +53,24 @@ def test_matches_reference(variant, task, weights):
 
 def test_checkpoint_directory_prefers_tf_model_h5(tmp_path):
     case = load_case("v3", "question-answering")
-    model = impls.TFDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
     assert os.path.basename(model.weights_path) == "tf_model.h5"
     dst = tmp_path / "ckpt"
     shutil.copytree(case.directory, dst)
     os.remove(dst / "tf_model.h5")
     model.save_pretrained(tmp_path / "keras", format="keras_h5")
     shutil.copy(tmp_path / "keras" / "model.weights.h5", dst)
-    assert os.path.basename(impls.TFDebertaV2ForQuestionAnswering.from_pretrained(dst).weights_path) == \
+    assert os.path.basename(deberta_xf.TFDebertaV2ForQuestionAnswering.from_pretrained(dst).weights_path) == \
         "model.weights.h5"
     os.remove(dst / "model.weights.h5")
-    again = impls.TFDebertaV2ForQuestionAnswering.from_pretrained(dst)
+    again = deberta_xf.TFDebertaV2ForQuestionAnswering.from_pretrained(dst)
     assert os.path.basename(again.weights_path) == "model.safetensors"
     assert_matches(case.pt, run(again, case), case.task, case.attention_mask)
 
 
 def test_default_checkpoint_matches_reference():
     case = load_default_case()
-    model = impls.TFDebertaV2ForSequenceClassification.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2ForSequenceClassification.from_pretrained(case.directory)
     outputs = run(model, case)
     assert_matches(case.pt, outputs, case.task, case.attention_mask, "tiny-deberta-v3 vs PyTorch")
     assert_matches(case.tf, outputs, case.task, case.attention_mask, "tiny-deberta-v3 vs TF")
@@ -77,7 +78,7 @@ def test_default_checkpoint_matches_reference():
 
 def test_three_dimensional_attention_mask():
     case = load_case("v3", "base")
-    model = impls.TFDebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2Model.from_pretrained(case.directory)
     ids, mask2 = case.inputs["input_ids"], case.inputs["attention_mask"]
     outer = mask2[:, None, :] * mask2[:, :, None]
     out3 = model(input_ids=ids, attention_mask=outer).last_hidden_state.numpy()
@@ -92,7 +93,7 @@ def test_three_dimensional_attention_mask():
 
 def test_inputs_embeds_position_ids_and_tf_tensors():
     case = load_case("abs-noshare", "base")
-    model = impls.TFDebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2Model.from_pretrained(case.directory)
     ids = case.inputs["input_ids"]
     ref = model(**case.model_inputs).last_hidden_state.numpy()
     embeds = tf.gather(model.embeddings.word_embeddings.embeddings, ids)
@@ -112,7 +113,7 @@ def test_inputs_embeds_position_ids_and_tf_tensors():
 
 def test_multiple_choice_inputs_embeds():
     case = load_case("v2-conv", "multiple-choice")
-    model = impls.TFDebertaV2ForMultipleChoice.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2ForMultipleChoice.from_pretrained(case.directory)
     embeds = tf.gather(model.deberta.embeddings.word_embeddings.embeddings, case.inputs["input_ids"])  # [B, C, L, E]
     out = model(inputs_embeds=embeds, attention_mask=case.inputs["attention_mask"], labels=case.inputs["labels"])
     assert tuple(out.logits.shape) == case.pt["logits"].shape
@@ -140,7 +141,7 @@ def test_xla_equals_eager(variant, task):
 
 def test_tf_function_two_shapes_without_retracing():
     case = load_case("v3", "token-classification")
-    model = impls.TFDebertaV2ForTokenClassification.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2ForTokenClassification.from_pretrained(case.directory)
     fn = tf.function(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits)
     ids, mask = case.inputs["input_ids"], case.inputs["attention_mask"]
     short_ids, short_mask = ids[:2, :11], mask[:2, :11]
@@ -155,7 +156,7 @@ def test_tf_function_two_shapes_without_retracing():
 @pytest.mark.parametrize("variant", ["v3", "abs-noshare", "emb-proj"])
 def test_dynamic_batch_and_length(variant):
     case = load_case(variant, "base")
-    model = impls.TFDebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2Model.from_pretrained(case.directory)
     spec = tf.TensorSpec([None, None], tf.int64)
     fn = tf.function(lambda ids, mask, types: model(input_ids=ids, attention_mask=mask,
                                                     token_type_ids=types).last_hidden_state,
@@ -175,9 +176,9 @@ def test_dynamic_batch_and_length(variant):
 
 @pytest.mark.parametrize("variant", ["v3", "abs-noshare", "emb-proj", "no-rel"])
 def test_dynamic_position_index_equals_static(variant):
-    """The graph path (table over i - j) gives the same rows as the NumPy path of impls.relative_position, also far
+    """The graph path (table over i - j) gives the same rows as the NumPy path of deberta_xf.relative_position, also far
     beyond the bucketed / clipped range."""
-    config = impls.DebertaV2Config.from_pretrained(load_case(variant, "base").directory, relative_attention=True)
+    config = deberta_xf.DebertaV2Config.from_pretrained(load_case(variant, "base").directory, relative_attention=True)
     for length in (1, 2, 7, 40, 130, 700):
         static = relative_position_indices(config, length)
         dynamic = relative_position_indices(config, tf.constant(length))
@@ -199,7 +200,7 @@ def _log_softmax(x):
 
 def test_losses_follow_reference_rules():
     case = load_case("v3", "sequence-classification")
-    model = impls.TFDebertaV2ForSequenceClassification.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2ForSequenceClassification.from_pretrained(case.directory)
     inputs = case.model_inputs
     logits = model(**inputs).logits.numpy().astype(np.float64)
     loss = float(model(**inputs, labels=np.array([-1, 1, -5])).loss)  # rows with a negative label are ignored
@@ -208,12 +209,12 @@ def test_losses_follow_reference_rules():
     soft = np.array([[0.5, 0.5], [1.0, 0.0], [0.2, 0.8]], dtype=np.float32)
     assert float(model(**inputs, labels=soft).loss) == pytest.approx(
         -(_log_softmax(logits) * soft).sum(-1).mean(), abs=1e-5)
-    regression = impls.TFDebertaV2ForSequenceClassification.from_config(
-        impls.DebertaV2Config.from_pretrained(case.directory, num_labels=1), seed=0)
+    regression = deberta_xf.TFDebertaV2ForSequenceClassification.from_config(
+        deberta_xf.DebertaV2Config.from_pretrained(case.directory, num_labels=1), seed=0)
     target = np.array([0.5, -1.0, 2.0], dtype=np.float32)
     out = regression(**inputs, labels=target)
     assert float(out.loss) == pytest.approx(((out.logits.numpy()[:, 0] - target) ** 2).mean(), abs=1e-6)
-    multi = impls.TFDebertaV2ForSequenceClassification.from_pretrained(
+    multi = deberta_xf.TFDebertaV2ForSequenceClassification.from_pretrained(
         case.directory, problem_type="multi_label_classification")
     labels = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
     x = multi(**inputs).logits.numpy().astype(np.float64)
@@ -223,7 +224,7 @@ def test_losses_follow_reference_rules():
 
 def test_question_answering_and_token_losses():
     case = load_case("abs-noshare", "question-answering")  # one start position is beyond the sequence: ignored
-    model = impls.TFDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
     out = model(**case.inputs)
     start, end = out.start_logits.numpy(), out.end_logits.numpy()
     s, e = case.inputs["start_positions"], case.inputs["end_positions"]
@@ -231,7 +232,7 @@ def test_question_answering_and_token_losses():
     expected = (-_log_softmax(start)[kept, s[kept]].mean() - _log_softmax(end)[np.arange(3), e].mean()) / 2
     assert float(out.loss) == pytest.approx(expected, abs=1e-5)
     tok = load_case("v3", "token-classification")
-    model = impls.TFDebertaV2ForTokenClassification.from_pretrained(tok.directory)
+    model = deberta_xf.TFDebertaV2ForTokenClassification.from_pretrained(tok.directory)
     out = model(**tok.inputs)
     labels = tok.inputs["labels"].reshape(-1)
     logp = _log_softmax(out.logits.numpy().reshape(labels.size, -1))
@@ -241,7 +242,7 @@ def test_question_answering_and_token_losses():
 
 def test_training_mode_enables_dropout():
     case = load_case("v2-conv", "base")
-    model = impls.TFDebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2Model.from_pretrained(case.directory)
     a = model(**case.model_inputs, training=True).last_hidden_state.numpy()
     b = model(**case.model_inputs, training=True).last_hidden_state.numpy()
     assert np.abs(a - b).max() > 1e-3
@@ -252,7 +253,7 @@ def test_training_mode_enables_dropout():
 
 def test_bfloat16_dtype():
     case = load_case("v3", "base")
-    model = impls.TFDebertaV2Model.from_pretrained(case.directory, dtype="bfloat16")
+    model = deberta_xf.TFDebertaV2Model.from_pretrained(case.directory, dtype="bfloat16")
     assert {v.dtype for v in model.weights} == {"bfloat16"}
     out = model(**case.model_inputs).last_hidden_state
     assert out.dtype == tf.bfloat16
@@ -261,13 +262,13 @@ def test_bfloat16_dtype():
     assert 0 < err < 0.5
 
 
-@pytest.mark.parametrize("task", schema.TASKS)
+@pytest.mark.parametrize("task", TASKS)
 def test_create_model(task):
     case = load_case("v2-conv", task)
-    model = impls.create_model("tf", task, checkpoint=case.directory)
+    model = deberta_xf.create_model("tf", task, checkpoint=case.directory)
     assert isinstance(model, MODEL_CLASSES[task]) and isinstance(model, keras.Model)
     assert_matches(case.pt, run(model, case), task, case.attention_mask, f"create_model tf {task}")
-    fresh = impls.create_model("tf", task, config=os.path.join(case.directory, "config.json"))
+    fresh = deberta_xf.create_model("tf", task, config=os.path.join(case.directory, "config.json"))
     assert isinstance(fresh, MODEL_CLASSES[task])
     assert set(fresh.canonical_state()) == set(schema.expected_shapes(fresh.config, task))
 
@@ -276,7 +277,7 @@ def test_create_model(task):
 # The variable tree and the weight files
 def test_variable_paths_mirror_canonical_names():
     case = load_case("abs-noshare", "masked-lm")
-    model = impls.TFDebertaV2ForMaskedLM.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2ForMaskedLM.from_pretrained(case.directory)
     paths = {v.path for v in model.weights}
     assert "tf_deberta_v2_for_masked_lm/deberta/encoder/layer/1/attention/self/pos_query_proj/kernel" in paths
     assert "tf_deberta_v2_for_masked_lm/cls/predictions/transform/LayerNorm/gamma" in paths
@@ -284,7 +285,7 @@ def test_variable_paths_mirror_canonical_names():
     assert paths == {f"{model.name}/{schema.framework_name(n, 'tf', '/')}" for n in expected}
     for name, variable in model.canonical_variables().items():
         assert tuple(variable.shape) == schema.framework_shape(name, expected[name], "tf")
-    base = impls.TFDebertaV2Model.from_pretrained(load_case("v2-conv", "base").directory)
+    base = deberta_xf.TFDebertaV2Model.from_pretrained(load_case("v2-conv", "base").directory)
     assert "tf_deberta_v2_model/encoder/conv/conv/kernel" in {v.path for v in base.weights}
 
 
@@ -307,7 +308,7 @@ def test_save_load_round_trip_is_exact(tmp_path, variant, task):
 def test_tf_model_h5_layout(tmp_path):
     """What we write has the reference's Keras-2 layout: layer groups, weight_names, model-name level, renames."""
     case = load_case("abs-noshare", "masked-lm")
-    model = impls.TFDebertaV2ForMaskedLM.from_pretrained(case.directory)
+    model = deberta_xf.TFDebertaV2ForMaskedLM.from_pretrained(case.directory)
     model.save_pretrained(tmp_path)
     with h5py.File(tmp_path / "tf_model.h5", "r") as ours, h5py.File(os.path.join(case.directory, "tf_model.h5"),
                                                                      "r") as ref:
@@ -328,17 +329,17 @@ def test_tf_model_h5_layout(tmp_path):
 
 
 def test_long_weight_names_are_chunked(tmp_path):
-    config = impls.DebertaV2Config(vocab_size=50, hidden_size=8, num_hidden_layers=40, num_attention_heads=2,
+    config = deberta_xf.DebertaV2Config(vocab_size=50, hidden_size=8, num_hidden_layers=40, num_attention_heads=2,
                                    intermediate_size=8, max_position_embeddings=16, relative_attention=True,
                                    position_buckets=4, position_biased_input=False, pos_att_type="p2c|c2p")
-    model = impls.TFDebertaV2ForSequenceClassification.from_config(config, seed=0)
+    model = deberta_xf.TFDebertaV2ForSequenceClassification.from_config(config, seed=0)
     model.save_pretrained(tmp_path)
     with h5py.File(tmp_path / "tf_model.h5", "r") as f:
         attrs = set(f["deberta"].attrs)
         assert "weight_names" not in attrs and {"weight_names0", "weight_names1"} <= attrs
         listed = sum(len(f["deberta"].attrs[a]) for a in attrs)
     assert listed == len(model.deberta.weights)
-    again = impls.TFDebertaV2ForSequenceClassification.from_pretrained(tmp_path)
+    again = deberta_xf.TFDebertaV2ForSequenceClassification.from_pretrained(tmp_path)
     canonical_equal(model, again)
 
 
@@ -350,7 +351,7 @@ def _keras_tree(path) -> dict:
     return out
 
 
-KERAS_CASES = [("emb-proj", t) for t in schema.TASKS] + [("abs-noshare", "base"), ("v3-lmpred", "masked-lm")]
+KERAS_CASES = [("emb-proj", t) for t in TASKS] + [("abs-noshare", "base"), ("v3-lmpred", "masked-lm")]
 
 
 @pytest.mark.parametrize(("variant", "task"), KERAS_CASES, ids=[f"{v}/{t}" for v, t in KERAS_CASES])
@@ -370,7 +371,7 @@ def test_keras_weights_file_is_what_keras_writes_and_reads(tmp_path, variant, ta
     fresh = MODEL_CLASSES[task].from_config(model.config, seed=123)
     fresh.load_weights(str(tmp_path / "ours" / "model.weights.h5"))
     canonical_equal(model, fresh)
-    from convert.formats import open_weights
+    from deberta_xf.formats import open_weights
 
     with open_weights(str(tmp_path / "keras.weights.h5")) as reader:
         state = model.canonical_state()
@@ -402,7 +403,7 @@ def test_tf_h5_missing_variable(tmp_path):
         _edit_weight_names(group, lambda names: [n for n in names if n != gone])
     with pytest.raises(CheckpointError, match=r"(?s)tf_model\.h5.*missing 1 required tensor\(s\): "
                                               r"encoder\.layer\.1\.attention\.self\.key_proj\.bias"):
-        impls.TFDebertaV2Model.from_pretrained(dst)
+        deberta_xf.TFDebertaV2Model.from_pretrained(dst)
 
 
 def test_tf_h5_listed_but_not_stored(tmp_path):
@@ -413,7 +414,7 @@ def test_tf_h5_listed_but_not_stored(tmp_path):
         del group[name]
     with pytest.raises(CheckpointError, match=r"(?s)tf_model\.h5: variable '.*rel_embeddings\.weight:0' of layer "
                                               r"'deberta' is listed in 'weight_names' but not stored"):
-        impls.TFDebertaV2Model.from_pretrained(dst)
+        deberta_xf.TFDebertaV2Model.from_pretrained(dst)
 
 
 def test_tf_h5_misshapen_variable(tmp_path):
@@ -427,12 +428,12 @@ def test_tf_h5_misshapen_variable(tmp_path):
     with pytest.raises(CheckpointError, match=r"(?s)tf_model\.h5.*'deberta\.encoder\.layer\.0\.attention\.self\."
                                               r"query_proj\.weight' has shape \[16, 32\] but the config expects "
                                               r"\[32, 32\]"):
-        impls.TFDebertaV2Model.from_pretrained(dst)
+        deberta_xf.TFDebertaV2Model.from_pretrained(dst)
 
 
 def test_tf_h5_from_another_model(tmp_path):
     """A Keras-2 weights file of a BERT (the reference's layout, other names) is not taken for a DeBERTa."""
-    from convert.tf_h5 import save_attributes
+    from deberta_xf.formats.tf_h5 import save_attributes
 
     dst = _copy_case(tmp_path)
     with h5py.File(dst / "tf_model.h5", "w") as f:
@@ -445,26 +446,26 @@ def test_tf_h5_from_another_model(tmp_path):
             group.create_dataset(n, data=np.zeros((4, 4), np.float32))
     with pytest.raises(CheckpointError, match=r"(?s)tf_model\.h5.*missing \d+ required tensor\(s\): "
                                               r"embeddings\.word_embeddings\.weight"):
-        impls.TFDebertaV2Model.from_pretrained(dst)
+        deberta_xf.TFDebertaV2Model.from_pretrained(dst)
 
 
 def test_keras_3_file_named_tf_model_h5_and_not_hdf5(tmp_path):
     dst = _copy_case(tmp_path)
-    model = impls.TFDebertaV2Model.from_pretrained(dst)
+    model = deberta_xf.TFDebertaV2Model.from_pretrained(dst)
     model.save_weights(str(tmp_path / "x.weights.h5"))
     shutil.copy(tmp_path / "x.weights.h5", dst / "tf_model.h5")
     with pytest.raises(CheckpointError, match=r"(?s)tf_model\.h5: not a Keras-2 .* no 'layer_names' attribute "
                                               r"\(it looks like a Keras 3 weights file"):
-        impls.TFDebertaV2Model.from_pretrained(dst)
+        deberta_xf.TFDebertaV2Model.from_pretrained(dst)
     (dst / "tf_model.h5").write_bytes(b"definitely not hdf5" * 10)
     with pytest.raises(CheckpointError, match=r"(?s)tf_model\.h5: not a readable HDF5 file"):
-        impls.TFDebertaV2Model.from_pretrained(dst)
+        deberta_xf.TFDebertaV2Model.from_pretrained(dst)
 
 
 def test_keras_h5_missing_misshapen_and_foreign(tmp_path):
     dst = _copy_case(tmp_path)
     os.remove(dst / "tf_model.h5")
-    model = impls.TFDebertaV2Model.from_pretrained(dst)
+    model = deberta_xf.TFDebertaV2Model.from_pretrained(dst)
     model.save_pretrained(tmp_path / "k", format="keras_h5")
     path = dst / "model.weights.h5"
     shutil.copy(tmp_path / "k" / "model.weights.h5", path)
@@ -472,16 +473,16 @@ def test_keras_h5_missing_misshapen_and_foreign(tmp_path):
         del f["encoder/layer/tf_deberta_v2_layer_1/output_/dense/vars/1"]
     with pytest.raises(CheckpointError, match=r"(?s)model\.weights\.h5.*missing 1 required tensor\(s\): "
                                               r"encoder\.layer\.1\.output\.dense\.bias"):
-        impls.TFDebertaV2Model.from_pretrained(dst)
+        deberta_xf.TFDebertaV2Model.from_pretrained(dst)
     shutil.copy(tmp_path / "k" / "model.weights.h5", path)
     with h5py.File(path, "r+") as f:
         del f["embeddings/word_embeddings/vars/0"]
         f["embeddings/word_embeddings/vars"].create_dataset("0", data=np.zeros((7, 32), np.float32))
     with pytest.raises(CheckpointError, match=r"(?s)'embeddings\.word_embeddings\.weight' has shape \[7, 32\] but the "
                                               r"config expects \[211, 32\]"):
-        impls.TFDebertaV2Model.from_pretrained(dst)
+        deberta_xf.TFDebertaV2Model.from_pretrained(dst)
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     other.save_weights(str(path))
     with pytest.raises(CheckpointError, match=r"(?s)model\.weights\.h5.*missing \d+ required tensor\(s\): "
                                               r"embeddings\.word_embeddings\.weight"):
-        impls.TFDebertaV2Model.from_pretrained(dst)
+        deberta_xf.TFDebertaV2Model.from_pretrained(dst)

@@ -1,4 +1,4 @@
-"""Parity of `impls.DebertaV2Tokenizer` (sentencepiece) and `impls.DebertaV2TokenizerFast` (tokenizers)
+"""Parity of `deberta_xf.DebertaV2Tokenizer` (sentencepiece) and `deberta_xf.DebertaV2TokenizerFast` (tokenizers)
 with transformers 4.57.6, on the real DeBERTa-v3 `spm.model` (fixtures/deberta-v3-spm/).
 
 Every expected value comes from fixtures/tokenizer/goldens.json.gz, written by
@@ -23,8 +23,8 @@ import sys
 
 import pytest
 
-from impls.tokenization_deberta_v2 import DebertaV2Tokenizer
-from impls.tokenization_deberta_v2_fast import DebertaV2TokenizerFast
+from deberta_xf.tokenization_deberta_v2 import DebertaV2Tokenizer
+from deberta_xf.tokenization_deberta_v2_fast import DebertaV2TokenizerFast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPM_DIR = os.path.join(ROOT, "fixtures", "deberta-v3-spm")
@@ -572,10 +572,10 @@ def test_pickle_round_trip(kind):
     assert clone(text)["input_ids"] == golden(kind, "punct")["single"][1]["input_ids"]
 
 
-def test_impls_tokenizers_do_not_import_transformers():
+def test_deberta_xf_tokenizers_do_not_import_transformers():
     code = (
-        "import sys, impls\n"
-        "impls.DebertaV2Tokenizer, impls.DebertaV2TokenizerFast\n"
+        "import sys, deberta_xf\n"
+        "deberta_xf.DebertaV2Tokenizer, deberta_xf.DebertaV2TokenizerFast\n"
         "bad = [m for m in ('transformers', 'torch', 'tensorflow', 'jax') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

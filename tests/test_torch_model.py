@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import impls  # noqa: E402
-from impls.errors import CheckpointError, ConfigError  # noqa: E402
-from impls.torch.modeling_deberta_v2 import MODEL_CLASSES  # noqa: E402
-from parity.compare import flatten_outputs  # noqa: E402
+import deberta_xf  # noqa: E402
+from deberta_xf.errors import CheckpointError, ConfigError  # noqa: E402
+from deberta_xf.torch.modeling_deberta_v2 import MODEL_CLASSES  # noqa: E402
+from deberta_xf.compare import flatten_outputs  # noqa: E402
 from reference_cases import CASE_IDS, CASES, assert_matches, load_case, load_default_case  # noqa: E402
 
 
@@ -40,14 +40,14 @@ def test_matches_reference(variant, task, weights):
 
 def test_default_checkpoint_matches_reference():
     case = load_default_case()
-    model = impls.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
+    model = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
     outputs = run(model, case)
     assert_matches(case.pt, outputs, case.task, case.attention_mask, "tiny-deberta-v3")
 
 
 def test_three_dimensional_attention_mask():
     case = load_case("v3", "base")
-    model = impls.DebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.DebertaV2Model.from_pretrained(case.directory)
     mask2 = case.inputs["attention_mask"]
     with torch.no_grad():
         # The outer product of the 2-D mask as a 3-D mask is the same computation as the 2-D mask.
@@ -65,7 +65,7 @@ def test_three_dimensional_attention_mask():
 
 def test_inputs_embeds_and_position_ids_match_defaults():
     case = load_case("abs-noshare", "base")
-    model = impls.DebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.DebertaV2Model.from_pretrained(case.directory)
     ids = torch.as_tensor(case.inputs["input_ids"])
     with torch.no_grad():
         ref = model(**case.model_inputs).last_hidden_state
@@ -82,10 +82,10 @@ def test_inputs_embeds_and_position_ids_match_defaults():
 
 def test_save_load_round_trip_is_exact(tmp_path):
     case = load_case("v2-conv", "sequence-classification")
-    model = impls.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
+    model = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
     model.save_pretrained(tmp_path / "saved")
     assert sorted(os.listdir(tmp_path / "saved")) == ["config.json", "model.safetensors"]
-    reloaded = impls.DebertaV2ForSequenceClassification.from_pretrained(tmp_path / "saved")
+    reloaded = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(tmp_path / "saved")
     for (name, a), (name_b, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert name == name_b
         assert torch.equal(a, b), name
@@ -96,15 +96,15 @@ def test_save_load_round_trip_is_exact(tmp_path):
         assert f.metadata() == {"format": "pt"}
         assert set(f.keys()) == set(model.state_dict())
     model.save_pretrained(tmp_path / "bin", format="bin")
-    again = impls.DebertaV2ForSequenceClassification.from_pretrained(tmp_path / "bin")
+    again = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(tmp_path / "bin")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
 def test_sharded_safetensors(tmp_path):
     import json
 
-    from convert.formats import open_weights
-    from convert.safetensors_io import write
+    from deberta_xf.formats import open_weights
+    from deberta_xf.formats.safetensors_io import write
 
     case = load_case("v3", "token-classification")
     with open_weights(os.path.join(case.directory, "model.safetensors")) as reader:
@@ -118,14 +118,14 @@ def test_sharded_safetensors(tmp_path):
             weight_map.update({n: fname for n in part})
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     shutil.copy(os.path.join(case.directory, "config.json"), tmp_path / "config.json")
-    model = impls.DebertaV2ForTokenClassification.from_pretrained(tmp_path)
+    model = deberta_xf.DebertaV2ForTokenClassification.from_pretrained(tmp_path)
     assert model.weights_path.endswith("model.safetensors.index.json")
     assert_matches(case.pt, run(model, case), case.task, case.attention_mask)
 
 
 def test_losses_follow_reference_rules():
     case = load_case("v3", "sequence-classification")
-    model = impls.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
+    model = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
     inputs = case.model_inputs
     with torch.no_grad():
         logits = model(**inputs).logits
@@ -138,8 +138,8 @@ def test_losses_follow_reference_rules():
         soft_loss = model(**inputs, labels=soft).loss
         expected = -(torch.log_softmax(logits, -1) * torch.from_numpy(soft)).sum(-1).mean()
         torch.testing.assert_close(soft_loss, expected)
-    regression = impls.DebertaV2ForSequenceClassification.from_config(
-        impls.DebertaV2Config.from_pretrained(case.directory, num_labels=1), seed=0)
+    regression = deberta_xf.DebertaV2ForSequenceClassification.from_config(
+        deberta_xf.DebertaV2Config.from_pretrained(case.directory, num_labels=1), seed=0)
     with torch.no_grad():
         out = regression(**inputs, labels=np.array([0.5, -1.0, 2.0], dtype=np.float32))
     expected = torch.nn.functional.mse_loss(out.logits.view(-1), torch.tensor([0.5, -1.0, 2.0]))
@@ -148,7 +148,7 @@ def test_losses_follow_reference_rules():
 
 def test_training_mode_enables_dropout():
     case = load_case("v3", "base")
-    model = impls.DebertaV2Model.from_pretrained(case.directory)
+    model = deberta_xf.DebertaV2Model.from_pretrained(case.directory)
     model.train()
     with torch.no_grad():
         a = model(**case.model_inputs).last_hidden_state
@@ -161,7 +161,7 @@ def test_training_mode_enables_dropout():
 
 def test_bfloat16_dtype():
     case = load_case("v3", "base")
-    model = impls.DebertaV2Model.from_pretrained(case.directory, dtype="bfloat16")
+    model = deberta_xf.DebertaV2Model.from_pretrained(case.directory, dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
     with torch.no_grad():
         out = model(**case.model_inputs).last_hidden_state
@@ -176,21 +176,21 @@ def test_bfloat16_dtype():
 def test_lm_predictions_layout_loads_into_legacy_head(tmp_path):
     """The published checkpoints carry lm_predictions.lm_head.*; a legacy-layout model loads them by name."""
     case = load_case("v3-lmpred", "masked-lm")
-    config = impls.DebertaV2Config.from_pretrained(case.directory, legacy=True)
-    model = impls.DebertaV2ForMaskedLM.from_pretrained(case.directory, config=config)
+    config = deberta_xf.DebertaV2Config.from_pretrained(case.directory, legacy=True)
+    model = deberta_xf.DebertaV2ForMaskedLM.from_pretrained(case.directory, config=config)
     assert model.loading_report.renamed["lm_predictions.lm_head.bias"] == "cls.predictions.bias"
     assert_matches(case.pt, run(model, case), case.task, case.attention_mask)
     # and the reverse: a legacy checkpoint into a legacy=False model
     legacy_case = load_case("v3", "masked-lm")
-    config = impls.DebertaV2Config.from_pretrained(legacy_case.directory, legacy=False)
-    model = impls.DebertaV2ForMaskedLM.from_pretrained(legacy_case.directory, config=config)
+    config = deberta_xf.DebertaV2Config.from_pretrained(legacy_case.directory, legacy=False)
+    model = deberta_xf.DebertaV2ForMaskedLM.from_pretrained(legacy_case.directory, config=config)
     assert_matches(legacy_case.pt, run(model, legacy_case), legacy_case.task, legacy_case.attention_mask)
 
 
 def test_head_model_from_base_checkpoint_and_back(caplog):
     case = load_case("v3", "base")
     with caplog.at_level("WARNING", logger="deberta_xf"):
-        model = impls.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
+        model = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
     assert "freshly initialised" in caplog.text
     assert set(model.loading_report.missing) == {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight",
                                                  "classifier.bias"}
@@ -198,12 +198,12 @@ def test_head_model_from_base_checkpoint_and_back(caplog):
         hidden = model.deberta(**case.model_inputs).last_hidden_state.numpy()
     assert np.abs(hidden - case.pt["last_hidden_state"])[case.attention_mask.astype(bool)].max() <= 1e-6
     head_case = load_case("v3", "question-answering")
-    base = impls.DebertaV2Model.from_pretrained(head_case.directory)
+    base = deberta_xf.DebertaV2Model.from_pretrained(head_case.directory)
     assert set(base.loading_report.unexpected) == {"qa_outputs.bias", "qa_outputs.weight"}
 
 
 def test_known_extras_are_ignored(tmp_path):
-    from convert.formats import open_weights, write_arrays
+    from deberta_xf.formats import open_weights, write_arrays
 
     case = load_case("v3", "masked-lm")
     arrays = open_weights(os.path.join(case.directory, "model.safetensors")).read_all()
@@ -213,7 +213,7 @@ def test_known_extras_are_ignored(tmp_path):
     arrays["cls.predictions.decoder.weight"] = arrays["deberta.embeddings.word_embeddings.weight"]
     write_arrays(str(tmp_path / "model.safetensors"), arrays)
     shutil.copy(os.path.join(case.directory, "config.json"), tmp_path)
-    model = impls.DebertaV2ForMaskedLM.from_pretrained(tmp_path)
+    model = deberta_xf.DebertaV2ForMaskedLM.from_pretrained(tmp_path)
     assert not model.loading_report.unexpected
     assert len(model.loading_report.ignored) == 4
     assert_matches(case.pt, run(model, case), case.task, case.attention_mask)
@@ -233,14 +233,14 @@ def test_missing_weights_file(tmp_path):
     for name in ("model.safetensors", "pytorch_model.bin", "tf_model.h5"):
         os.remove(dst / name)
     with pytest.raises(CheckpointError, match="no weights file found"):
-        impls.DebertaV2Model.from_pretrained(dst)
+        deberta_xf.DebertaV2Model.from_pretrained(dst)
 
 
 def test_missing_config(tmp_path):
     dst = _copy_case(tmp_path)
     os.remove(dst / "config.json")
     with pytest.raises(ConfigError, match="config.json"):
-        impls.DebertaV2Model.from_pretrained(dst)
+        deberta_xf.DebertaV2Model.from_pretrained(dst)
 
 
 @pytest.mark.parametrize("cut", [4, 100, -10])
@@ -249,7 +249,7 @@ def test_truncated_safetensors(tmp_path, cut):
     data = (dst / "model.safetensors").read_bytes()
     (dst / "model.safetensors").write_bytes(data[:cut])
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*(truncated|corrupt)"):
-        impls.DebertaV2Model.from_pretrained(dst)
+        deberta_xf.DebertaV2Model.from_pretrained(dst)
 
 
 def test_corrupt_safetensors_header(tmp_path):
@@ -258,22 +258,22 @@ def test_corrupt_safetensors_header(tmp_path):
     data[8:20] = b"not json!!!!"
     (dst / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="corrupt safetensors header"):
-        impls.DebertaV2Model.from_pretrained(dst)
+        deberta_xf.DebertaV2Model.from_pretrained(dst)
 
 
 def test_wrong_shape_and_contradicting_config(tmp_path):
     dst = _copy_case(tmp_path)
-    config = impls.DebertaV2Config.from_pretrained(dst, vocab_size=300)
+    config = deberta_xf.DebertaV2Config.from_pretrained(dst, vocab_size=300)
     with pytest.raises(CheckpointError, match=r"embeddings\.word_embeddings\.weight.*\[211, 32\].*\[300, 32\].*"
                                               r"vocab_size=300"):
-        impls.DebertaV2Model.from_pretrained(dst, config=config)
-    config = impls.DebertaV2Config.from_pretrained(dst, position_buckets=32)
+        deberta_xf.DebertaV2Model.from_pretrained(dst, config=config)
+    config = deberta_xf.DebertaV2Config.from_pretrained(dst, position_buckets=32)
     with pytest.raises(CheckpointError, match="rel_embeddings.weight.*position_buckets=32"):
-        impls.DebertaV2Model.from_pretrained(dst, config=config)
+        deberta_xf.DebertaV2Model.from_pretrained(dst, config=config)
 
 
 def test_missing_keys_are_listed(tmp_path):
-    from convert.formats import open_weights, write_arrays
+    from deberta_xf.formats import open_weights, write_arrays
 
     dst = _copy_case(tmp_path)
     arrays = open_weights(str(dst / "model.safetensors")).read_all()
@@ -282,7 +282,7 @@ def test_missing_keys_are_listed(tmp_path):
     write_arrays(str(dst / "model.safetensors"), arrays)
     with pytest.raises(CheckpointError, match=r"missing 2 required tensor\(s\): encoder\.layer\.1\.attention\.self"
                                               r"\.key_proj\.bias, encoder\.rel_embeddings\.weight"):
-        impls.DebertaV2Model.from_pretrained(dst)
+        deberta_xf.DebertaV2Model.from_pretrained(dst)
 
 
 class _Evil:
@@ -295,7 +295,7 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     os.remove(dst / "model.safetensors")
     torch.save({"embeddings.word_embeddings.weight": torch.zeros(2, 2), "evil": _Evil()}, dst / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: refused to load.*could run code"):
-        impls.DebertaV2Model.from_pretrained(dst)
+        deberta_xf.DebertaV2Model.from_pretrained(dst)
 
 
 def test_corrupt_bin(tmp_path):
@@ -303,10 +303,10 @@ def test_corrupt_bin(tmp_path):
     os.remove(dst / "model.safetensors")
     (dst / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 10)
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin"):
-        impls.DebertaV2Model.from_pretrained(dst)
+        deberta_xf.DebertaV2Model.from_pretrained(dst)
 
 
 def test_weights_file_without_config_is_an_error(tmp_path):
     case = load_case("v3", "base")
     with pytest.raises(ConfigError, match="needs a config"):
-        impls.DebertaV2Model.from_pretrained(os.path.join(case.directory, "model.safetensors"))
+        deberta_xf.DebertaV2Model.from_pretrained(os.path.join(case.directory, "model.safetensors"))

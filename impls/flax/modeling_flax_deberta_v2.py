@@ -1,6 +1,6 @@
 """DeBERTa-v2/v3 in Flax NNX, numerically matching transformers 4.57.6.
 
-Mirrors ``impls/torch/modeling_deberta_v2.py`` class for class: embeddings -> relative positions -> disentangled
+Mirrors ``deberta_xf.torch.modeling_deberta_v2`` class for class: embeddings -> relative positions -> disentangled
 attention -> layer -> encoder (with the nGiE convolution of v2) -> task heads. The NNX attribute tree is the
 canonical weight path (``model.deberta.encoder.layer[0].attention.self.query_proj.kernel`` is
 ``deberta.encoder.layer.0.attention.self.query_proj.weight``); only leaf names and layouts differ, and those come
@@ -12,7 +12,7 @@ variance and ``layer_norm_eps``, ``masked_fill(finfo.min)`` + softmax, and every
 bfloat16, whose matmuls use the backend's default precision); parameters stay float32.
 
 The forward is jit-compilable: relative positions and gather indices are NumPy constants computed at trace time
-from static shapes (``impls/relative_position.py``), and flags that change the output structure are Python bools.
+from static shapes (``deberta_xf.relative_position``), and flags that change the output structure are Python bools.
 ``model.jit_call(**inputs)`` runs it through ``nnx.jit``; ``jax.jit`` over ``nnx.split(model)`` works as well.
 """
 
@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from impls import schema
-from impls.configuration import DebertaV2Config
-from impls.errors import CheckpointError
-from impls.loading import load_checkpoint, resolve_config
-from impls.outputs import ModelOutput
-from impls.relative_position import attention_distance_window
+from deberta_xf import schema
+from deberta_xf.configuration import DebertaV2Config
+from deberta_xf.errors import CheckpointError
+from deberta_xf.loading import load_checkpoint, resolve_config
+from deberta_xf.outputs import ModelOutput
+from deberta_xf.relative_position import attention_distance_window
 
 FRAMEWORK = "flax"
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -168,7 +168,7 @@ class FlaxDebertaV2Embeddings(nnx.Module):
 
 
 # =============================================================================================================
-# Relative positions: the (bucketed) i - j matrix and the c2p / p2c columns come from impls.relative_position
+# Relative positions: the (bucketed) i - j matrix and the c2p / p2c columns come from deberta_xf.relative_position
 # (NumPy), computed from the static sequence length while tracing. Both column matrices are functions of i - j
 # alone, so instead of gathering L * L scores one by one (as the reference does) the attention gathers the 2L
 # projected position rows by distance (relative_position.by_distance), multiplies them with the queries or keys
@@ -547,7 +547,7 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "msgpack") -> None:
         """Write ``config.json`` and ``flax_model.msgpack`` (or canonical ``model.safetensors`` with
         format="safetensors")."""
-        from convert.formats import FORMATS, FRAMEWORK_FORMATS, write_arrays
+        from deberta_xf.formats import FORMATS, FRAMEWORK_FORMATS, write_arrays
 
         if format not in FRAMEWORK_FORMATS[FRAMEWORK]:
             raise ValueError(f"format must be one of {', '.join(FRAMEWORK_FORMATS[FRAMEWORK])}, got {format!r}")

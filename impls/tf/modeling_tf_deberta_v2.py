@@ -1,12 +1,12 @@
 """DeBERTa-v2/v3 in TensorFlow (Keras 3, TF backend), numerically matching transformers 4.57.6 (PyTorch rules).
 
-Mirrors ``impls/torch/modeling_deberta_v2.py`` class by class: embeddings -> relative positions -> disentangled
+Mirrors ``deberta_xf.torch.modeling_deberta_v2`` class by class: embeddings -> relative positions -> disentangled
 attention -> layer -> encoder (with the nGiE convolution of v2) -> task heads. Every layer is named after its
 attribute (list items by their index), so a variable's Keras path is its canonical name in Keras spelling,
-``impls.schema.framework_name(name, "tf", "/")`` under the model's name::
+``deberta_xf.schema.framework_name(name, "tf", "/")`` under the model's name::
 
     tf_deberta_v2_for_masked_lm/deberta/encoder/layer/0/attention/self/query_proj/kernel
-      == deberta.encoder.layer.0.attention.self.query_proj.weight (transposed, see impls.schema.LAYOUT)
+      == deberta.encoder.layer.0.attention.self.query_proj.weight (transposed, see deberta_xf.schema.LAYOUT)
 
 The base model's names have no ``deberta.`` prefix, as in PyTorch.
 
@@ -14,7 +14,7 @@ Behaviour:
 - called as ``model(input_ids=..., attention_mask=..., ...)`` or ``model.call(..., training=False)``; inputs may
   be numpy arrays or tf tensors; dropout only with ``training=True``;
 - runs eagerly, inside ``tf.function`` and with ``jit_compile=True`` (XLA). With a static sequence length the
-  relative-position gather indices are NumPy constants from ``impls.relative_position``; with a dynamic one (a
+  relative-position gather indices are NumPy constants from ``deberta_xf.relative_position``; with a dynamic one (a
   ``tf.function`` traced with ``input_signature=[None, None]``) they are looked up, in the graph, in a NumPy table
   of the same functions over ``i - j``;
 - ``dtype``: ``None``/``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: every variable is created in that
@@ -37,11 +37,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from impls import schema  # noqa: E402
-from impls.configuration import DebertaV2Config  # noqa: E402
-from impls.loading import load_checkpoint, resolve_config  # noqa: E402
-from impls.outputs import ModelOutput  # noqa: E402
-from impls.relative_position import attention_distance_window, c2p_index, make_log_bucket_position, \
+from deberta_xf import schema  # noqa: E402
+from deberta_xf.configuration import DebertaV2Config  # noqa: E402
+from deberta_xf.loading import load_checkpoint, resolve_config  # noqa: E402
+from deberta_xf.outputs import ModelOutput  # noqa: E402
+from deberta_xf.relative_position import attention_distance_window, c2p_index, make_log_bucket_position, \
     p2c_index  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
@@ -201,7 +201,7 @@ class TFDebertaV2Embeddings(keras.layers.Layer):
 
 
 # =============================================================================================================
-# Relative positions: the (bucketed) i - j matrix and the c2p / p2c columns come from impls.relative_position
+# Relative positions: the (bucketed) i - j matrix and the c2p / p2c columns come from deberta_xf.relative_position
 # (NumPy). Both column matrices are functions of i - j alone (c2p[i, j] = f(i - j), p2c[j, i] = g(j - i)), so
 # instead of gathering L * L scores one by one (as the reference does), the attention gathers the projected
 # position rows f(L - 1), f(L - 2), ..., f(-(L - 1)) plus one pad row, multiplies them with the queries
@@ -233,7 +233,7 @@ def _static_position_index(position_buckets: int, max_relative_positions: int, a
 def _difference_tables(position_buckets: int, max_relative_positions: int, att_span: int):
     """c2p and p2c columns as functions of ``d = i - j`` for ``d`` in ``[-T, T]``, beyond which they saturate.
 
-    The same functions as :func:`impls.relative_position.build_relative_position` (log buckets when both
+    The same functions as :func:`deberta_xf.relative_position.build_relative_position` (log buckets when both
     ``position_buckets`` and the max distance are > 0) and :func:`c2p_index` / :func:`p2c_index`.
     """
     T = max(att_span, max_relative_positions) + 1
@@ -635,7 +635,7 @@ class TFDebertaV2PreTrainedModel(keras.Model):
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "tf_h5") -> None:
         """Write ``config.json`` and ``tf_model.h5`` (the reference's layout), or ``model.weights.h5`` (Keras 3)
         with ``format="keras_h5"``. Tensors are streamed one at a time."""
-        from convert.formats import FORMATS, TensorInfo, write_weights
+        from deberta_xf.formats import FORMATS, TensorInfo, write_weights
 
         if format not in ("tf_h5", "keras_h5"):
             raise ValueError(f"unsupported format {format!r} for the TF model; expected 'tf_h5' or 'keras_h5'")

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impls import schema
-from impls.configuration import DebertaV2Config
-from impls.loading import load_checkpoint, resolve_config
-from impls.outputs import ModelOutput
-from impls.relative_position import attention_position_window
+from deberta_xf import schema
+from deberta_xf.configuration import DebertaV2Config
+from deberta_xf.loading import load_checkpoint, resolve_config
+from deberta_xf.outputs import ModelOutput
+from deberta_xf.relative_position import attention_position_window
 
 logger = logging.getLogger("deberta_xf")
 
@@ -80,7 +80,7 @@ class DebertaV2Embeddings(nn.Module):
 
 
 # =============================================================================================================
-# Relative positions: the (bucketed) i - j matrix comes from impls.relative_position (NumPy, shared by all
+# Relative positions: the (bucketed) i - j matrix comes from deberta_xf.relative_position (NumPy, shared by all
 # frameworks); here it only becomes the gather indices of the c2p and p2c terms, over the window of relative-
 # embedding rows that this sequence length reads.
 def relative_position_window(config: DebertaV2Config, seq_length: int, device) -> tuple[slice, dict]:
@@ -405,7 +405,7 @@ class DebertaV2PreTrainedModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "safetensors") -> None:
         """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with format="bin")."""
-        from convert.formats import FORMATS, write_arrays
+        from deberta_xf.formats import FORMATS, write_arrays
 
         os.makedirs(save_directory, exist_ok=True)
         state = self.canonical_state()

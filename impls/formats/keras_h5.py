@@ -7,7 +7,7 @@ order, where a list item is named after its class (``tf_deberta_v2_layer``, ``tf
 a layer first reached through ``keras.Model.layers`` is stored under ``layers/<snake_case class name>`` (the
 property ``layers`` sorts before the attributes ``lm_predictions``, ``pooler`` and ``qa_outputs``).
 
-For ``impls.tf.modeling_tf_deberta_v2`` (whose attributes are the canonical module names) this makes the path a
+For ``deberta_xf.tf.modeling_tf_deberta_v2`` (whose attributes are the canonical module names) this makes the path a
 fixed function of the canonical name, which this module implements without Keras:
 
 1. the canonical module path, ``.`` -> ``/``;
@@ -18,7 +18,7 @@ fixed function of the canonical name, which this module implements without Keras
    ``qa_outputs`` -> ``layers/dense``, ``lm_predictions`` -> ``layers/tf_deberta_v2_only_mlm_head``;
 4. the leaf -> ``vars/<i>``: ``weight`` -> 0 and ``bias`` -> 1 (kernel/bias, gamma/beta), except for owners
    with one variable: embedding tables (``weight`` -> 0) and the MLM heads' ``bias`` (``cls.predictions``,
-   ``lm_predictions.lm_head``: ``bias`` -> 0). Arrays are in the Keras layout (``impls.schema.LAYOUT``, "tf").
+   ``lm_predictions.lm_head``: ``bias`` -> 0). Arrays are in the Keras layout (``deberta_xf.schema.LAYOUT``, "tf").
 
 Example: ``deberta.encoder.layer.3.attention.self.query_proj.weight`` <->
 ``deberta/encoder/layer/tf_deberta_v2_layer_3/attention/self/query_proj/vars/0`` (the kernel, [in, out]).
@@ -33,11 +33,12 @@ from typing import Mapping
 
 import numpy as np
 
-from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
-from convert.tf_h5 import infer_task, read_dataset, write_dataset
-from impls import schema
-from impls.errors import CheckpointError
-from impls.fileio import atomic_path
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
+from deberta_xf.formats.tf_h5 import read_dataset, write_dataset
+from deberta_xf import schema
+from deberta_xf.errors import CheckpointError
+from deberta_xf.fileio import atomic_path
+from deberta_xf.tasks import TASK_TABLE, check_task, infer_task
 
 LAYER_ITEM = "tf_deberta_v2_layer"  # snake_case of TFDebertaV2Layer, the class of encoder.layer items
 # top-level head attribute -> where Keras stores it (under keras.Model.layers, by class name)
@@ -49,14 +50,6 @@ HEADS_UNDER_LAYERS = {
 _HEADS_FROM_FILE = {v: k for k, v in HEADS_UNDER_LAYERS.items()}
 _BIAS_ONLY_OWNERS = ("cls.predictions", "lm_predictions.lm_head")
 # the Keras model names of our TF classes (the root "vars" group's name)
-MODEL_NAMES = {
-    "base": "tf_deberta_v2_model",
-    "masked-lm": "tf_deberta_v2_for_masked_lm",
-    "sequence-classification": "tf_deberta_v2_for_sequence_classification",
-    "token-classification": "tf_deberta_v2_for_token_classification",
-    "question-answering": "tf_deberta_v2_for_question_answering",
-    "multiple-choice": "tf_deberta_v2_for_multiple_choice",
-}
 RESERVED_OUTPUT = "output_"  # the attribute holding the canonical `output` sublayers
 _ITEM = re.compile(rf"^{LAYER_ITEM}(?:_(\d+))?$")
 
@@ -186,12 +179,12 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, task: str |
     ``task`` only names the root layer (inferred from the names when omitted)."""
     import h5py
 
-    task = task or infer_task(infos)
+    task = check_task(task or infer_task({n: i.shape for n, i in infos.items()})[0])
     locations = {name: keras_location(name) for name in infos}
     names = list(infos)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_group("vars").attrs["name"] = MODEL_NAMES.get(task, MODEL_NAMES["base"])
+            f.create_group("vars").attrs["name"] = TASK_TABLE[task].keras_name
             for name in names:  # every layer on the way gets its "vars" group with the layer's name
                 group_path = ""
                 for component, layer_name in _file_components(schema.module_path(name)[0]):

@@ -15,10 +15,10 @@ from typing import Mapping
 
 import numpy as np
 
-from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
-from impls import schema
-from impls.errors import CheckpointError
-from impls.fileio import atomic_path
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
+from deberta_xf import schema
+from deberta_xf.errors import CheckpointError
+from deberta_xf.fileio import atomic_path
 
 _DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": BFLOAT16,

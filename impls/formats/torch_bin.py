@@ -12,11 +12,11 @@ from typing import Mapping
 
 import numpy as np
 
-from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader
-from convert.safetensors_io import ShardedReader
-from impls import schema
-from impls.errors import CheckpointError
-from impls.fileio import atomic_path
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader
+from deberta_xf.formats.safetensors_io import ShardedReader
+from deberta_xf import schema
+from deberta_xf.errors import CheckpointError
+from deberta_xf.fileio import atomic_path
 
 
 def _torch():

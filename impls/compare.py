@@ -18,7 +18,7 @@ import numpy as np
 
 FP32_THRESHOLDS = {"hidden": 5e-5, "logits": 5e-5, "mlm_logits": 1e-4}
 THRESHOLD_KEYS = tuple(FP32_THRESHOLDS)
-# bf16 / fp16 thresholds, measured with `python -m parity.calibrate` (method in its docstring) on CPU with torch 2.13,
+# bf16 / fp16 thresholds, measured with `python -m deberta_xf.parity.calibrate` (method in its docstring) on CPU with torch 2.13,
 # tensorflow 2.21 / keras 3.15 and flax 0.12.8 / jax 0.10.2, on the fixture checkpoints (tiny-deberta-v3 on the
 # sample texts, six reference cases on deterministic ids) and a random deberta-v3-base-sized model (768 x 12
 # layers, 128100 vocabulary) on the sample texts. Worst max abs seen:

@@ -31,24 +31,15 @@ from typing import Mapping
 
 import numpy as np
 
-from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
-from impls import schema
-from impls.errors import CheckpointError
-from impls.fileio import atomic_path
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
+from deberta_xf import schema
+from deberta_xf.errors import CheckpointError
+from deberta_xf.fileio import atomic_path
+from deberta_xf.tasks import TASK_TABLE, check_task, infer_task
 
 HDF5_OBJECT_HEADER_LIMIT = 64512  # bytes; tf-keras splits larger attributes into name0, name1, ...
 KERAS_VERSION = "2.21.0"  # the tf-keras layout this file follows
 
-# task -> (Keras model name of the reference TF class, top-level layers in model.layers order)
-TASK_LAYOUT = {
-    "base": ("tf_deberta_v2_model", ("deberta",)),
-    "masked-lm": ("tf_deberta_v2_for_masked_lm", ("deberta", "cls")),
-    "sequence-classification": ("tf_deberta_v2_for_sequence_classification",
-                                ("deberta", "pooler", "cls_dropout", "classifier")),
-    "token-classification": ("tf_deberta_v2_for_token_classification", ("deberta", "dropout", "classifier")),
-    "question-answering": ("tf_deberta_v2_for_question_answering", ("deberta", "qa_outputs")),
-    "multiple-choice": ("tf_deberta_v2_for_multiple_choice", ("deberta", "dropout", "pooler", "classifier")),
-}
 _MODULE_TO_TF = {"pos_key_proj": "pos_proj", "pos_query_proj": "pos_q_proj"}
 _MODULE_FROM_TF = {v: k for k, v in _MODULE_TO_TF.items()}
 _LEAF_FROM_TF = {"kernel": "weight", "gamma": "weight", "embeddings": "weight", "weight": "weight", "beta": "bias",
@@ -230,31 +221,14 @@ def open_reader(path: str) -> TensorReader:
     return TFH5Reader(path)
 
 
-def infer_task(names) -> str:
-    """The task whose reference TF class holds these canonical names (multiple choice is indistinguishable from
-    sequence classification by names alone: pass ``task=``)."""
-    names = list(names)
-    if any(n.startswith(("cls.predictions.", _LM_PREDICTIONS)) for n in names):
-        return "masked-lm"
-    if any(n.startswith("qa_outputs.") for n in names):
-        return "question-answering"
-    if any(n.startswith("pooler.") for n in names):
-        return "sequence-classification"
-    if any(n.startswith("classifier.") for n in names):
-        return "token-classification"
-    return "base"
-
-
 def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, task: str | None = None,
           progress=None, **_: object) -> None:
     """Stream tensors (canonical names and layouts) into a reference-layout ``tf_model.h5``, atomically.
 
     ``task`` picks the reference class whose layout is written (inferred from the names when omitted).
     """
-    task = task or infer_task(infos)
-    if task not in TASK_LAYOUT:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_LAYOUT)}")
-    model_name, layer_names = TASK_LAYOUT[task]
+    layout = TASK_TABLE[check_task(task or infer_task({n: i.shape for n, i in infos.items()})[0])]
+    model_name, layer_names = layout.keras_name, layout.keras_layers
     by_layer: dict[str, list[tuple[str, str]]] = {layer: [] for layer in layer_names}  # layer -> [(var, name)]
     for name in infos:
         var = f"{model_name}/{tf_weight_path(name)}:0"

@@ -25,10 +25,10 @@ from typing import Any, Mapping
 import msgpack
 import numpy as np
 
-from convert.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
-from impls import schema
-from impls.errors import CheckpointError
-from impls.fileio import atomic_path
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
+from deberta_xf import schema
+from deberta_xf.errors import CheckpointError
+from deberta_xf.fileio import atomic_path
 
 FRAMEWORK = "flax"
 EXT_NDARRAY = 1      # flax.serialization._MsgpackExtType.ndarray

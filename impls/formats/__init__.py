@@ -22,7 +22,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from impls.errors import CheckpointError
+from deberta_xf.errors import CheckpointError, DebertaXfError
+from deberta_xf.frameworks import REGISTRY
 
 try:
     import ml_dtypes
@@ -104,6 +105,16 @@ class Format:
     def _mod(self):
         return importlib.import_module(self.module)
 
+    def available(self) -> bool:
+        """Can this installation read and write the format (its module and libraries importable)?"""
+        try:
+            self._mod()
+        except ModuleNotFoundError as err:
+            if err.name == self.module:
+                return False
+            raise
+        return True
+
     def open(self, path: str, **kwargs) -> TensorReader:
         return self._mod().open_reader(path, **kwargs)
 
@@ -112,22 +123,18 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    "safetensors": Format("safetensors", "convert.safetensors_io",
+    "safetensors": Format("safetensors", "deberta_xf.formats.safetensors_io",
                           ("model.safetensors", "model.safetensors.index.json"), "torch"),
-    "bin": Format("bin", "convert.torch_bin", ("pytorch_model.bin", "pytorch_model.bin.index.json"), "torch"),
-    "tf_h5": Format("tf_h5", "convert.tf_h5", ("tf_model.h5",), "tf"),
-    "keras_h5": Format("keras_h5", "convert.keras_h5", ("model.weights.h5",), "tf"),
-    "msgpack": Format("msgpack", "convert.flax_msgpack", ("flax_model.msgpack",), "flax"),
+    "bin": Format("bin", "deberta_xf.formats.torch_bin", ("pytorch_model.bin", "pytorch_model.bin.index.json"), "torch"),
+    "tf_h5": Format("tf_h5", "deberta_xf.formats.tf_h5", ("tf_model.h5",), "tf"),
+    "keras_h5": Format("keras_h5", "deberta_xf.formats.keras_h5", ("model.weights.h5",), "tf"),
+    "msgpack": Format("msgpack", "deberta_xf.formats.flax_msgpack", ("flax_model.msgpack",), "flax"),
 }
-# What each framework's save_pretrained / `convert --to` writes, and the formats it may write with --format.
-DEFAULT_FORMAT = {"torch": "safetensors", "tf": "tf_h5", "flax": "msgpack"}
-FRAMEWORK_FORMATS = {"torch": ("safetensors", "bin"), "tf": ("tf_h5", "keras_h5"), "flax": ("msgpack", "safetensors")}
-# The order in which each framework looks for a weights file in a checkpoint directory: its own first.
-SEARCH_ORDER = {
-    "torch": ("safetensors", "bin", "tf_h5", "keras_h5", "msgpack"),
-    "tf": ("tf_h5", "keras_h5", "safetensors", "bin", "msgpack"),
-    "flax": ("msgpack", "safetensors", "bin", "tf_h5", "keras_h5"),
-}
+# What each framework's save_pretrained / `convert --to` writes, the formats it may write with --format, and the
+# order in which it looks for a weights file in a checkpoint directory (its own first): the registry's entries.
+DEFAULT_FORMAT = {f.name: f.default_format for f in REGISTRY.values()}
+FRAMEWORK_FORMATS = {f.name: f.formats for f in REGISTRY.values()}
+SEARCH_ORDER = {f.name: f.search_order for f in REGISTRY.values()}
 
 
 def detect_format(path: str) -> Format:
@@ -166,6 +173,16 @@ def open_weights(path: str, **kwargs) -> TensorReader:
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: weights file not found")
     return detect_format(path).open(path, **kwargs)
+
+
+def open_checked(path: str) -> TensorReader:
+    """:func:`open_weights`, with any low-level failure of a reader (h5py, msgpack, OS) named as a bad file."""
+    try:
+        return open_weights(path)
+    except DebertaXfError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: cannot read this weights file ({type(err).__name__}: {err})") from None
 
 
 def write_weights(path: str, infos: Mapping[str, TensorInfo], get: Producer, format: str | None = None,

@@ -1,0 +1,314 @@
+"""The framework registry: everything that differs between PyTorch, TensorFlow and Flax outside the models.
+
+One entry per framework (:data:`REGISTRY`, in :data:`FRAMEWORKS` order) says where its implementation lives, which
+extra installs it, its class-name prefix, and how to check availability, pick a device, pin full-precision
+matmuls (and restore what was there), load a checkpoint, run a forward pass and turn its outputs into numpy.
+The factory (:func:`deberta_xf.create_model`), the converter's verification and the parity harness all go through
+it, so a fourth framework would be one more entry here (plus its layout column in the schema's table).
+
+Importing this module imports no framework: each step imports its framework when it runs.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import os
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from deberta_xf.compare import flatten_outputs
+from deberta_xf.errors import DebertaXfError
+
+
+@dataclasses.dataclass
+class Device:
+    kind: str          # "cpu" | "gpu": the label used in pair names (torch@gpu)
+    name: str          # what the framework calls it: "cuda:0 (NVIDIA H100 80GB HBM3)", "/CPU:0", "TFRT_CPU_0"
+    handle: Any = None  # the framework's device object / string
+
+
+@dataclasses.dataclass
+class Execution:
+    outputs: dict[str, np.ndarray]
+    weights_file: str
+    device: Device
+    seconds: float
+
+
+class Framework(abc.ABC):
+    name = ""                        # "torch" | "tf" | "flax": the --frameworks / --to / create_model name
+    module = ""                      # the implementation module (its MODEL_CLASSES maps task -> class)
+    class_prefix = ""                # "", "TF", "Flax": TFDebertaV2Model, FlaxDebertaV2Model
+    packages: tuple[str, ...] = ()   # what the extra installs; the extra is the framework's name
+    default_format = ""              # what save_pretrained / `convert --to` writes
+    formats: tuple[str, ...] = ()    # what it can write (--format)
+    search_order: tuple[str, ...] = ()  # the weights file it loads from a checkpoint directory: its own first
+
+    @property
+    def extra(self) -> str:
+        return self.name
+
+    def implementation(self):
+        """The implementation module, or an ImportError naming the extra to install."""
+        try:
+            return importlib.import_module(self.module)
+        except ModuleNotFoundError as err:
+            if (err.name or "").startswith("deberta_xf"):
+                raise
+            raise ImportError(f"the {self.name!r} implementation needs the {self.extra!r} extra ({err.name} is not "
+                              f"installed): pip install 'deberta-xf[{self.extra}]'") from err
+
+    def model_class(self, task: str):
+        from deberta_xf.tasks import check_task
+
+        return self.implementation().MODEL_CLASSES[check_task(task)]
+
+    def available(self) -> str | None:
+        """None when the implementation can run, else why not ("tensorflow is not installed", ...)."""
+        for package in self.packages:
+            if importlib.util.find_spec(package) is None:
+                return f"{package} is not installed (pip install 'deberta-xf[{self.extra}]')"
+        try:
+            self.implementation()
+        except ImportError as err:  # the implementation module itself is missing, or a dependency of it
+            return f"implementation not importable: {err}"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for package in self.packages:
+            try:
+                out[package] = str(importlib.import_module(package).__version__)
+            except (ImportError, AttributeError):
+                out[package] = "unknown"
+        return out
+
+    @abc.abstractmethod
+    def gpu(self) -> Device | None:
+        """The framework's first GPU, or None when it sees none."""
+
+    @abc.abstractmethod
+    def cpu(self) -> Device:
+        """The framework's CPU device."""
+
+    def resolve_device(self, request: str) -> Device | None:
+        """``auto``: the GPU when the framework sees one; ``gpu``: the GPU or None; ``cpu``: the CPU."""
+        if request == "cpu":
+            return self.cpu()
+        gpu = self.gpu()
+        if request == "gpu":
+            return gpu
+        return gpu or self.cpu()
+
+    @abc.abstractmethod
+    def precision(self, dtype: str = "float32") -> contextlib.AbstractContextManager:
+        """A context pinning full-precision matmuls (TF32 off) for a run in ``dtype``; the settings that were in
+        force are restored on exit."""
+
+    def device_scope(self, device: Device | None) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def load(self, checkpoint: str, task: str, dtype: Any = None, device: Device | None = None, config: Any = None):
+        """``from_pretrained`` of the task's class (the checkpoint directory's own file first, DESIGN §1)."""
+        return self.model_class(task).from_pretrained(checkpoint, config=config, dtype=dtype)
+
+    @abc.abstractmethod
+    def forward(self, model, inputs: dict[str, np.ndarray], device: Device | None = None,
+                attentions: bool = False) -> dict[str, Any]:
+        """One inference forward pass with every hidden state (no gradient), on ``device``."""
+
+    def outputs(self, model, inputs: dict[str, np.ndarray], device: Device | None = None,
+                attentions: bool = False) -> dict[str, np.ndarray]:
+        """:meth:`forward`, flattened to ``{"logits": ..., "hidden_states.0": ...}`` float32 numpy arrays."""
+        return flatten_outputs(self.forward(model, inputs, device, attentions))
+
+    def run(self, checkpoint: str, task: str, dtype: str, inputs: dict[str, np.ndarray], device: Device,
+            attentions: bool = False) -> Execution:
+        """Load and run a checkpoint with pinned precision on ``device``; the outputs and the file it loaded."""
+        from deberta_xf.formats import find_weights
+
+        start = time.perf_counter()
+        with self.precision(dtype), self.device_scope(device):
+            model = self.load(checkpoint, task, dtype, device)
+            outputs = self.outputs(model, inputs, device, attentions)
+        # The file the model says it loaded; the loading rule's answer for implementations that do not say.
+        weights = getattr(model, "weights_path", None) or find_weights(checkpoint, self.name)[0]
+        return Execution(outputs, os.path.relpath(os.fspath(weights), checkpoint), device,
+                         time.perf_counter() - start)
+
+
+class Torch(Framework):
+    name = "torch"
+    module = "deberta_xf.torch.modeling_deberta_v2"
+    packages = ("torch",)
+    default_format = "safetensors"
+    formats = ("safetensors", "bin")
+    search_order = ("safetensors", "bin", "tf_h5", "keras_h5", "msgpack")
+
+    def gpu(self) -> Device | None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return Device("gpu", f"cuda:0 ({torch.cuda.get_device_name(0)})", torch.device("cuda:0"))
+
+    def cpu(self) -> Device:
+        import torch
+
+        return Device("cpu", "cpu", torch.device("cpu"))
+
+    @contextlib.contextmanager
+    def precision(self, dtype: str = "float32") -> Iterator[None]:
+        import torch
+
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                 torch.get_float32_matmul_precision())
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+            torch.set_float32_matmul_precision(saved[2])
+
+    def load(self, checkpoint, task, dtype=None, device=None, config=None):
+        model = super().load(checkpoint, task, dtype, device, config)
+        return model if device is None else model.to(device.handle)
+
+    def forward(self, model, inputs, device=None, attentions=False):
+        import torch
+
+        tensors = {k: torch.as_tensor(v).to(device.handle if device else "cpu") for k, v in inputs.items()}
+        with torch.no_grad():
+            return model(**tensors, output_hidden_states=True, output_attentions=attentions)
+
+
+class TF(Framework):
+    name = "tf"
+    module = "deberta_xf.tf.modeling_tf_deberta_v2"
+    class_prefix = "TF"
+    packages = ("tensorflow", "keras")
+    default_format = "tf_h5"
+    formats = ("tf_h5", "keras_h5")
+    search_order = ("tf_h5", "keras_h5", "safetensors", "bin", "msgpack")
+
+    def versions(self) -> dict[str, str]:
+        return {"tensorflow": self._tf().__version__, "keras": importlib.import_module("keras").__version__}
+
+    @staticmethod
+    def _tf():
+        import tensorflow as tf
+
+        return tf
+
+    def gpu(self) -> Device | None:
+        tf = self._tf()
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return None
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return Device("gpu", f"/GPU:0 ({details.get('device_name', 'GPU')})", "/GPU:0")
+
+    def cpu(self) -> Device:
+        return Device("cpu", "/CPU:0", "/CPU:0")
+
+    @contextlib.contextmanager
+    def precision(self, dtype: str = "float32") -> Iterator[None]:
+        tf = self._tf()
+        saved = tf.config.experimental.tensor_float_32_execution_enabled()
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        try:
+            yield
+        finally:
+            tf.config.experimental.enable_tensor_float_32_execution(saved)
+
+    def device_scope(self, device: Device | None):
+        return contextlib.nullcontext() if device is None else self._tf().device(device.handle)
+
+    def forward(self, model, inputs, device=None, attentions=False):
+        tf = self._tf()
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        return model(**tensors, output_hidden_states=True, output_attentions=attentions)
+
+
+class Flax(Framework):
+    name = "flax"
+    module = "deberta_xf.flax.modeling_flax_deberta_v2"
+    class_prefix = "Flax"
+    packages = ("jax", "flax")
+    default_format = "msgpack"
+    formats = ("msgpack", "safetensors")
+    search_order = ("msgpack", "safetensors", "bin", "tf_h5", "keras_h5")
+
+    def versions(self) -> dict[str, str]:
+        import flax
+        import jax
+        import jaxlib
+
+        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__}
+
+    def gpu(self) -> Device | None:
+        import jax
+
+        try:
+            devices = jax.devices("gpu")
+        except RuntimeError:  # no GPU backend
+            return None
+        if not devices:
+            return None
+        return Device("gpu", f"{devices[0]} ({devices[0].device_kind})", devices[0])
+
+    def cpu(self) -> Device:
+        import jax
+
+        device = jax.devices("cpu")[0]
+        return Device("cpu", str(device), device)
+
+    def precision(self, dtype: str = "float32"):
+        import jax
+
+        return jax.default_matmul_precision("highest")
+
+    def device_scope(self, device: Device | None):
+        import jax
+
+        return contextlib.nullcontext() if device is None else jax.default_device(device.handle)
+
+    def forward(self, model, inputs, device=None, attentions=False):
+        import jax
+
+        arrays = {k: jax.device_put(v, device.handle if device else self.cpu().handle) for k, v in inputs.items()}
+        return model(**arrays, output_hidden_states=True, output_attentions=attentions)
+
+
+REGISTRY: dict[str, Framework] = {f.name: f for f in (Torch(), TF(), Flax())}
+FRAMEWORKS = tuple(REGISTRY)
+
+
+def get_framework(name: str) -> Framework:
+    """The registry entry of ``name``, or a ValueError listing the known frameworks."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown framework {name!r}; expected one of {', '.join(FRAMEWORKS)}")
+    return REGISTRY[name]
+
+
+def parse_frameworks(value: str) -> list[str]:
+    """``--frameworks torch,tf,flax`` -> ["torch", "tf", "flax"]; unknown or repeated names are bad usage."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise DebertaXfError(f"--frameworks: empty; expected a comma-separated list of {', '.join(FRAMEWORKS)}")
+    unknown = [n for n in names if n not in FRAMEWORKS]
+    if unknown:
+        raise DebertaXfError(f"--frameworks: unknown framework(s) {', '.join(map(repr, unknown))}; expected a "
+                             f"comma-separated list of {', '.join(FRAMEWORKS)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DebertaXfError(f"--frameworks: {', '.join(repeated)} listed more than once")
+    return names
