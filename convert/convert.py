@@ -336,12 +336,8 @@ def write_checkpoint(plan: ConversionPlan, directory: str,
                 tick(want.nbytes)
             return array
 
-        kwargs: dict = {}
-        if plan.target_format.name == "safetensors":
-            kwargs["metadata"] = {"format": "pt"}
-        elif plan.target_format.name in ("tf_h5", "keras_h5"):
-            kwargs["task"] = plan.task  # the layout of the task's class (multiple choice is not inferable)
-        plan.target_format.write(path, plan.infos, produce, **kwargs)
+        # the task: the layout of the task's class in the TF formats (multiple choice is not inferable from names)
+        plan.target_format.write(path, plan.infos, produce, task=plan.task)
     write_config(plan, directory)
     for filename in plan.tokenizer_files:
         shutil.copyfile(os.path.join(plan.source_dir, filename), os.path.join(directory, filename))
@@ -413,7 +409,6 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
     try:
         with atomic_directory(destination, force=force) as tmp:
             result.written = write_checkpoint(plan, tmp, progress)
-            _apply_umask(tmp)
             log(describe_written(plan, result.written))
             if verifier is not None:
                 result.verification = verifier.run(tmp, status=status)
@@ -423,17 +418,6 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
         return result
     result.kept = True
     return result
-
-
-def _apply_umask(directory: str) -> None:
-    """Temporary files and directories are created private (0600 / 0700); the finished checkpoint gets the
-    permissions of any other new file (0666 / 0777 less the umask), as save_pretrained's would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for entry in os.scandir(directory):
-        if entry.is_file(follow_symlinks=False):
-            os.chmod(entry.path, 0o666 & ~umask)
 
 
 def describe_plan(plan: ConversionPlan) -> str:

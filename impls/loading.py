@@ -1,7 +1,9 @@
-"""Framework-free checkpoint loading: find the config and weights, match them to the schema, read the arrays.
+"""Framework-free checkpoint loading and saving: find the config and weights, match them to the schema, read the
+arrays; check a model's tensors against the schema and write them with its config.
 
 Each framework's ``from_pretrained`` calls :func:`load_checkpoint` and only assigns the returned canonical
-arrays to its own parameters (through the schema's layout table).
+arrays to its own parameters (through the schema's layout table); each ``save_pretrained`` hands its canonical
+tensors to :func:`save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 from deberta_xf import schema
 from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
 from deberta_xf.errors import CheckpointError, ConfigError
-from deberta_xf.formats import find_weights, open_weights
+from deberta_xf.formats import FORMATS, Producer, TensorInfo, find_weights, open_weights, write_weights
+from deberta_xf.frameworks import get_framework
 
 logger = logging.getLogger("deberta_xf")
 
@@ -91,3 +94,35 @@ def load_checkpoint(path: str | os.PathLike, task: str, framework: str, config: 
     if report.unexpected:
         logger.warning("%s: unused weights not part of the %s model: %s", weights, task, ", ".join(report.unexpected))
     return LoadedCheckpoint(cfg, arrays, report, missing_head, weights)
+
+
+def save_checkpoint(save_directory: str | os.PathLike, config: DebertaV2Config, task: str, framework: str,
+                    infos: dict[str, TensorInfo], get: Producer, format: str | None = None) -> str:
+    """Write ``config.json`` and the weights (the framework's default format, or ``format``) into
+    ``save_directory``; the weights are streamed one tensor at a time from ``get(name)`` (canonical names and
+    layouts) and every file is written atomically. Returns the weights file's path.
+
+    The tensors must be exactly the schema's names and shapes for ``config`` and ``task`` (a guard against a
+    parameter tree that drifted from the schema)."""
+    entry = get_framework(framework)
+    format = format or entry.default_format
+    if format not in entry.formats:
+        raise ValueError(f"unsupported format {format!r} for the {framework} model; expected one of "
+                         f"{', '.join(entry.formats)}")
+    expected = schema.expected_shapes(config, task)
+    drift = set(infos) ^ set(expected)
+    wrong = sorted(n for n in set(infos) & set(expected) if tuple(infos[n].shape) != tuple(expected[n]))
+    if drift or wrong:
+        raise RuntimeError(f"parameters differ from the schema: names {sorted(drift)}, shapes {wrong}")
+    os.makedirs(save_directory, exist_ok=True)
+    path = os.path.join(os.fspath(save_directory), FORMATS[format].filenames[0])
+    write_weights(path, infos, get, format=format, task=task)
+    config.save_pretrained(save_directory)
+    return path
+
+
+def save_arrays(save_directory: str | os.PathLike, config: DebertaV2Config, task: str, framework: str,
+                state: dict[str, np.ndarray], format: str | None = None) -> str:
+    """:func:`save_checkpoint` of a dict of canonical arrays."""
+    infos = {k: TensorInfo(tuple(v.shape), np.asarray(v).dtype) for k, v in state.items()}
+    return save_checkpoint(save_directory, config, task, framework, infos, lambda k: np.asarray(state[k]), format)

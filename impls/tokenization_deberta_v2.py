@@ -25,12 +25,12 @@ from typing import Any, Optional
 import sentencepiece
 from tokenizers import AddedToken
 
+from deberta_xf.fileio import atomic_write_bytes
 from deberta_xf.tokenization_utils import (
     VOCAB_FILE,
     BatchEncoding,
     CallOptions,
     DebertaV2TokenizerBase,
-    _write_atomic,
 )
 
 logger = logging.getLogger(__name__)
@@ -460,7 +460,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         """Write the sentencepiece model as `spm.model` (prefixed by `filename_prefix-`)."""
         name = f"{filename_prefix}-{VOCAB_FILE}" if filename_prefix else VOCAB_FILE
         path = os.path.join(os.fspath(save_directory), name)
-        _write_atomic(path, self.sp_model.serialized_model_proto())
+        atomic_write_bytes(path, self.sp_model.serialized_model_proto())
         return (path,)
 
     def __getstate__(self):

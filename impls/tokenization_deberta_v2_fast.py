@@ -17,12 +17,12 @@ Offsets (`return_offsets_mapping=True`) come from the Rust encoding.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
+from deberta_xf.fileio import atomic_copy, atomic_path
 from deberta_xf.tokenization_utils import (
     TOKENIZER_FILE,
     VOCAB_FILE,
@@ -308,9 +308,7 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
         name = f"{filename_prefix}-{VOCAB_FILE}" if filename_prefix else VOCAB_FILE
         path = os.path.join(os.fspath(save_directory), name)
         if os.path.abspath(self.vocab_file) != os.path.abspath(path):
-            tmp = path + ".tmp"
-            shutil.copyfile(self.vocab_file, tmp)
-            os.replace(tmp, path)
+            atomic_copy(self.vocab_file, path)
         return (path,)
 
     def _save_model_files(self, save_directory: str, filename_prefix: Optional[str]) -> list[str]:
@@ -318,9 +316,8 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
         name = f"{filename_prefix}-{TOKENIZER_FILE}" if filename_prefix else TOKENIZER_FILE
         path = os.path.join(os.fspath(save_directory), name)
         self._set_truncation_and_padding(None, None)  # save the pipeline, not the last call's settings
-        tmp = path + ".tmp"
-        self._tokenizer.save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            self._tokenizer.save(tmp)
         return written + [path]
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections import UserDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from tokenizers import AddedToken
 
+from deberta_xf.fileio import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 VERY_LARGE_INTEGER = int(1e30)  # the reference's "no model_max_length" value
@@ -282,22 +282,8 @@ def _read_json(path: str) -> Any:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_json(path: str, obj: Any) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _token_to_dict(token: AddedToken, with_special: bool = True) -> dict:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from deberta_xf.errors import DebertaXfError
+from deberta_xf.fileio import atomic_path
 
 FORMAT = "deberta-xf parity recording"
 SCHEMA_VERSION = 1
@@ -70,12 +71,9 @@ def save_recording(path: str, metadata: dict[str, Any], inputs: dict[str, np.nda
             arrays[f"outputs.{framework}.{name}"] = np.asarray(value, dtype=np.float32)
     meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **metadata}
     arrays["metadata"] = np.asarray(json.dumps(meta, sort_keys=True))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
 
 def load_recording(path: str) -> Recording:

@@ -11,9 +11,10 @@ import importlib.util
 import json
 import os
 import xml.etree.ElementTree as ET
-from typing import Any, Callable
+from typing import Any
 
 from deberta_xf.errors import DebertaXfError
+from deberta_xf.fileio import atomic_path, atomic_write_text
 
 HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")
 TABLE_COLUMNS = ("pair", "tensor", "shape", "max abs", "mean abs", "max rel", "atol", "result")
@@ -255,23 +256,12 @@ def write_plot(report: dict[str, Any], path: str) -> None:
     if report["comparisons"]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
 # === Files ===
 
-def _atomic(path: str, write: Callable[[str], None]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    _atomic(path, write)
+    atomic_write_text(path, text)

@@ -32,7 +32,7 @@ from flax import nnx
 from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
 from deberta_xf.errors import CheckpointError
-from deberta_xf.loading import load_checkpoint, resolve_config
+from deberta_xf.loading import load_checkpoint, resolve_config, save_arrays
 from deberta_xf.outputs import ModelOutput
 from deberta_xf.relative_position import attention_distance_window
 
@@ -547,18 +547,7 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "msgpack") -> None:
         """Write ``config.json`` and ``flax_model.msgpack`` (or canonical ``model.safetensors`` with
         format="safetensors")."""
-        from deberta_xf.formats import FORMATS, FRAMEWORK_FORMATS, write_arrays
-
-        if format not in FRAMEWORK_FORMATS[FRAMEWORK]:
-            raise ValueError(f"format must be one of {', '.join(FRAMEWORK_FORMATS[FRAMEWORK])}, got {format!r}")
-        os.makedirs(save_directory, exist_ok=True)
-        state = self.canonical_state()
-        drift = set(state) ^ set(schema.expected_shapes(self.config, self.task))
-        if drift:
-            raise RuntimeError(f"parameter names differ from the schema: {sorted(drift)}")
-        filename = FORMATS[format].filenames[0]
-        write_arrays(os.path.join(save_directory, filename), state, format=format)
-        self.config.save_pretrained(save_directory)
+        save_arrays(save_directory, self.config, self.task, FRAMEWORK, self.canonical_state(), format)
 
     # ---------------------------------------------------------------------------------------------------------
     def jit_call(self, output_hidden_states: bool = False, output_attentions: bool = False, **inputs: Any):

@@ -187,7 +187,10 @@ def open_checked(path: str) -> TensorReader:
 
 def write_weights(path: str, infos: Mapping[str, TensorInfo], get: Producer, format: str | None = None,
                   **kwargs) -> None:
-    """Write tensors (canonical names/layouts) in ``format`` (default: from the file name), atomically."""
+    """Write tensors (canonical names/layouts) in ``format`` (default: from the file name), atomically.
+
+    Keyword arguments every writer takes: ``task`` (the model class whose layout tf_model.h5 / model.weights.h5
+    follow; inferred from the names when omitted) and ``progress``; safetensors also ``metadata``."""
     fmt = FORMATS[format] if format else detect_format(path)
     fmt.write(path, infos, get, **kwargs)
 

@@ -364,7 +364,7 @@ def _tree(path: str, names) -> dict:
     return root
 
 
-def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=None) -> None:
+def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=None, **_: object) -> None:
     """Write canonical tensors as ``flax_model.msgpack`` (flax names and layouts), atomically and streamed."""
     tree = _tree(path, infos)
     names = iter(progress(list(infos)) if progress else infos)  # the tree walk visits names in this order

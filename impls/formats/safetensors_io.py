@@ -155,7 +155,7 @@ def open_reader(path: str) -> TensorReader:
 
 
 def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, metadata: Mapping[str, str] | None = None,
-          progress=None) -> None:
+          progress=None, **_: object) -> None:
     """Stream tensors into a safetensors file, atomically. ``metadata`` defaults to ``{"format": "pt"}``."""
     header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
     offset = 0

@@ -39,7 +39,8 @@ import tensorflow as tf  # noqa: E402
 
 from deberta_xf import schema  # noqa: E402
 from deberta_xf.configuration import DebertaV2Config  # noqa: E402
-from deberta_xf.loading import load_checkpoint, resolve_config  # noqa: E402
+from deberta_xf.formats import TensorInfo  # noqa: E402
+from deberta_xf.loading import load_checkpoint, resolve_config, save_checkpoint  # noqa: E402
 from deberta_xf.outputs import ModelOutput  # noqa: E402
 from deberta_xf.relative_position import attention_distance_window, c2p_index, make_log_bucket_position, \
     p2c_index  # noqa: E402
@@ -635,12 +636,7 @@ class TFDebertaV2PreTrainedModel(keras.Model):
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "tf_h5") -> None:
         """Write ``config.json`` and ``tf_model.h5`` (the reference's layout), or ``model.weights.h5`` (Keras 3)
         with ``format="keras_h5"``. Tensors are streamed one at a time."""
-        from deberta_xf.formats import FORMATS, TensorInfo, write_weights
-
-        if format not in ("tf_h5", "keras_h5"):
-            raise ValueError(f"unsupported format {format!r} for the TF model; expected 'tf_h5' or 'keras_h5'")
         self.check_variables()
-        os.makedirs(save_directory, exist_ok=True)
         variables = self.canonical_variables()
         expected = schema.expected_shapes(self.config, self.task)
         infos = {n: TensorInfo(expected[n], np.dtype(variables[n].dtype)) for n in expected}
@@ -648,9 +644,7 @@ class TFDebertaV2PreTrainedModel(keras.Model):
         def get(name: str) -> np.ndarray:
             return schema.from_framework(name, np.asarray(variables[name].numpy()), "tf")
 
-        filename = FORMATS[format].filenames[0]
-        write_weights(os.path.join(save_directory, filename), infos, get, format=format, task=self.task)
-        self.config.save_pretrained(save_directory)
+        save_checkpoint(save_directory, self.config, self.task, "tf", infos, get, format)
 
     # ---------------------------------------------------------------------------------------------------------
     def _prepare(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):

@@ -19,7 +19,7 @@ from torch import nn
 
 from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
-from deberta_xf.loading import load_checkpoint, resolve_config
+from deberta_xf.loading import load_checkpoint, resolve_config, save_arrays
 from deberta_xf.outputs import ModelOutput
 from deberta_xf.relative_position import attention_position_window
 
@@ -405,16 +405,7 @@ class DebertaV2PreTrainedModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike, format: str = "safetensors") -> None:
         """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with format="bin")."""
-        from deberta_xf.formats import FORMATS, write_arrays
-
-        os.makedirs(save_directory, exist_ok=True)
-        state = self.canonical_state()
-        drift = set(state) ^ set(schema.expected_shapes(self.config, self.task))
-        if drift:
-            raise RuntimeError(f"parameter names differ from the schema: {sorted(drift)}")
-        filename = FORMATS[format].filenames[0]
-        write_arrays(os.path.join(save_directory, filename), state, format=format)
-        self.config.save_pretrained(save_directory)
+        save_arrays(save_directory, self.config, self.task, "torch", self.canonical_state(), format)
 
     @property
     def device(self) -> torch.device:
