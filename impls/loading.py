@@ -18,7 +18,8 @@ import numpy as np
 from deberta_xf import schema
 from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
 from deberta_xf.errors import CheckpointError, ConfigError
-from deberta_xf.formats import FORMATS, Producer, TensorInfo, find_weights, open_weights, write_weights
+from deberta_xf.formats import (FORMATS, Producer, TensorInfo, array_source, find_weights, open_weights,
+                                write_weights)
 from deberta_xf.frameworks import get_framework
 
 logger = logging.getLogger("deberta_xf")
@@ -124,5 +125,4 @@ def save_checkpoint(save_directory: str | os.PathLike, config: DebertaV2Config, 
 def save_arrays(save_directory: str | os.PathLike, config: DebertaV2Config, task: str, framework: str,
                 state: dict[str, np.ndarray], format: str | None = None) -> str:
     """:func:`save_checkpoint` of a dict of canonical arrays."""
-    infos = {k: TensorInfo(tuple(v.shape), np.asarray(v).dtype) for k, v in state.items()}
-    return save_checkpoint(save_directory, config, task, framework, infos, lambda k: np.asarray(state[k]), format)
+    return save_checkpoint(save_directory, config, task, framework, *array_source(state), format=format)

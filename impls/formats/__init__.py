@@ -195,10 +195,15 @@ def write_weights(path: str, infos: Mapping[str, TensorInfo], get: Producer, for
     fmt.write(path, infos, get, **kwargs)
 
 
+def array_source(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, TensorInfo], Producer]:
+    """A dict of arrays as a writer's ``(infos, get)``."""
+    infos = {k: TensorInfo(tuple(v.shape), np.asarray(v).dtype) for k, v in tensors.items()}
+    return infos, lambda k: np.asarray(tensors[k])
+
+
 def write_arrays(path: str, tensors: Mapping[str, np.ndarray], format: str | None = None, **kwargs) -> None:
     """Convenience: write a dict of arrays."""
-    infos = {k: TensorInfo(tuple(v.shape), np.asarray(v).dtype) for k, v in tensors.items()}
-    write_weights(path, infos, lambda k: np.asarray(tensors[k]), format=format, **kwargs)
+    write_weights(path, *array_source(tensors), format=format, **kwargs)
 
 
 def cast_dtype(name: str) -> np.dtype | None:
