@@ -199,9 +199,6 @@ class TF(Framework):
     formats = ("tf_h5", "keras_h5")
     search_order = ("tf_h5", "keras_h5", "safetensors", "bin", "msgpack")
 
-    def versions(self) -> dict[str, str]:
-        return {"tensorflow": self._tf().__version__, "keras": importlib.import_module("keras").__version__}
-
     @staticmethod
     def _tf():
         import tensorflow as tf
@@ -242,17 +239,10 @@ class Flax(Framework):
     name = "flax"
     module = "deberta_xf.flax.modeling_flax_deberta_v2"
     class_prefix = "Flax"
-    packages = ("jax", "flax")
+    packages = ("jax", "jaxlib", "flax")
     default_format = "msgpack"
     formats = ("msgpack", "safetensors")
     search_order = ("msgpack", "safetensors", "bin", "tf_h5", "keras_h5")
-
-    def versions(self) -> dict[str, str]:
-        import flax
-        import jax
-        import jaxlib
-
-        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__}
 
     def gpu(self) -> Device | None:
         import jax
