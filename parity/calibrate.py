@@ -28,7 +28,8 @@ from deberta_xf.parity import inputs as parity_inputs
 from deberta_xf.compare import THRESHOLD_KEYS, compare_outputs, threshold
 from deberta_xf.frameworks import REGISTRY
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The fixtures of a checkout (this module sits in <checkout>/parity/); an installed package has none: pass --fixtures.
+CHECKOUT_FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 FIXTURE_CASES = ["v3/masked-lm", "v3/sequence-classification", "v2-conv/masked-lm", "abs-noshare/question-answering",
                  "emb-proj/token-classification", "no-rel/base"]
 BASE_SIZED = dict(vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -111,19 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="bfloat16,float16")
     parser.add_argument("--margin", type=float, default=2.0)
     parser.add_argument("--skip-base-sized", action="store_true")
+    parser.add_argument("--fixtures", default=CHECKOUT_FIXTURES,
+                        help="the repository's fixtures/ folder (default: that of the checkout this module is in)")
     args = parser.parse_args(argv)
+    if not os.path.isdir(os.path.join(args.fixtures, "reference")):
+        parser.error(f"--fixtures {args.fixtures}: no reference/ fixtures there; calibration runs from a checkout "
+                     f"of deberta-xf (pass --fixtures CHECKOUT/fixtures)")
     frameworks = args.frameworks.split(",")
     dtypes = args.dtypes.split(",")
 
     targets = []
-    tiny = os.path.join(ROOT, "fixtures", "tiny-deberta-v3")
+    tiny = os.path.join(args.fixtures, "tiny-deberta-v3")
     texts = parity_inputs.read_texts(None)
     encoding = parity_inputs.tokenizer_checks(tiny, texts, 128).encoding
     targets.append(("tiny-deberta-v3", tiny, "sequence-classification", encoding))
     from deberta_xf.configuration import DebertaV2Config
 
     for case in FIXTURE_CASES:
-        directory = os.path.join(ROOT, "fixtures", "reference", case)
+        directory = os.path.join(args.fixtures, "reference", case)
         config = DebertaV2Config.from_pretrained(directory)
         task = case.split("/")[1]
         targets.append((case, directory, task, parity_inputs.deterministic_inputs(config)))
