@@ -24,13 +24,9 @@ tf = pytest.importorskip("tensorflow")
 import deberta_xf  # noqa: E402
 from deberta_xf.tf.modeling_tf_deberta_v2 import MODEL_CLASSES  # noqa: E402
 from deberta_xf.compare import flatten_outputs  # noqa: E402
+from deberta_xf.tasks import TASK_TABLE  # noqa: E402
 from reference_cases import TF_CASES, assert_matches, load_case  # noqa: E402
 
-HF_CLASSES = {"base": "TFDebertaV2Model", "masked-lm": "TFDebertaV2ForMaskedLM",
-              "sequence-classification": "TFDebertaV2ForSequenceClassification",
-              "token-classification": "TFDebertaV2ForTokenClassification",
-              "question-answering": "TFDebertaV2ForQuestionAnswering",
-              "multiple-choice": "TFDebertaV2ForMultipleChoice"}
 
 # Loads each job's directory with the reference TF class (tf_model.h5 only), runs it on the job's inputs and
 # saves its outputs; prints the loading report as one JSON line per job.
@@ -77,7 +73,7 @@ def _job(model, task: str, inputs: dict, directory) -> dict:
     model.save_pretrained(directory)
     assert sorted(os.listdir(directory)) == ["config.json", "tf_model.h5"]
     np.savez(os.path.join(directory, "inputs.npz"), **inputs)
-    return {"cls": HF_CLASSES[task], "dir": str(directory), "inputs": os.path.join(directory, "inputs.npz"),
+    return {"cls": TASK_TABLE[task].class_name("tf"), "dir": str(directory), "inputs": os.path.join(directory, "inputs.npz"),
             "out": os.path.join(directory, "out.npz")}
 
 
