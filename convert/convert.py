@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 from typing import Callable
@@ -36,7 +37,7 @@ from deberta_xf import schema
 from deberta_xf.tasks import TASK_TABLE, check_task, infer_task
 from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
 from deberta_xf.errors import CheckpointError, ConfigError, DebertaXfError
-from deberta_xf.fileio import atomic_directory
+from deberta_xf.fileio import atomic_directory, check_replace, remove_stale_temporaries
 
 # Files of a checkpoint's tokenizer, copied from SRC to DST when present (symlinks are followed).
 TOKENIZER_FILES = ("spm.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -255,7 +256,31 @@ def plan_conversion(source: str, destination: str, to: str, *, format: str | Non
                           tokenizer_files, force, allow_nonfinite)
 
 
+# What a checkpoint directory written by this tool (or by transformers) holds; --force replaces only such a directory.
+CHECKPOINT_FILE = re.compile(r"^(config\.json|model(-\d+-of-\d+)?\.safetensors|pytorch_model(-\d+-of-\d+)?\.bin|"
+                             r"(model\.safetensors|pytorch_model\.bin)\.index\.json|tf_model\.h5|model\.weights\.h5|"
+                             r"flax_model\.msgpack|" + "|".join(re.escape(f) for f in TOKENIZER_FILES) + r")$")
+
+
+def replaceable_checkpoint(path: str) -> None:
+    """Raise FileExistsError, listing what would be lost, unless ``path`` is a checkpoint directory: a real directory
+    holding only the files of a checkpoint (config, weights and shards, tokenizer files)."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise FileExistsError(f"{path}: --force replaces only a checkpoint directory, and this is "
+                              f"{'a symbolic link' if os.path.islink(path) else 'a file'}; remove it yourself if "
+                              f"it is meant to go")
+    foreign = sorted(e.name + ("/" if e.is_dir(follow_symlinks=False) else "") for e in os.scandir(path)
+                     if not (e.is_file(follow_symlinks=False) and CHECKPOINT_FILE.match(e.name)))
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+        raise FileExistsError(f"{path}: --force replaces only a checkpoint directory, and this one also holds "
+                              f"{len(foreign)} other entr{'y' if len(foreign) == 1 else 'ies'} that would be lost: "
+                              f"{shown}")
+
+
 def _check_destination(source: str, source_dir: str | None, destination: str, force: bool) -> None:
+    if not destination.strip():
+        raise DebertaXfError(f"DST {destination!r} is empty; name the checkpoint directory to write")
     dst = os.path.realpath(destination)
     src = os.path.realpath(source)
     if source_dir is not None and (_within(dst, src) or _within(src, dst)):
@@ -263,9 +288,11 @@ def _check_destination(source: str, source_dir: str | None, destination: str, fo
                              f"never modified)")
     if source_dir is None and _within(src, dst):
         raise DebertaXfError(f"{destination}: DST would replace the source weights file {source}")
-    if os.path.lexists(destination) and not force:
-        raise DebertaXfError(f"{destination}: already exists; pass --force to replace it (it is replaced only "
-                             f"after a successful conversion)")
+    if os.path.lexists(destination):
+        if not force:
+            raise DebertaXfError(f"{destination}: already exists; pass --force to replace it (it is replaced only "
+                                 f"after a successful conversion)")
+        check_replace(destination, replaceable_checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -405,9 +432,11 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
 
         verifier = verify_module.Verifier(plan)  # imports the frameworks now: a missing one fails before writing
     log(describe_plan(plan))
+    for stale in remove_stale_temporaries(destination):
+        log(f"removed {stale}, left behind by an interrupted conversion")
     result = ConversionResult(plan)
     try:
-        with atomic_directory(destination, force=force) as tmp:
+        with atomic_directory(destination, force=force, replaceable=replaceable_checkpoint) as tmp:
             result.written = write_checkpoint(plan, tmp, progress)
             log(describe_written(plan, result.written))
             if verifier is not None:

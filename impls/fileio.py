@@ -1,12 +1,104 @@
-"""Atomic file and directory writes: everything is written under a temporary name and renamed when complete."""
+"""Atomic file and directory writes: everything is written under a temporary name and renamed when complete.
+
+- :func:`atomic_path` is the one way this package writes a file (weights, configs, tokenizer files, reports,
+  recordings): a temporary file beside the target, flushed, given the permissions of any new file, renamed.
+- :func:`atomic_directory` builds a whole directory (a converted checkpoint) under a temporary name and renames it
+  into place. Without ``force`` the final step refuses an existing destination atomically (no window between a
+  check and the rename); with ``force`` it replaces only what the caller's ``replaceable`` check allows, and never
+  the working directory, the home directory, the root, or an ancestor of any of them.
+- Temporary names carry the writing process's id: a run killed with SIGKILL leaves names that the next write to
+  the same destination removes (and logs). SIGTERM and SIGHUP are turned into :class:`Interrupted` while a write
+  is in progress, so the temporary files are removed as they are on Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from typing import Iterator
+import signal
+import threading
+from typing import Callable, Iterator
+
+logger = logging.getLogger("deberta_xf")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM / SIGHUP during a write, handled like Ctrl-C (SIGINT): temporary files are removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+_HANDLED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_interrupted(signum, frame):  # noqa: ARG001 - the signal handler's signature
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM and SIGHUP raise :class:`Interrupted` instead of killing
+    the process outright, so that ``finally`` / ``except BaseException`` clean-ups run. Nested uses are fine; the
+    previous handlers are restored on exit."""
+    if (threading.current_thread() is not threading.main_thread() or not _HANDLED_SIGNALS
+            or signal.getsignal(_HANDLED_SIGNALS[0]) is _raise_interrupted):  # not ours to set, or already set
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_interrupted) for s in _HANDLED_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Temporary names: ".<target name>.<pid>.<random>.<kind>" beside the target
+def _temp_name(target: str, kind: str) -> str:
+    return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.{secrets.token_hex(4)}"
+                                                 f".{kind}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str) -> list[str]:
+    """Remove the temporary files and directories that writes to ``target`` left when their process was killed
+    (SIGKILL, power loss): those whose process id is no longer alive. Returns what was removed (and logs it)."""
+    directory, base = os.path.split(os.path.abspath(target))
+    pattern = re.compile(rf"^\.{re.escape(base)}\.(\d+)\.[0-9a-f]{{8}}\.(tmp|partial|old)$")
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or _pid_alive(int(match.group(1))):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+        removed.append(entry.path)
+        logger.warning("removed %s, left behind by an interrupted write (process %s is gone)", entry.path,
+                       match.group(1))
+    return removed
 
 
 def _umask() -> int:
@@ -25,31 +117,35 @@ def _fsync_directory(directory: str) -> None:
             os.close(fd)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Files
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary file path beside ``path``; when the block succeeds, the file is flushed to disk, given the
     permissions of any new file (0666 less the umask) and renamed onto ``path``. On any failure, or an
-    interruption, the temporary file is removed and ``path`` is left as it was.
+    interruption (Ctrl-C, SIGTERM, SIGHUP), the temporary file is removed and ``path`` is left as it was.
 
     The one way this package writes a file: weights, configs, tokenizer files, reports and recordings."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
+    remove_stale_temporaries(path)
+    tmp = _temp_name(path, "tmp")
+    with signals_as_interrupt():
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     _fsync_directory(directory)
 
 
@@ -68,36 +164,99 @@ def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
         shutil.copyfile(source, tmp)
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds.
+# ---------------------------------------------------------------------------------------------------------------
+# Directories
+def protected_directories() -> list[str]:
+    """Directories that no write ever replaces: the root, the home directory, the working directory, and every
+    ancestor of the last two (real paths)."""
+    protected = {os.path.realpath(os.sep)}
+    for start in (os.path.expanduser("~"), os.getcwd()):
+        path = os.path.realpath(start)
+        while True:
+            protected.add(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+    return sorted(protected)
 
-    An existing ``path`` is left alone unless ``force``; with ``force`` it is replaced only at the very end,
-    so a failure leaves the old directory untouched.
+
+def check_replace(path: str | os.PathLike, replaceable: Callable[[str], None] | None = None) -> None:
+    """Raise FileExistsError unless ``path`` (which exists) may be replaced: never the root, the home or the working
+    directory or one of their ancestors; then ``replaceable(path)`` decides (it raises, saying what would be
+    lost, when the content is not something the caller wrote). Without ``replaceable`` nothing is replaceable."""
+    real = os.path.realpath(os.fspath(path))
+    if real in protected_directories():
+        raise FileExistsError(f"{os.fspath(path) or repr('')}: refusing to replace {real}: it is the root, the home "
+                              f"or the working directory, or one of their ancestors")
+    if replaceable is None:
+        raise FileExistsError(f"{path} already exists")
+    replaceable(os.fspath(path))
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """Rename the directory ``src`` to ``dst``, failing with FileExistsError when ``dst`` exists, atomically: the
+    empty placeholder made by ``mkdir`` (which fails on any existing name) is the only thing a rename may
+    replace; anything put into it meanwhile makes the rename fail instead of being lost."""
+    os.mkdir(dst)
+    try:
+        os.rename(src, dst)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.rmdir(dst)
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(f"{dst} was created by someone else while this one was being written") from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, force: bool = False,
+                     replaceable: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Yield a temporary directory beside ``path``; it becomes ``path`` only if the block succeeds.
+
+    Without ``force`` an existing ``path`` is an error, checked again atomically at the final rename (a run that
+    created ``path`` meanwhile wins; this one fails and leaves it alone). With ``force`` an existing ``path`` is
+    replaced only at the very end, so a failure leaves it untouched, and only when :func:`check_replace` allows it
+    (checked at the start and again at the end). A parent directory created for ``path`` is removed again when
+    the block fails.
     """
     path = os.path.abspath(os.fspath(path))
-    if os.path.lexists(path) and not force:
-        raise FileExistsError(f"{path} already exists (pass --force / force=True to replace it)")
+    if os.path.lexists(path):
+        if not force:
+            raise FileExistsError(f"{path} already exists (pass --force / force=True to replace it)")
+        check_replace(path, replaceable)
     parent = os.path.dirname(path)
+    created = []
+    missing = parent
+    while not os.path.exists(missing):
+        created.append(missing)
+        missing = os.path.dirname(missing)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent)
-    try:
-        yield tmp
-        _apply_umask(tmp)
-        if os.path.lexists(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
-            os.rmdir(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            if os.path.isdir(old) and not os.path.islink(old):
-                shutil.rmtree(old, ignore_errors=True)
+    remove_stale_temporaries(path)
+    tmp = _temp_name(path, "partial")
+    with signals_as_interrupt():
+        os.mkdir(tmp, 0o700)
+        try:
+            yield tmp
+            _apply_umask(tmp)
+            if force and os.path.lexists(path):
+                check_replace(path, replaceable)
+                old = _temp_name(path, "old")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                if os.path.isdir(old) and not os.path.islink(old):
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.unlink(old)
             else:
-                os.unlink(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                _rename_noreplace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for directory in created:  # innermost first; only if still empty
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+            raise
+    _fsync_directory(parent)
 
 
 def _apply_umask(directory: str) -> None:

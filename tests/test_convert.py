@@ -740,15 +740,15 @@ def test_a_converted_checkpoint_that_does_not_load_fails_verification(tmp_path, 
 def test_force_replaces_only_on_success(tmp_path, monkeypatch):
     dst = tmp_path / "out"
     dst.mkdir()
-    (dst / "old.txt").write_text("previous checkpoint")
+    (dst / "config.json").write_text("{}")  # a previous checkpoint (only checkpoint files: replaceable)
     # a bad input with --force: the old directory stays
     code, out, err = cli(str(tmp_path / "does-not-exist"), str(dst), "--to", "torch", "--force")
-    assert code == 2 and os.listdir(dst) == ["old.txt"]
+    assert code == 2 and os.listdir(dst) == ["config.json"]
     # a failed verification with --force: the old directory stays
     with monkeypatch.context() as m:
         _corrupting_writer(m)
         code, out, err = cli(case_dir("v3", "base"), str(dst), "--to", "torch", "--force")
-    assert code == 1 and os.listdir(dst) == ["old.txt"] and leftovers(str(tmp_path)) == []
+    assert code == 1 and os.listdir(dst) == ["config.json"] and leftovers(str(tmp_path)) == []
     # success with --force: replaced
     code, out, err = cli(case_dir("v3", "base"), str(dst), "--to", "torch", "--force")
     assert code == 0, err
