@@ -262,3 +262,118 @@ def test_factory_names_the_extra_for_a_missing_framework():
             "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'deberta-xf[torch]'" in out.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task inference
+def _case_shapes_and_config(variant: str, task: str) -> tuple[dict, dict]:
+    directory = load_case(variant, task).directory
+    with open_weights(os.path.join(directory, "model.safetensors")) as reader:
+        shapes = reader.shapes()
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        return shapes, json.load(f)
+
+
+def test_infer_task_without_architectures_tells_multiple_choice_from_the_one_row_classifier():
+    from deberta_xf.tasks import infer_task
+
+    shapes, config = _case_shapes_and_config("v3", "multiple-choice")
+    assert shapes["classifier.weight"] == (1, 32)
+    del config["architectures"]
+    cfg = DebertaV2Config.from_dict(config)
+    assert cfg.num_labels == 2
+    task, reason = infer_task(shapes, cfg)
+    assert task == "multiple-choice", reason
+    assert "one-row classifier" in reason and "num_labels=2" in reason
+    # the same head with num_labels=1 is a one-label (regression) sequence classifier
+    assert infer_task(shapes, DebertaV2Config.from_dict({**config, "num_labels": 1}))[0] == "sequence-classification"
+    seq_shapes, seq_config = _case_shapes_and_config("v3", "sequence-classification")
+    del seq_config["architectures"]
+    assert infer_task(seq_shapes, DebertaV2Config.from_dict(seq_config))[0] == "sequence-classification"
+
+
+def test_infer_task_follows_architectures():
+    from deberta_xf.tasks import infer_task
+
+    shapes, config = _case_shapes_and_config("v3", "multiple-choice")
+    cfg = DebertaV2Config.from_dict(config)
+    assert cfg.architectures == ["DebertaV2ForMultipleChoice"]
+    task, reason = infer_task(shapes, cfg)
+    assert task == "multiple-choice" and "architectures" in reason
+    # within the pooled family "architectures" decides, whatever the classifier's row count; any framework's prefix
+    assert infer_task(shapes, {**config, "architectures": ["DebertaV2ForSequenceClassification"]})[0] == \
+        "sequence-classification"
+    assert infer_task(shapes, {**config, "architectures": ["TFDebertaV2ForMultipleChoice"]})[0] == "multiple-choice"
+    for task in TASKS:
+        shapes, config = _case_shapes_and_config("v2-conv", task)
+        assert infer_task(shapes, DebertaV2Config.from_dict(config))[0] == task
+
+
+def test_infer_task_refuses_architectures_that_contradict_the_weights():
+    from deberta_xf.errors import DebertaXfError
+    from deberta_xf.tasks import infer_task
+
+    shapes, config = _case_shapes_and_config("v3", "question-answering")
+    assert "qa_outputs.weight" in shapes
+    config["architectures"] = ["DebertaV2ForMaskedLM"]
+    with pytest.raises(DebertaXfError, match=r"DebertaV2ForMaskedLM \(masked-lm\).*question-answering"):
+        infer_task(shapes, DebertaV2Config.from_dict(config))
+    with pytest.raises(DebertaXfError, match="DebertaV2ForMaskedLM"):
+        infer_task(shapes, config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic writes
+@pytest.fixture
+def umask():
+    """Set the process umask for a test; the original one is restored afterwards."""
+    original = os.umask(0o022)
+    os.umask(original)
+    yield os.umask
+    os.umask(original)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_atomic_writes_get_the_mode_of_a_new_file(tmp_path, umask, mask):
+    from deberta_xf.fileio import atomic_path, atomic_write_text
+
+    umask(mask)
+    atomic_write_text(tmp_path / "new.txt", "text")
+    with atomic_path(tmp_path / "sub" / "via_path.bin") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"\x00\x01")
+    (tmp_path / "existing.txt").write_text("old")
+    os.chmod(tmp_path / "existing.txt", 0o600)
+    atomic_write_text(tmp_path / "existing.txt", "new")  # a replaced file gets a new file's mode too
+    for path in (tmp_path / "new.txt", tmp_path / "sub" / "via_path.bin", tmp_path / "existing.txt"):
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask, path
+    assert (tmp_path / "new.txt").read_text() == "text" and (tmp_path / "existing.txt").read_text() == "new"
+    assert (tmp_path / "sub" / "via_path.bin").read_bytes() == b"\x00\x01"
+    assert sorted(os.listdir(tmp_path)) == ["existing.txt", "new.txt", "sub"]
+    assert os.listdir(tmp_path / "sub") == ["via_path.bin"]
+
+
+def test_atomic_path_failure_leaves_no_temporary_and_the_target_untouched(tmp_path):
+    from deberta_xf.fileio import atomic_path
+
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"original")
+    before = os.stat(target)
+    seen = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(target) as tmp:
+            seen.append(tmp)
+            with open(tmp, "wb") as f:
+                f.write(b"partial")
+            raise RuntimeError("boom")
+    assert os.path.dirname(seen[0]) == str(tmp_path) and not os.path.exists(seen[0])
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+    assert target.read_bytes() == b"original"
+    after = os.stat(target)
+    assert (after.st_ino, after.st_mtime_ns, after.st_mode) == (before.st_ino, before.st_mtime_ns, before.st_mode)
+    # a new target: nothing at all is left
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "new.json") as tmp:
+            open(tmp, "w").write("{")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == ["model.safetensors"]
