@@ -367,7 +367,7 @@ def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.n
             try:
                 from deberta_xf.formats import find_weights
 
-                status.weights_file = os.path.basename(find_weights(opts.checkpoint, runner.framework)[0])
+                status.weights_file = os.path.basename(find_weights(opts.checkpoint, runner.name)[0])
             except DebertaXfError:
                 pass
             continue
