@@ -1,18 +1,11 @@
 """``deberta-xf convert SRC DST --to {torch,tf,flax}``: convert a checkpoint to another framework or format.
 
 The command's help text is DESCRIPTION below; the pipeline is convert/convert.py, verification convert/verify.py.
+The command runs through ``deberta_xf.cli.main`` (``deberta-xf convert ...`` / ``python -m deberta_xf convert ...``),
+which maps exceptions to exit codes.
 """
 
 from __future__ import annotations
-
-DESCRIPTION = """Convert a DeBERTa-v2/v3 checkpoint to another framework or format.
-
-SRC is a checkpoint directory (config.json + weights in any supported format) or a weights file with --config.
-DST becomes a complete checkpoint directory: config.json, the weights in the target's format, and SRC's tokenizer
-files. The result is verified by default and written atomically: DST appears only when everything succeeded.
-
-exit codes: 0 converted (and verified); 1 verification failed (nothing kept); 2 bad usage or bad input.
-"""
 
 import argparse
 import os
@@ -21,12 +14,24 @@ import sys
 from deberta_xf.formats import DEFAULT_FORMAT, FORMATS
 from deberta_xf.tasks import TASKS
 
+SUMMARY = "convert a checkpoint to another framework or weights format, verified by default"
+DESCRIPTION = """Convert a DeBERTa-v2/v3 checkpoint to another framework or format.
+
+SRC is a checkpoint directory (config.json + weights in any supported format) or a weights file with --config.
+DST becomes a complete checkpoint directory: config.json, the weights in the target's format, and SRC's tokenizer
+files. The result is verified by default and written atomically: DST appears only when everything succeeded.
+
+exit codes: 0 converted (and verified); 1 verification failed (nothing kept); 2 bad usage or bad input;
+130 interrupted (nothing written).
+"""
+
 DTYPES = ("keep", "float32", "float16", "bfloat16")
 
 EPILOG = """\
 formats written (--format): torch: safetensors (default) | bin; tf: tf_h5 (default, the reference's
 tf_model.h5) | keras_h5 (model.weights.h5); flax: msgpack (default, flax_model.msgpack) | safetensors.
-any of them is read from SRC.
+Any of them is read from SRC. Formats, file names and the weight-naming schema: docs/formats.md;
+verification thresholds: docs/tolerances.md.
 
 examples:
   deberta-xf convert ./deberta-v3-base ./deberta-v3-base-tf --to tf
@@ -61,11 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("convert", help="convert a checkpoint to another framework or format",
+    parser = subparsers.add_parser("convert", help=SUMMARY, usage="%(prog)s SRC DST --to {torch,tf,flax} [options]",
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, interrupted="nothing was written (DST appears only once complete)")
     return parser
 
 
@@ -86,14 +91,19 @@ def _progress_bar(total_tensors: int, total_bytes: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    """The subcommand: convert, print the plan, the verification table and the result line; the exit code.
+
+    ``--quiet``: only the result line, and on a failed verification its table."""
     from deberta_xf.convert.convert import convert_checkpoint
 
+    quiet = getattr(args, "quiet", False)
     result = convert_checkpoint(
         args.source, args.destination, args.to, format=args.format, dtype=args.dtype, config=args.config,
         task=args.task, force=args.force, verify=args.verify, keep_rtd=args.keep_rtd,
-        allow_nonfinite=args.allow_nonfinite, progress=_progress_bar, log=lambda s: print(s, flush=True),
+        allow_nonfinite=args.allow_nonfinite, progress=_progress_bar,
+        log=(lambda s: None) if quiet else (lambda s: print(s, flush=True)),
         status=lambda s: print(s, file=sys.stderr, flush=True) if os.isatty(2) else None)
-    if result.verification is not None:
+    if result.verification is not None and not (quiet and result.kept):
         print(result.verification.table())
     if not result.kept:
         print(f"deberta-xf convert: the converted checkpoint failed verification and was not kept; "
@@ -102,29 +112,3 @@ def run(args: argparse.Namespace) -> int:
     verified = "verified" if result.verification is not None else "not verified (--no-verify)"
     print(f"converted {args.source} -> {args.destination} ({args.to}, {result.plan.target_format.name}), {verified}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m convert.cli SRC DST --to ...``: the same command without the ``deberta-xf`` wrapper."""
-    import logging
-
-    from deberta_xf.errors import DebertaXfError
-
-    parser = argparse.ArgumentParser(prog="deberta-xf convert", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
-    try:
-        return run(args)
-    except (DebertaXfError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-            PermissionError, ImportError) as err:
-        print(f"deberta-xf convert: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("deberta-xf convert: interrupted; nothing was written", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

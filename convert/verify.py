@@ -182,8 +182,8 @@ class Verifier:
     def tolerance(self) -> tuple[dict[str, float] | None, float | None, str]:
         lossy = self.plan.lossy_dtypes
         if not lossy:
-            return FP32_THRESHOLDS, None, ("float32, DESIGN §5: 5e-5 (hidden states, pooled/token/QA logits), 1e-4 "
-                                           "(masked-LM logits)")
+            return FP32_THRESHOLDS, None, ("float32 (docs/tolerances.md): 5e-5 (hidden states, pooled/token/QA "
+                                           "logits), 1e-4 (masked-LM logits)")
         rtol = max(LOSSY_RTOL[d] for d in lossy)
         names = "/".join(sorted(lossy))
         return None, rtol, (f"weights rounded to {names}, compared in float32 with the source: max abs <= "

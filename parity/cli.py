@@ -1,8 +1,9 @@
-"""Tokenizer and model parity of one checkpoint across PyTorch, TensorFlow and Flax (`deberta-xf parity`).
+"""``deberta-xf parity CHECKPOINT``: tokenizer and model parity of one checkpoint across PyTorch, TensorFlow and Flax.
 
-Exit codes (DESIGN §4): 0 every check passed; 1 a check failed (a tensor over its tolerance, a framework that
-could not load the checkpoint, tokenizers that disagree); 2 bad usage or bad input, with a message naming the
-file, key or field.
+The command runs through ``deberta_xf.cli.main`` (``deberta-xf parity ...`` / ``python -m deberta_xf parity ...``),
+which maps exceptions to exit codes (DESIGN §4; for users, docs/cli.md): 0 every check passed; 1 a check failed
+(a tensor over its tolerance, a framework that could not load the checkpoint, tokenizers that disagree); 2 bad
+usage or bad input, with a message naming the file, key or field.
 """
 
 from __future__ import annotations
@@ -14,15 +15,26 @@ import sys
 from deberta_xf.errors import DebertaXfError
 from deberta_xf.compare import FP32_THRESHOLDS
 
+SUMMARY = "check that torch, tf and flax tokenize and compute the same outputs for a checkpoint"
+DESCRIPTION = """\
+Tokenizer and model parity of one checkpoint across PyTorch, TensorFlow and Flax.
+
+Every installed framework loads CHECKPOINT (each its own weights file first) and runs it on the same tokenized
+texts; every pair of frameworks is compared on every hidden state and output, tensor by tensor, and the checkpoint's
+slow and fast tokenizers are compared with each other. The report names every compared tensor and, when a pair
+fails, its first diverging layer."""
+
 EPILOG = """\
 examples:
   deberta-xf parity fixtures/tiny-deberta-v3
   deberta-xf parity CKPT --frameworks torch,flax --device gpu --dtype bfloat16 --save-outputs gpu.npz
   deberta-xf parity CKPT --frameworks tf --compare-to gpu.npz --json report.json --junit parity.xml
 
-fp32 thresholds (max abs, DESIGN §5): hidden states and pooled/QA/token logits {hidden:.0e}, masked-LM logits
-{mlm:.0e}. bf16/fp16 thresholds were measured (parity/compare.py). Token-level outputs are compared where
-attention_mask == 1; pooled outputs everywhere.
+tolerances (max abs; docs/tolerances.md): float32: hidden states and pooled/QA/token logits {hidden:.0e},
+masked-LM logits {mlm:.0e}; bfloat16 / float16: measured thresholds, printed in every report. Token-level outputs
+are compared where attention_mask == 1; pooled outputs everywhere.
+
+exit codes: 0 every check passed; 1 a check failed; 2 bad usage or bad input; 130 interrupted.
 """.format(hidden=FP32_THRESHOLDS["hidden"], mlm=FP32_THRESHOLDS["mlm_logits"])
 
 
@@ -68,15 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-outputs", metavar="F.npz", help="record inputs and outputs for a later --compare-to")
     parser.add_argument("--compare-to", metavar="F.npz",
                         help="compare against outputs recorded with --save-outputs (reuses the recorded inputs)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only failing tensors and the verdict")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("parity", help="tokenizer and model parity across torch, tf and flax",
-                                   description=__doc__.splitlines()[0], epilog=EPILOG,
+    parser = subparsers.add_parser("parity", help=SUMMARY, usage="%(prog)s CHECKPOINT [options]",
+                                   description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, interrupted="no report file was written half-way (files are written atomically)")
     return parser
 
 
@@ -114,43 +125,60 @@ def options_from_args(args: argparse.Namespace):
                          save_outputs=args.save_outputs, compare_to=args.compare_to)
 
 
+class Progress:
+    """What the harness is doing, as one self-overwriting line on stderr; only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = os.isatty(2) if enabled is None else enabled
+        self.shown = False
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        import shutil
+
+        width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
+        line = f"parity: {message}"
+        if len(line) > width:
+            line = line[:width - 3] + "..."
+        sys.stderr.write("\r\x1b[K" + line)
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
 def run(args: argparse.Namespace) -> int:
-    """The subcommand: run the harness, print the table, write the requested files; the exit code."""
+    """The subcommand: run the harness, print the table (``--quiet``: the verdict and what failed), write the
+    requested files; the exit code."""
     from deberta_xf.parity import report as render
     from deberta_xf.parity.harness import run_parity
 
+    quiet = getattr(args, "quiet", False)
     options = options_from_args(args)
-    result = run_parity(options).as_dict()
-    sys.stdout.write(render.format_text(result, verbose=not args.quiet))
-    if args.json:
-        render.write_text(args.json, render.to_json(result))
-    if args.markdown:
-        render.write_text(args.markdown, render.format_markdown(result))
-    if args.junit:
-        render.write_text(args.junit, render.format_junit(result))
-    if args.plot:
-        render.write_plot(result, args.plot)
+    progress = Progress()
+    try:
+        result = run_parity(options, progress=progress).as_dict()
+    finally:
+        progress.clear()
+    sys.stdout.write(render.format_quiet(result) if quiet else render.format_text(result))
+    sys.stdout.flush()
+    try:
+        for path, text in ((args.json, render.to_json), (args.markdown, render.format_markdown),
+                           (args.junit, render.format_junit)):
+            if path:
+                progress(f"writing {path}")
+                render.write_text(path, text(result))
+        if args.plot:
+            progress(f"writing {args.plot}")
+            render.write_plot(result, args.plot)
+    finally:
+        progress.clear()
     written = [f for f in (args.json, args.markdown, args.junit, args.plot, args.save_outputs) if f]
-    if written:
+    if written and not quiet:
         print("wrote " + ", ".join(written))
     return result["exit_code"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``deberta-xf parity`` on its own (the same parser and exit codes as the console script)."""
-    parser = argparse.ArgumentParser(prog="deberta-xf")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    try:
-        args = parser.parse_args(["parity", *(sys.argv[1:] if argv is None else argv)])
-    except SystemExit as exit_:  # argparse: 2 on bad usage, 0 on --help
-        return int(exit_.code or 0)
-    try:
-        return int(args.func(args) or 0)
-    except (DebertaXfError, OSError, ImportError) as err:
-        print(f"deberta-xf parity: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

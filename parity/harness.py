@@ -24,7 +24,7 @@ import os
 import platform
 import re
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -277,15 +277,16 @@ def _environment(statuses: list[FrameworkStatus]) -> dict[str, Any]:
 
 # === Inputs ===
 
-def _model_inputs(opts: ParityOptions, config: DebertaV2Config, task: str,
-                  recording: Recording | None) -> tuple[dict[str, np.ndarray], dict[str, Any],
-                                                        parity_inputs.TokenizerResult | None]:
+def _model_inputs(opts: ParityOptions, config: DebertaV2Config, task: str, recording: Recording | None,
+                  progress: Callable[[str], None]) -> tuple[dict[str, np.ndarray], dict[str, Any],
+                                                            parity_inputs.TokenizerResult | None]:
     ckpt = opts.checkpoint
     config_path = os.path.join(ckpt, CONFIG_NAME)
     tokenizer = None
     texts = None
     if parity_inputs.has_tokenizer(ckpt):
         texts = parity_inputs.read_texts(opts.texts)
+        progress(f"tokenizing {len(texts)} texts with the checkpoint's tokenizers")
         tokenizer = parity_inputs.tokenizer_checks(ckpt, texts, config.max_position_embeddings)
     elif opts.texts is not None:
         parity_inputs.read_texts(opts.texts)  # still a bad --texts file is bad input
@@ -324,8 +325,8 @@ def _model_inputs(opts: ParityOptions, config: DebertaV2Config, task: str,
 def _tolerances(opts: ParityOptions, recording: Recording | None) -> dict[str, Any]:
     dtypes = [opts.dtype] + ([recording.dtype] if recording is not None and recording.dtype != opts.dtype else [])
     base = {k: max(thresholds_for(d)[k] for d in dtypes) for k in THRESHOLD_KEYS}
-    source = {"float32": "DESIGN §5 fp32", "bfloat16": "measured bf16 (deberta_xf.compare.BF16_THRESHOLDS)",
-              "float16": "measured fp16 (deberta_xf.compare.FP16_THRESHOLDS)"}
+    source = {"float32": "fp32 defaults, docs/tolerances.md", "bfloat16": "measured bf16, docs/tolerances.md",
+              "float16": "measured fp16, docs/tolerances.md"}
     description = " / ".join(source[d] for d in dtypes)
     if len(dtypes) > 1:
         description += f" (the looser of {opts.dtype} now and {recording.dtype} recorded)"
@@ -338,15 +339,18 @@ def _tolerances(opts: ParityOptions, recording: Recording | None) -> dict[str, A
 
 # === Running and comparing ===
 
-def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.ndarray]) -> list[FrameworkStatus]:
+def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.ndarray],
+                    progress: Callable[[str], None]) -> list[FrameworkStatus]:
     statuses: list[FrameworkStatus] = []
     plan = []
     for framework in opts.frameworks:
         runner = REGISTRY[framework]
+        progress(f"{framework}: importing")
         why = runner.available()
         if why is not None:
             statuses.append(FrameworkStatus(framework, "not installed", note=why))
             continue
+        progress(f"{framework}: looking for devices")
         device = runner.resolve_device(opts.device)
         status = FrameworkStatus(framework, "pending", versions=runner.versions())
         if device is None:
@@ -358,7 +362,9 @@ def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.n
     if opts.device == "gpu" and not plan and any(s.status == "no gpu" for s in statuses):
         raise DebertaXfError("--device gpu: no requested framework sees a GPU ("
                              + "; ".join(f"{s.framework}: {s.note or s.status}" for s in statuses) + ")")
-    for runner, device, status in plan:
+    for i, (runner, device, status) in enumerate(plan, 1):
+        progress(f"[{i}/{len(plan)}] {status.framework}: loading the checkpoint and running it on {device.name} "
+                 f"({opts.dtype})")
         try:
             execution = runner.run(opts.checkpoint, task, opts.dtype, model_inputs, device, opts.attentions)
         except Exception as err:  # a framework that cannot load or run the checkpoint is a failed check
@@ -415,18 +421,20 @@ def _weights_diff(checkpoint: str, file_a: str, file_b: str, limit: int = 10) ->
 
 
 def _compare(opts: ParityOptions, task: str, statuses: list[FrameworkStatus], recorded: list[FrameworkStatus],
-             mask: np.ndarray, thresholds: dict[str, float]) -> list[PairResult]:
+             mask: np.ndarray, thresholds: dict[str, float], progress: Callable[[str], None]) -> list[PairResult]:
     ran = [s for s in statuses if s.status == "ran"]
     pairs = [(a, b) for a in recorded for b in ran]
     pairs += [(ran[i], ran[j]) for i in range(len(ran)) for j in range(i + 1, len(ran))]
     results = []
     for a, b in pairs:
+        progress(f"comparing {a.label} vs {b.label}")
         tensors = compare_outputs(a.outputs, b.outputs, task, mask, thresholds, strict=True)
         pair = PairResult(a, b, tensors)
         # A failing pair that read two different files: which tensors differ between them? (A recorded
         # framework's file is diffed when this checkpoint has a file of that name.)
         if (not pair.passed and a.weights_file and b.weights_file and a.weights_file != b.weights_file
                 and os.path.isfile(os.path.join(opts.checkpoint, a.weights_file))):
+            progress(f"comparing the weights in {a.weights_file} and {b.weights_file}")
             pair.weights_diff = _weights_diff(opts.checkpoint, a.weights_file, b.weights_file)
         results.append(pair)
     return results
@@ -437,9 +445,12 @@ def _recorded_statuses(recording: Recording) -> list[FrameworkStatus]:
                             note=f"recorded in {recording.path}", outputs=r.outputs) for r in recording.frameworks]
 
 
-def run_parity(opts: ParityOptions) -> ParityReport:
+def run_parity(opts: ParityOptions, progress: Callable[[str], None] | None = None) -> ParityReport:
+    """Run the harness; ``progress`` (optional) is told each step as it starts (the CLI shows it on a terminal)."""
+    progress = progress or (lambda message: None)
     config = _check_options(opts)
     ckpt = opts.checkpoint
+    progress(f"reading {ckpt}")
     config_path = os.path.join(ckpt, CONFIG_NAME)
     recording = load_recording(opts.compare_to) if opts.compare_to else None
     notes: list[str] = []
@@ -462,12 +473,12 @@ def run_parity(opts: ParityOptions) -> ParityReport:
             raise DebertaXfError(f"--compare-to {recording.path}: recorded with a different config than "
                                  f"{config_path}: " + "; ".join(diffs[:5]))
 
-    model_inputs, inputs_info, tokenizer = _model_inputs(opts, config, task, recording)
+    model_inputs, inputs_info, tokenizer = _model_inputs(opts, config, task, recording, progress)
     tolerances = _tolerances(opts, recording)
     thresholds = {k: tolerances[k] for k in THRESHOLD_KEYS}
-    statuses = _run_frameworks(opts, task, model_inputs)
+    statuses = _run_frameworks(opts, task, model_inputs, progress)
     recorded = _recorded_statuses(recording) if recording is not None else []
-    pairs = _compare(opts, task, statuses, recorded, model_inputs["attention_mask"], thresholds)
+    pairs = _compare(opts, task, statuses, recorded, model_inputs["attention_mask"], thresholds, progress)
 
     for s in statuses:
         if s.status in ("not installed", "no gpu"):
@@ -497,6 +508,7 @@ def run_parity(opts: ParityOptions) -> ParityReport:
                                    for s in ran},
                     "created": _now()}
         if ran:
+            progress(f"writing {opts.save_outputs}")
             save_recording(opts.save_outputs, metadata, model_inputs, {s.framework: s.outputs for s in ran})
             recording_info.update(saved_to=opts.save_outputs, saved_frameworks=[s.label for s in ran])
         else:

@@ -93,16 +93,62 @@ def format_text(report: dict[str, Any], verbose: bool = True) -> str:
     failed = [c for c in report["checks"] if c["status"] == "failed"]
     if report["notes"]:
         lines += [""] + [f"note: {n}" for n in report["notes"]]
-    lines.append("")
+    lines += ["", format_verdict(report)]
     if failed:
-        lines.append(f"FAILED: {len(failed)} of {len(report['checks'])} checks")
-        for c in failed[:20]:
-            lines.append(f"  {c['suite']} :: {c['name']}: {c['message']}")
-        if len(failed) > 20:
-            lines.append(f"  ... and {len(failed) - 20} more")
+        lines += _failed_check_lines(failed)
+    return "\n".join(lines) + "\n"
+
+
+def format_verdict(report: dict[str, Any]) -> str:
+    """One line: PASSED / FAILED, how many checks, the checkpoint and dtype, and the worst difference."""
+    checks = report["checks"]
+    failed = sum(c["status"] == "failed" for c in checks)
+    skipped = sum(c["status"] == "skipped" for c in checks)
+    context = [report["checkpoint"], report["dtype"]]
+    pairs = report["comparisons"]
+    if pairs:
+        worst = max(pairs, key=lambda p: float("inf") if p["max_abs"] is None else p["max_abs"])
+        context.append(f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''}, worst max abs {_num(worst['max_abs'])}"
+                       + (f" ({worst['pair']})" if len(pairs) > 1 else ""))
+    if failed:
+        head = f"FAILED: {failed} of {len(checks)} checks"
     else:
-        skipped = sum(c["status"] == "skipped" for c in report["checks"])
-        lines.append(f"PASSED: {len(report['checks']) - skipped} checks" + (f" ({skipped} skipped)" if skipped else ""))
+        head = f"PASSED: {len(checks) - skipped} checks" + (f" ({skipped} skipped)" if skipped else "")
+    return f"{head}  [{'; '.join(context)}]"
+
+
+def _failed_check_lines(failed: list[dict[str, Any]], limit: int = 20) -> list[str]:
+    lines = [f"  {c['suite']} :: {c['name']}: {c['message']}" for c in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"  ... and {len(failed) - limit} more")
+    return lines
+
+
+def format_quiet(report: dict[str, Any]) -> str:
+    """``--quiet``: the verdict line; after a failure also the failing tensors, the failing pairs (first
+    diverging layer, differing weights) and the other failed checks (tokenizer, loading)."""
+    lines = [format_verdict(report)]
+    if report["passed"]:
+        return lines[0] + "\n"
+    rows = [(pair["pair"], t["name"], _shape(t["shape"]), _num(t["max_abs"]), _num(t["mean_abs"]),
+             _num(t["max_rel"]), f"{t['atol']:.1e}", "FAIL")
+            for pair in report["comparisons"] for t in pair["tensors"] if not t["passed"]]
+    if rows:
+        lines += ["  " + line for line in _aligned(rows, TABLE_COLUMNS)]
+    for pair in report["comparisons"]:
+        if pair["passed"]:
+            continue
+        line = f"  FAIL  {pair['pair']}: worst max abs {_num(pair['max_abs'])}"
+        if pair["worst"]:
+            line += f" ({pair['worst']['name']})"
+        if pair["first_diverging_layer"]:
+            line += f"; first diverging layer: {pair['first_diverging_layer']}"
+        lines.append(line)
+        lines += ["        " + s for s in _weights_diff_lines(pair.get("weights_diff"))]
+        lines += [f"        note: {t['name']}: {t['note']}" for t in pair["tensors"] if t["note"] and not t["passed"]]
+    compared = {pair["pair"] for pair in report["comparisons"]}
+    lines += _failed_check_lines([c for c in report["checks"]
+                                  if c["status"] == "failed" and c["suite"] not in compared])
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """`deberta-xf parity`: report contents, injected faults, file formats, exit codes, record/compare round trip.
 
-The harness runs in-process through ``parity.cli.main`` (the console script's parser and exit codes) on the small
-fixture checkpoints. Expected numbers come from the reference fixtures (transformers 4.57.6), from DESIGN §5 and
+The harness runs in-process through ``deberta_xf.cli.main`` (the console script's parser and exit codes) on the
+small fixture checkpoints. Expected numbers come from the reference fixtures (transformers 4.57.6), from DESIGN §5 and
 from the faults the tests inject, never from the harness's own output.
 """
 
@@ -12,16 +12,19 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 
-from deberta_xf.parity import cli
+from deberta_xf import cli as deberta_xf_cli
 from deberta_xf.compare import BF16_THRESHOLDS, FP32_THRESHOLDS
 from deberta_xf.frameworks import REGISTRY
 from reference_cases import DEFAULT_CHECKPOINT, REFERENCE, load_default_case
 
+# `deberta-xf parity ARGS` in this process: the console script's parser, exit codes and messages.
+cli = types.SimpleNamespace(main=lambda argv: deberta_xf_cli.main(["parity", *argv]))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER1_QUERY = "deberta.encoder.layer.1.attention.self.query_proj.weight"
 LAYER1 = "layer 1 (hidden_states.2)"
