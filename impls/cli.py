@@ -227,6 +227,10 @@ class _FilteredLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        # The module keeps its own loader, not this wrapper (for importlib.resources, reload, inspect, ...).
+        module.__loader__ = self._loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self._loader
         with filtered_native_stderr():
             self._loader.exec_module(module)
             try:

@@ -349,6 +349,24 @@ def test_native_log_filter_keeps_what_matters():
         assert dropped not in err, err
 
 
+TF_IMPORT_SCRIPT = r"""
+from deberta_xf import cli
+with cli.quiet_native_logs():
+    import tensorflow as tf
+print(type(tf.__loader__).__name__, type(tf.__spec__.loader).__name__)
+"""
+
+
+@pytest.mark.skipif(not installed("tf"), reason="needs tensorflow")
+def test_tensorflow_import_is_filtered_and_keeps_its_loader():
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY")}
+    done = subprocess.run([sys.executable, "-c", TF_IMPORT_SCRIPT], capture_output=True, text=True, env=env,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["SourceFileLoader", "SourceFileLoader"]
+    assert not NATIVE_LOG_LINE.search(done.stderr), done.stderr
+
+
 def test_native_log_environment_is_a_default_only(monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")
