@@ -1,9 +1,15 @@
-"""PyTorch implementation against the reference fixtures (transformers 4.57.6)."""
+"""PyTorch-specific checks. The contract every framework keeps (loading every weights format, round trips, every
+head against the reference fixtures, masks, inputs, losses, bad checkpoints) is tests/test_contract.py.
+
+The claim "our PyTorch port is the reference's math" is checked live here: against transformers 4.57.6 on this
+machine (the `reference` extra), the outputs are the same to 1e-6 (measured: 0.0, or ~1e-7 on multiple-choice
+logits). Against the committed fixtures (made on another CPU) the contract allows FIXTURE_FRACTION of the
+documented tolerance instead, since those hold the last bits of the CPU that generated them.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -11,144 +17,80 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import deberta_xf  # noqa: E402
-from deberta_xf.errors import CheckpointError, ConfigError  # noqa: E402
+from deberta_xf.compare import BF16_THRESHOLDS, compare_outputs, flatten_outputs  # noqa: E402
+from deberta_xf.frameworks import REGISTRY  # noqa: E402
+from deberta_xf.tasks import TASK_TABLE  # noqa: E402
 from deberta_xf.torch.modeling_deberta_v2 import MODEL_CLASSES  # noqa: E402
-from deberta_xf.compare import flatten_outputs  # noqa: E402
-from reference_cases import CASE_IDS, CASES, assert_matches, load_case, load_default_case  # noqa: E402
+from reference_cases import ALL_CASE_IDS, ALL_CASES, load_any_case, load_case  # noqa: E402
+
+# Same math on the same machine: what may differ is the order of a few float reductions (multiple choice).
+BIT_EXACT = 1e-6
+# transformers' import warns that torch.jit.script is deprecated (torch 2.13); not ours to fix
+IGNORE_REFERENCE_IMPORT_WARNING = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 
 
-def run(model, case, **extra):
+# ----------------------------------------------------------------------------------------------------------------
+# Live bit-exactness against the reference implementation
+@pytest.fixture
+def same_torch_settings():
+    """One thread and deterministic algorithms, full fp32 matmuls: the same settings for the reference and ours."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with REGISTRY["torch"].precision():
+            yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("variant", "task"), ALL_CASES, ids=ALL_CASE_IDS)
+@pytest.mark.reference
+@IGNORE_REFERENCE_IMPORT_WARNING
+def test_bit_exact_with_transformers(variant, task, same_torch_settings):
+    transformers = pytest.importorskip("transformers")
+    case = load_any_case(variant, task)
+    reference_class = getattr(transformers, TASK_TABLE[task].architecture)
+    reference = reference_class.from_pretrained(case.directory, local_files_only=True).eval()
+    ours = MODEL_CLASSES[task].from_pretrained(case.directory)
+    assert os.path.basename(ours.weights_path) == "model.safetensors"  # the file transformers loads
+    tensors = {k: torch.as_tensor(v) for k, v in case.inputs.items()}
     with torch.no_grad():
-        out = model(**case.inputs, output_hidden_states=True, output_attentions=True, **extra)
-    return flatten_outputs(out)
+        want = flatten_outputs(reference(**tensors, output_hidden_states=True, output_attentions=True))
+        got = flatten_outputs(ours(**tensors, output_hidden_states=True, output_attentions=True))
+    assert set(got) == set(want)
+    results = compare_outputs(want, got, task, case.attention_mask,
+                              thresholds={"hidden": BIT_EXACT, "logits": BIT_EXACT, "mlm_logits": BIT_EXACT})
+    failed = [f"{r.name}: {r.max_abs:.2e} {r.note}" for r in results if not r.passed]
+    assert not failed, f"{variant}/{task}: ours vs transformers {transformers.__version__}: " + "; ".join(failed)
 
 
-@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
-@pytest.mark.parametrize(("variant", "task"), CASES, ids=CASE_IDS)
-def test_matches_reference(variant, task, weights):
-    case = load_case(variant, task)
-    path = case.directory if weights == "model.safetensors" else os.path.join(case.directory, weights)
-    config = None if weights == "model.safetensors" else os.path.join(case.directory, "config.json")
-    model = MODEL_CLASSES[task].from_pretrained(path, config=config)
-    assert model.weights_path.endswith(weights)
-    assert not model.training
-    outputs = run(model, case)
-    assert ("loss" in outputs) == (task != "base") and "hidden_states.0" in outputs
-    worst = assert_matches(case.pt, outputs, task, case.attention_mask, f"{variant}/{task}")
-    assert worst <= 1e-6, f"same framework, same math: expected ~1e-6, got {worst:.2e}"
-
-
-def test_default_checkpoint_matches_reference():
-    case = load_default_case()
-    model = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
-    outputs = run(model, case)
-    assert_matches(case.pt, outputs, case.task, case.attention_mask, "tiny-deberta-v3")
-
-
-def test_three_dimensional_attention_mask():
+@pytest.mark.reference
+@IGNORE_REFERENCE_IMPORT_WARNING
+def test_causal_3d_mask_bit_exact_with_transformers(same_torch_settings):
+    """A genuine 3-D mask (causal x padding), as fixtures/generate_reference.py runs the reference with it: its
+    embeddings get the 2-D token mask (they cannot take a 3-D one), its encoder the 3-D mask."""
+    transformers = pytest.importorskip("transformers")
     case = load_case("v3", "base")
-    model = deberta_xf.DebertaV2Model.from_pretrained(case.directory)
-    mask2 = case.inputs["attention_mask"]
+    reference = transformers.DebertaV2Model.from_pretrained(case.directory, local_files_only=True).eval()
+    ours = deberta_xf.DebertaV2Model.from_pretrained(case.directory)
+    ids, mask2 = torch.as_tensor(case.inputs["input_ids"]), torch.as_tensor(case.attention_mask)
+    mask3 = torch.as_tensor(case.extra["inputs3d.attention_mask"])
     with torch.no_grad():
-        # The outer product of the 2-D mask as a 3-D mask is the same computation as the 2-D mask.
-        outer = mask2[:, None, :] * mask2[:, :, None]
-        out3 = model(input_ids=case.inputs["input_ids"], attention_mask=outer).last_hidden_state.numpy()
-        out2 = model(input_ids=case.inputs["input_ids"], attention_mask=mask2).last_hidden_state.numpy()
-        np.testing.assert_array_equal(out3, out2)
-        # A causal 3-D mask, against the reference encoder run with the same mask.
-        causal = case.extra["inputs3d.attention_mask"]
-        got = model(input_ids=case.inputs["input_ids"], attention_mask=causal).last_hidden_state.numpy()
-    keep = mask2.astype(bool)
-    assert np.abs(got - case.extra["pt3d.last_hidden_state"])[keep].max() <= 1e-6
-    assert np.abs(got - out2)[keep].max() > 1e-2  # the causal mask really changes the result
+        want = reference.encoder(reference.embeddings(input_ids=ids, mask=mask2), mask3).last_hidden_state
+        got = ours(input_ids=ids, attention_mask=mask3).last_hidden_state
+    keep = case.attention_mask.astype(bool)
+    assert np.abs((got - want).numpy())[keep].max() <= BIT_EXACT
 
 
-def test_inputs_embeds_and_position_ids_match_defaults():
-    case = load_case("abs-noshare", "base")
-    model = deberta_xf.DebertaV2Model.from_pretrained(case.directory)
-    ids = torch.as_tensor(case.inputs["input_ids"])
-    with torch.no_grad():
-        ref = model(**case.model_inputs).last_hidden_state
-        embeds = model.embeddings.word_embeddings(ids)
-        via_embeds = model(inputs_embeds=embeds, attention_mask=case.inputs["attention_mask"],
-                           token_type_ids=case.inputs["token_type_ids"]).last_hidden_state
-        positions = torch.arange(ids.shape[1])[None].expand_as(ids)
-        via_positions = model(**case.model_inputs, position_ids=positions).last_hidden_state
-        shifted = model(**case.model_inputs, position_ids=positions + 1).last_hidden_state
-    torch.testing.assert_close(via_embeds, ref, rtol=0, atol=0)
-    torch.testing.assert_close(via_positions, ref, rtol=0, atol=0)
-    assert (shifted - ref).abs().max() > 1e-2  # absolute positions matter in this variant
-
-
-def test_save_load_round_trip_is_exact(tmp_path):
-    case = load_case("v2-conv", "sequence-classification")
-    model = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
-    model.save_pretrained(tmp_path / "saved")
-    assert sorted(os.listdir(tmp_path / "saved")) == ["config.json", "model.safetensors"]
-    reloaded = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(tmp_path / "saved")
-    for (name, a), (name_b, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
-        assert name == name_b
-        assert torch.equal(a, b), name
-    assert reloaded.config == model.config
-    from safetensors import safe_open
-
-    with safe_open(str(tmp_path / "saved" / "model.safetensors"), framework="np") as f:
-        assert f.metadata() == {"format": "pt"}
-        assert set(f.keys()) == set(model.state_dict())
-    model.save_pretrained(tmp_path / "bin", format="bin")
-    again = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(tmp_path / "bin")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
-
-
-def test_sharded_safetensors(tmp_path):
-    import json
-
-    from deberta_xf.formats import open_weights
-    from deberta_xf.formats.safetensors_io import write
-
-    case = load_case("v3", "token-classification")
-    with open_weights(os.path.join(case.directory, "model.safetensors")) as reader:
-        infos = reader.infos()
-        names = list(infos)
-        half = len(names) // 2
-        weight_map = {}
-        for i, part in enumerate((names[:half], names[half:])):
-            fname = f"model-0000{i + 1}-of-00002.safetensors"
-            write(str(tmp_path / fname), {n: infos[n] for n in part}, reader.read)
-            weight_map.update({n: fname for n in part})
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    shutil.copy(os.path.join(case.directory, "config.json"), tmp_path / "config.json")
-    model = deberta_xf.DebertaV2ForTokenClassification.from_pretrained(tmp_path)
-    assert model.weights_path.endswith("model.safetensors.index.json")
-    assert_matches(case.pt, run(model, case), case.task, case.attention_mask)
-
-
-def test_losses_follow_reference_rules():
-    case = load_case("v3", "sequence-classification")
-    model = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
-    inputs = case.model_inputs
-    with torch.no_grad():
-        logits = model(**inputs).logits
-        # rows with a negative label are ignored; none left gives 0
-        loss = model(**inputs, labels=np.array([-1, 1, -5])).loss
-        expected = torch.nn.functional.cross_entropy(logits[1:2], torch.tensor([1]))
-        torch.testing.assert_close(loss, expected)
-        assert float(model(**inputs, labels=np.array([-1, -1, -1])).loss) == 0.0
-        soft = np.array([[0.5, 0.5], [1.0, 0.0], [0.2, 0.8]], dtype=np.float32)
-        soft_loss = model(**inputs, labels=soft).loss
-        expected = -(torch.log_softmax(logits, -1) * torch.from_numpy(soft)).sum(-1).mean()
-        torch.testing.assert_close(soft_loss, expected)
-    regression = deberta_xf.DebertaV2ForSequenceClassification.from_config(
-        deberta_xf.DebertaV2Config.from_pretrained(case.directory, num_labels=1), seed=0)
-    with torch.no_grad():
-        out = regression(**inputs, labels=np.array([0.5, -1.0, 2.0], dtype=np.float32))
-    expected = torch.nn.functional.mse_loss(out.logits.view(-1), torch.tensor([0.5, -1.0, 2.0]))
-    torch.testing.assert_close(out.loss, expected)
-
-
+# ----------------------------------------------------------------------------------------------------------------
+# torch API
 def test_training_mode_enables_dropout():
     case = load_case("v3", "base")
     model = deberta_xf.DebertaV2Model.from_pretrained(case.directory)
+    assert not model.training  # from_pretrained returns an eval-mode model
+    assert not deberta_xf.create_model("torch", "base", checkpoint=case.directory).training
     model.train()
     with torch.no_grad():
         a = model(**case.model_inputs).last_hidden_state
@@ -168,145 +110,22 @@ def test_bfloat16_dtype():
     assert out.dtype == torch.bfloat16
     keep = case.attention_mask.astype(bool)
     err = np.abs(out.float().numpy() - case.pt["last_hidden_state"])[keep].max()
-    assert 0 < err < 0.5
+    assert 0 < err < BF16_THRESHOLDS["hidden"]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Loading both MLM head layouts, base <-> head checkpoints, known extras
-def test_lm_predictions_layout_loads_into_legacy_head(tmp_path):
-    """The published checkpoints carry lm_predictions.lm_head.*; a legacy-layout model loads them by name."""
-    case = load_case("v3-lmpred", "masked-lm")
-    config = deberta_xf.DebertaV2Config.from_pretrained(case.directory, legacy=True)
-    model = deberta_xf.DebertaV2ForMaskedLM.from_pretrained(case.directory, config=config)
-    assert model.loading_report.renamed["lm_predictions.lm_head.bias"] == "cls.predictions.bias"
-    assert_matches(case.pt, run(model, case), case.task, case.attention_mask)
-    # and the reverse: a legacy checkpoint into a legacy=False model
-    legacy_case = load_case("v3", "masked-lm")
-    config = deberta_xf.DebertaV2Config.from_pretrained(legacy_case.directory, legacy=False)
-    model = deberta_xf.DebertaV2ForMaskedLM.from_pretrained(legacy_case.directory, config=config)
-    assert_matches(legacy_case.pt, run(model, legacy_case), legacy_case.task, legacy_case.attention_mask)
+def test_state_dict_names_are_the_canonical_names_and_tensors_are_inputs(tmp_path):
+    case = load_case("v2-conv", "sequence-classification")
+    model = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
+    state = model.state_dict()
+    canonical = model.canonical_state()
+    assert list(state) == list(canonical)
+    for name, tensor in state.items():
+        np.testing.assert_array_equal(tensor.numpy(), canonical[name], err_msg=name)
+    from safetensors.torch import load_file
 
-
-def test_head_model_from_base_checkpoint_and_back(caplog):
-    case = load_case("v3", "base")
-    with caplog.at_level("WARNING", logger="deberta_xf"):
-        model = deberta_xf.DebertaV2ForSequenceClassification.from_pretrained(case.directory)
-    assert "freshly initialised" in caplog.text
-    assert set(model.loading_report.missing) == {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight",
-                                                 "classifier.bias"}
+    model.save_pretrained(tmp_path)  # model.safetensors loads with the safetensors library into this state dict
+    model.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
     with torch.no_grad():
-        hidden = model.deberta(**case.model_inputs).last_hidden_state.numpy()
-    assert np.abs(hidden - case.pt["last_hidden_state"])[case.attention_mask.astype(bool)].max() <= 1e-6
-    head_case = load_case("v3", "question-answering")
-    base = deberta_xf.DebertaV2Model.from_pretrained(head_case.directory)
-    assert set(base.loading_report.unexpected) == {"qa_outputs.bias", "qa_outputs.weight"}
-
-
-def test_known_extras_are_ignored(tmp_path):
-    from deberta_xf.formats import open_weights, write_arrays
-
-    case = load_case("v3", "masked-lm")
-    arrays = open_weights(os.path.join(case.directory, "model.safetensors")).read_all()
-    arrays["deberta.embeddings.position_ids"] = np.arange(64)[None]
-    arrays["deberta.embeddings.position_embeddings.weight"] = np.zeros((64, 32), np.float32)
-    arrays["mask_predictions.classifer.weight"] = np.zeros((1, 32), np.float32)
-    arrays["cls.predictions.decoder.weight"] = arrays["deberta.embeddings.word_embeddings.weight"]
-    write_arrays(str(tmp_path / "model.safetensors"), arrays)
-    shutil.copy(os.path.join(case.directory, "config.json"), tmp_path)
-    model = deberta_xf.DebertaV2ForMaskedLM.from_pretrained(tmp_path)
-    assert not model.loading_report.unexpected
-    assert len(model.loading_report.ignored) == 4
-    assert_matches(case.pt, run(model, case), case.task, case.attention_mask)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Bad input: clear errors naming the problem
-def _copy_case(tmp_path, variant="v3", task="base"):
-    case = load_case(variant, task)
-    dst = tmp_path / "ckpt"
-    shutil.copytree(case.directory, dst)
-    return dst
-
-
-def test_missing_weights_file(tmp_path):
-    dst = _copy_case(tmp_path)
-    for name in ("model.safetensors", "pytorch_model.bin", "tf_model.h5"):
-        os.remove(dst / name)
-    with pytest.raises(CheckpointError, match="no weights file found"):
-        deberta_xf.DebertaV2Model.from_pretrained(dst)
-
-
-def test_missing_config(tmp_path):
-    dst = _copy_case(tmp_path)
-    os.remove(dst / "config.json")
-    with pytest.raises(ConfigError, match="config.json"):
-        deberta_xf.DebertaV2Model.from_pretrained(dst)
-
-
-@pytest.mark.parametrize("cut", [4, 100, -10])
-def test_truncated_safetensors(tmp_path, cut):
-    dst = _copy_case(tmp_path)
-    data = (dst / "model.safetensors").read_bytes()
-    (dst / "model.safetensors").write_bytes(data[:cut])
-    with pytest.raises(CheckpointError, match=r"model\.safetensors.*(truncated|corrupt)"):
-        deberta_xf.DebertaV2Model.from_pretrained(dst)
-
-
-def test_corrupt_safetensors_header(tmp_path):
-    dst = _copy_case(tmp_path)
-    data = bytearray((dst / "model.safetensors").read_bytes())
-    data[8:20] = b"not json!!!!"
-    (dst / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="corrupt safetensors header"):
-        deberta_xf.DebertaV2Model.from_pretrained(dst)
-
-
-def test_wrong_shape_and_contradicting_config(tmp_path):
-    dst = _copy_case(tmp_path)
-    config = deberta_xf.DebertaV2Config.from_pretrained(dst, vocab_size=300)
-    with pytest.raises(CheckpointError, match=r"embeddings\.word_embeddings\.weight.*\[211, 32\].*\[300, 32\].*"
-                                              r"vocab_size=300"):
-        deberta_xf.DebertaV2Model.from_pretrained(dst, config=config)
-    config = deberta_xf.DebertaV2Config.from_pretrained(dst, position_buckets=32)
-    with pytest.raises(CheckpointError, match="rel_embeddings.weight.*position_buckets=32"):
-        deberta_xf.DebertaV2Model.from_pretrained(dst, config=config)
-
-
-def test_missing_keys_are_listed(tmp_path):
-    from deberta_xf.formats import open_weights, write_arrays
-
-    dst = _copy_case(tmp_path)
-    arrays = open_weights(str(dst / "model.safetensors")).read_all()
-    del arrays["encoder.layer.1.attention.self.key_proj.bias"]
-    del arrays["encoder.rel_embeddings.weight"]
-    write_arrays(str(dst / "model.safetensors"), arrays)
-    with pytest.raises(CheckpointError, match=r"missing 2 required tensor\(s\): encoder\.layer\.1\.attention\.self"
-                                              r"\.key_proj\.bias, encoder\.rel_embeddings\.weight"):
-        deberta_xf.DebertaV2Model.from_pretrained(dst)
-
-
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
-
-
-def test_pickle_that_would_run_code_is_refused(tmp_path):
-    dst = _copy_case(tmp_path)
-    os.remove(dst / "model.safetensors")
-    torch.save({"embeddings.word_embeddings.weight": torch.zeros(2, 2), "evil": _Evil()}, dst / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: refused to load.*could run code"):
-        deberta_xf.DebertaV2Model.from_pretrained(dst)
-
-
-def test_corrupt_bin(tmp_path):
-    dst = _copy_case(tmp_path)
-    os.remove(dst / "model.safetensors")
-    (dst / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 10)
-    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin"):
-        deberta_xf.DebertaV2Model.from_pretrained(dst)
-
-
-def test_weights_file_without_config_is_an_error(tmp_path):
-    case = load_case("v3", "base")
-    with pytest.raises(ConfigError, match="needs a config"):
-        deberta_xf.DebertaV2Model.from_pretrained(os.path.join(case.directory, "model.safetensors"))
+        from_numpy = model(**case.model_inputs).logits
+        from_tensors = model(**{k: torch.as_tensor(v) for k, v in case.model_inputs.items()}).logits
+    assert torch.equal(from_numpy, from_tensors)
