@@ -101,6 +101,64 @@ def attention_position_window(config, query_size: int, trim: bool = True) -> Pos
     return PositionWindow(start, stop, {k: v - start for k, v in index.items()})
 
 
+@dataclasses.dataclass(frozen=True)
+class DistanceTable:
+    """Each term's gather column as a function of the distance ``d = i - j`` alone: ``index[term][d + reach]`` for
+    ``|d| <= reach``; farther distances read the value at ``±reach`` (buckets and the ``[0, 2 span)`` clamp
+    saturate there). One small table serves every sequence length, so an implementation can build the ``[L, L]``
+    indices of any length from it with tensor ops (an arange, a clamp, a lookup) inside a compiled graph."""
+
+    reach: int
+    index: dict[str, np.ndarray]  # term -> int64 [2 reach + 1]
+    span: int
+
+    def lookup(self, distance: np.ndarray) -> dict[str, np.ndarray]:
+        d = np.clip(distance, -self.reach, self.reach) + self.reach
+        return {term: table[d] for term, table in self.index.items()}
+
+    def window(self, length: int) -> tuple[int, int]:
+        """The rows ``[start, stop)`` of the ``2 span`` relative embeddings that a sequence of ``length`` reads."""
+        if not self.index:
+            return 0, 2 * self.span
+        near = min(length - 1, self.reach)
+        used = [table[self.reach - near:self.reach + near + 1] for table in self.index.values()]
+        return min(int(u.min()) for u in used), max(int(u.max()) for u in used) + 1
+
+
+def distance_table(config) -> DistanceTable:
+    """:class:`DistanceTable` of a config (cached per bucket count, maximum distance, span and terms)."""
+    return _distance_table(config.position_buckets, config.max_relative_positions_resolved, config.att_span,
+                           tuple(t for t in ("c2p", "p2c") if t in config.pos_att_types))
+
+
+@functools.lru_cache(maxsize=16)
+def _distance_table(buckets: int, max_rel: int, span: int, terms: tuple[str, ...]) -> DistanceTable:
+    far = 2 * max(span, max_rel, 1) + 2  # beyond every bucket boundary and clamp
+
+    def columns(distance: np.ndarray) -> dict[str, np.ndarray]:
+        rel = make_log_bucket_position(distance, buckets, max_rel) if buckets > 0 and max_rel > 0 else distance
+        out = {}
+        if "c2p" in terms:
+            out["c2p"] = c2p_index(rel, span)
+        if "p2c" in terms:
+            out["p2c"] = p2c_index(rel, span)
+        return out
+
+    full = columns(np.arange(-far, far + 1, dtype=np.int64))
+    farther = columns(np.array([-4 * far, 4 * far], dtype=np.int64))
+    reach = 0
+    for term, table in full.items():
+        if table[0] != farther[term][0] or table[-1] != farther[term][1]:
+            raise AssertionError(f"{term} positions do not saturate within distance {far}")
+        moving = np.flatnonzero((table != table[0]) & (table != table[-1]))  # d + far where it still changes
+        if moving.size:
+            reach = max(reach, far - int(moving[0]) + 1, int(moving[-1]) - far + 1)
+    index = {term: table[far - reach:far + reach + 1].copy() for term, table in full.items()}
+    for table in index.values():
+        table.setflags(write=False)
+    return DistanceTable(reach, index, span)
+
+
 def by_distance(matrix: np.ndarray) -> np.ndarray:
     """A ``[L, L]`` matrix ``m[a, b] = h(a - b)`` -> the vector ``h(L - 1), h(L - 2), ..., h(-(L - 1))`` plus
     ``h(-(L - 1))`` once more as a pad to length 2L (checked to depend on ``a - b`` only).

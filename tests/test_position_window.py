@@ -45,15 +45,29 @@ def test_window_is_trimmed_and_indices_by_distance():
         np.testing.assert_array_equal(vector[LENGTH - 1 - a + b], full.index[term])
 
 
+def test_distance_table_gives_every_length_its_indices():
+    """The one small table per config, looked up by clamped distance, is exactly the [L, L] indices and window of
+    every length, short, long, and beyond the span and max_position_embeddings."""
+    config = DebertaV2Config(**CONFIG)
+    table = relative_position.distance_table(config)
+    for length in (1, 2, 33, LENGTH, 64, 65, 129, 400):
+        positions = np.arange(length)
+        got = table.lookup(positions[:, None] - positions[None, :])
+        want = relative_position.attention_position_window(config, length, trim=False)
+        assert set(got) == set(want.index) == {"c2p", "p2c"}
+        for term in got:
+            np.testing.assert_array_equal(got[term], want.index[term])
+        trimmed = relative_position.attention_position_window(config, length)
+        assert table.window(length) == (trimmed.start, trimmed.stop)
+
+
 def test_trimmed_equals_untrimmed(monkeypatch):
     from deberta_xf.torch import modeling_deberta_v2 as modeling
 
     model = modeling.DebertaV2Model.from_config(DebertaV2Config(**CONFIG), seed=0)
     with torch.no_grad():
         trimmed = model(**inputs(), output_hidden_states=True).last_hidden_state
-        monkeypatch.setattr(modeling, "attention_position_window",
-                            lambda config, length: relative_position.attention_position_window(config, length,
-                                                                                               trim=False))
+        monkeypatch.setattr(relative_position.DistanceTable, "window", lambda self, length: (0, 2 * self.span))
         untrimmed = model(**inputs(), output_hidden_states=True).last_hidden_state
     assert torch.equal(trimmed, untrimmed)
     assert float(trimmed.abs().max()) > 0.5

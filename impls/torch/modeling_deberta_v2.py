@@ -21,7 +21,7 @@ from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
 from deberta_xf.loading import load_checkpoint, resolve_config, save_arrays
 from deberta_xf.outputs import ModelOutput
-from deberta_xf.relative_position import attention_position_window
+from deberta_xf.relative_position import DistanceTable, distance_table
 
 logger = logging.getLogger("deberta_xf")
 
@@ -80,13 +80,18 @@ class DebertaV2Embeddings(nn.Module):
 
 
 # =============================================================================================================
-# Relative positions: the (bucketed) i - j matrix comes from deberta_xf.relative_position (NumPy, shared by all
-# frameworks); here it only becomes the gather indices of the c2p and p2c terms, over the window of relative-
-# embedding rows that this sequence length reads.
-def relative_position_window(config: DebertaV2Config, seq_length: int, device) -> tuple[slice, dict]:
-    window = attention_position_window(config, seq_length)
-    rows = slice(window.start, window.stop)
-    return rows, {k: torch.from_numpy(v).to(device) for k, v in window.index.items()}
+# Relative positions: the gather column of each term (c2p, p2c) as a function of the distance i - j comes from
+# deberta_xf.relative_position (NumPy, shared by all frameworks: buckets and clamping) as one small table, a buffer
+# of the encoder; for a sequence length it becomes the [L, L] gather indices with tensor ops (arange, clamp,
+# lookup), so a compiled graph builds them for any length. Eagerly, only the window of relative-embedding rows
+# that this length reads is projected and scored (the same dot products, less work); a compiled graph uses all
+# 2 span rows, so that its shapes do not depend on the length through the bucket arithmetic.
+def relative_position_index(table: DistanceTable, by_distance: dict[str, torch.Tensor],
+                            seq_length) -> tuple[slice, dict[str, torch.Tensor]]:
+    start, stop = (0, 2 * table.span) if torch.compiler.is_compiling() else table.window(seq_length)
+    positions = torch.arange(seq_length, device=next(iter(by_distance.values())).device)
+    distance = (positions[:, None] - positions[None, :]).clamp(-table.reach, table.reach) + table.reach
+    return slice(start, stop), {term: column[distance] - start for term, column in by_distance.items()}
 
 
 # =============================================================================================================
@@ -253,6 +258,9 @@ class DebertaV2Encoder(nn.Module):
         self.layer = nn.ModuleList(DebertaV2Layer(config) for _ in range(config.num_hidden_layers))
         if config.relative_attention:
             self.rel_embeddings = nn.Embedding(2 * config.att_span, config.hidden_size)
+            self.position_table = distance_table(config)
+            for term, column in self.position_table.index.items():  # buffers: they follow .to(device)
+                self.register_buffer(f"{term}_by_distance", torch.from_numpy(column.copy()), persistent=False)
         if config.rel_embeddings_layer_norm:
             self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.conv = ConvLayer(config) if config.conv_kernel_size > 0 else None
@@ -270,7 +278,8 @@ class DebertaV2Encoder(nn.Module):
         """``attention_mask``: bool [B, 1, L, L]; ``input_mask``: [B, L] (1 = token, 0 = padding)."""
         rel_embeddings = position_index = None
         if self.config.relative_attention:
-            rows, position_index = relative_position_window(self.config, hidden_states.shape[1], hidden_states.device)
+            by_distance = {term: getattr(self, f"{term}_by_distance") for term in self.position_table.index}
+            rows, position_index = relative_position_index(self.position_table, by_distance, hidden_states.shape[1])
             rel_embeddings = self.get_rel_embedding()[rows]
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
@@ -534,10 +543,10 @@ def sequence_classification_loss(config: DebertaV2Config, logits: torch.Tensor, 
             return F.mse_loss(logits.view(-1).to(labels.dtype), labels.view(-1))
         if labels.dim() == 1 or labels.size(-1) == 1:
             labels = labels.view(-1).long()
-            keep = labels >= 0  # rows with a negative label are ignored
-            if not bool(keep.any()):
-                return torch.tensor(0).to(logits)
-            return F.cross_entropy(logits[keep].view(-1, num_labels).float(), labels[keep])
+            keep = labels >= 0  # rows with a negative label are ignored; none left: loss 0 (the reference's rule)
+            loss = F.cross_entropy(logits.view(-1, num_labels).float(), labels.masked_fill(~keep, -100),
+                                   ignore_index=-100)  # no data-dependent shape or branch: compiles in one graph
+            return torch.where(keep.any(), loss, torch.zeros_like(loss))
         return -(torch.log_softmax(logits, -1) * labels).sum(-1).mean()  # soft labels
     if config.problem_type == "regression":
         if num_labels == 1:
