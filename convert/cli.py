@@ -12,6 +12,7 @@ import os
 import sys
 
 from deberta_xf.formats import DEFAULT_FORMAT, FORMATS
+from deberta_xf.frameworks import FRAMEWORKS
 from deberta_xf.tasks import TASKS
 
 SUMMARY = "convert a checkpoint to another framework or weights format, verified by default"
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SRC", help="checkpoint directory, or a weights file (then --config)")
     parser.add_argument("destination", metavar="DST", help="output checkpoint directory (must not exist unless "
                                                            "--force)")
-    parser.add_argument("--to", required=True, choices=("torch", "tf", "flax"), help="target framework")
+    parser.add_argument("--to", required=True, choices=FRAMEWORKS, help="target framework")
     parser.add_argument("--format", choices=list(FORMATS), default=None,
                         help="weights format to write, where the framework has two (default: "
                              + ", ".join(f"{k}: {v}" for k, v in DEFAULT_FORMAT.items()) + ")")
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("convert", help=SUMMARY, usage="%(prog)s SRC DST --to {torch,tf,flax} [options]",
+    parser = subparsers.add_parser("convert", help=SUMMARY, usage="%(prog)s SRC DST --to {" + ",".join(FRAMEWORKS) + "} [options]",
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

@@ -26,7 +26,7 @@ import numpy as np
 
 from deberta_xf.parity import inputs as parity_inputs
 from deberta_xf.compare import THRESHOLD_KEYS, compare_outputs, threshold
-from deberta_xf.frameworks import REGISTRY
+from deberta_xf.frameworks import FRAMEWORKS, REGISTRY
 
 # The fixtures of a checkout (this module sits in <checkout>/parity/); an installed package has none: pass --fixtures.
 CHECKOUT_FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
@@ -108,7 +108,7 @@ def base_sized_checkpoint(directory: str, task: str, seed: int = 0) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deberta_xf.parity.calibrate", description=__doc__.splitlines()[0])
-    parser.add_argument("--frameworks", default="torch,tf,flax")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     parser.add_argument("--dtypes", default="bfloat16,float16")
     parser.add_argument("--margin", type=float, default=2.0)
     parser.add_argument("--skip-base-sized", action="store_true")

@@ -14,6 +14,7 @@ import sys
 
 from deberta_xf.errors import DebertaXfError
 from deberta_xf.compare import FP32_THRESHOLDS
+from deberta_xf.frameworks import FRAMEWORKS
 
 SUMMARY = "check that torch, tf and flax tokenize and compute the same outputs for a checkpoint"
 DESCRIPTION = """\
@@ -56,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from deberta_xf.parity.harness import DEVICES, DTYPES
 
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory (config.json + weights)")
-    parser.add_argument("--frameworks", default="torch,tf,flax",
-                        help="comma-separated frameworks to run (default: torch,tf,flax; missing ones are skipped)")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                        help=f"comma-separated frameworks to run (default: {','.join(FRAMEWORKS)}; missing ones are "
+                             f"skipped)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: each framework's GPU when it sees one, else CPU (default: auto)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype (default: float32)")
