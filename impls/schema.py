@@ -174,6 +174,13 @@ def backbone_shapes(config: DebertaV2Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def ties_decoder(config: DebertaV2Config) -> bool:
+    """Does the masked-LM decoder reuse the word embeddings? The legacy head (``cls.predictions``) follows
+    ``tie_word_embeddings`` (default true) as the reference does: untied, it has its own
+    ``cls.predictions.decoder.weight`` [V, E]. The ``lm_predictions`` head always multiplies by the embeddings."""
+    return not config.legacy or bool(getattr(config, "tie_word_embeddings", True))
+
+
 def head_shapes(config: DebertaV2Config, task: str) -> dict[str, tuple[int, ...]]:
     """Canonical names and shapes of a task head (outside the ``deberta.`` backbone)."""
     check_task(task)
@@ -183,9 +190,12 @@ def head_shapes(config: DebertaV2Config, task: str) -> dict[str, tuple[int, ...]
         return {}
     if task == "masked-lm":
         if c.legacy:
-            return {"cls.predictions.transform.dense.weight": (E, H), "cls.predictions.transform.dense.bias": (E,),
-                    "cls.predictions.transform.LayerNorm.weight": (E,),
-                    "cls.predictions.transform.LayerNorm.bias": (E,), "cls.predictions.bias": (V,)}
+            shapes = {"cls.predictions.transform.dense.weight": (E, H), "cls.predictions.transform.dense.bias": (E,),
+                      "cls.predictions.transform.LayerNorm.weight": (E,),
+                      "cls.predictions.transform.LayerNorm.bias": (E,), "cls.predictions.bias": (V,)}
+            if not ties_decoder(c):
+                shapes["cls.predictions.decoder.weight"] = (V, E)
+            return shapes
         return {"lm_predictions.lm_head.dense.weight": (H, H), "lm_predictions.lm_head.dense.bias": (H,),
                 "lm_predictions.lm_head.LayerNorm.weight": (H,), "lm_predictions.lm_head.LayerNorm.bias": (H,),
                 "lm_predictions.lm_head.bias": (V,)}
@@ -221,7 +231,9 @@ def expected_shapes(config: DebertaV2Config, task: str = "base") -> dict[str, tu
 IGNORED_ON_LOAD = (
     re.compile(r"^(deberta\.)?embeddings\.position_ids$"),
     re.compile(r"^mask_predictions\."),  # replaced-token-detection head of v3 checkpoints
-    re.compile(r"^cls\.predictions\.decoder\.(weight|bias)$"),  # tied to word embeddings / cls.predictions.bias
+    # tied to the word embeddings (when the config ties them; untied, the weight is a parameter) / the same
+    # tensor as cls.predictions.bias
+    re.compile(r"^cls\.predictions\.decoder\.(weight|bias)$"),
 )
 # The two MLM head layouts are the same computation when embedding_size == hidden_size; names map one to one.
 _MLM_LAYOUTS = {

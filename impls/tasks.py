@@ -16,7 +16,6 @@ import dataclasses
 from typing import Any, Iterable, Mapping
 
 from deberta_xf.errors import DebertaXfError
-from deberta_xf.frameworks import REGISTRY, get_framework
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +31,8 @@ class Task:
         return f"DebertaV2{self.suffix}"
 
     def class_name(self, framework: str) -> str:
+        from deberta_xf.frameworks import get_framework  # the registry builds on this table, not the reverse
+
         return f"{get_framework(framework).class_prefix}DebertaV2{self.suffix}"
 
 
@@ -60,6 +61,8 @@ def check_task(task: str) -> str:
 
 def task_of_architecture(architecture: str) -> str | None:
     """``"TFDebertaV2ForMaskedLM"`` (any framework prefix) -> ``"masked-lm"``; None for any other class."""
+    from deberta_xf.frameworks import REGISTRY  # the registry builds on this table, not the reverse
+
     name = str(architecture)
     for framework in REGISTRY.values():
         prefix = framework.class_prefix

@@ -608,14 +608,20 @@ class FlaxLegacyDebertaV2PredictionHeadTransform(nnx.Module):
 
 
 class FlaxLegacyDebertaV2LMPredictionHead(nnx.Module):
-    """``cls.predictions``: transform (H -> E) then the decoder tied to the word embeddings, plus ``bias``."""
+    """``cls.predictions``: transform (H -> E) then the decoder, tied to the word embeddings unless the config says
+    ``tie_word_embeddings: false`` (then its own ``decoder``), plus ``bias``."""
 
     def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
         self.transform = FlaxLegacyDebertaV2PredictionHeadTransform(config, dtype=dtype, rngs=rngs)
+        self.decoder = None if schema.ties_decoder(config) else linear(
+            config, config.embedding_dim, config.vocab_size, dtype, rngs, use_bias=False)
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
 
     def __call__(self, hidden_states, word_embeddings: jax.Array):
-        return _tied_decoder(self.transform(hidden_states), word_embeddings, self.bias[...])
+        hidden_states = self.transform(hidden_states)
+        if self.decoder is not None:
+            return self.decoder(hidden_states) + self.bias[...].astype(hidden_states.dtype)
+        return _tied_decoder(hidden_states, word_embeddings, self.bias[...])
 
 
 class FlaxLegacyDebertaV2OnlyMLMHead(nnx.Module):

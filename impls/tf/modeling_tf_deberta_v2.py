@@ -731,7 +731,8 @@ def _tied_decoder(hidden_states, word_embeddings, bias):
 
 
 class TFLegacyDebertaV2LMPredictionHead(keras.layers.Layer):
-    """``cls.predictions``: transform (H -> E) then the decoder tied to the word embeddings, plus ``bias``."""
+    """``cls.predictions``: transform (H -> E) then the decoder, tied to the word embeddings unless the config says
+    ``tie_word_embeddings: false`` (then its own ``decoder``), plus ``bias``."""
 
     def __init__(self, config: DebertaV2Config, **kwargs):
         super().__init__(**kwargs)
@@ -739,9 +740,14 @@ class TFLegacyDebertaV2LMPredictionHead(keras.layers.Layer):
         with keras.name_scope(self.name):
             self.transform = TFLegacyDebertaV2PredictionHeadTransform(config, name="transform",
                                                                       dtype=self.dtype_policy)
+            self.decoder = None if schema.ties_decoder(config) else Dense(
+                config.embedding_dim, config.vocab_size, use_bias=False, std=config.initializer_range, name="decoder",
+                dtype=self.dtype_policy)
         self.built = True
 
     def call(self, hidden_states, word_embeddings):
+        if self.decoder is not None:
+            return tf.nn.bias_add(self.decoder(self.transform(hidden_states)), self.bias)
         return _tied_decoder(self.transform(hidden_states), word_embeddings, self.bias)
 
 

@@ -474,15 +474,19 @@ class LegacyDebertaV2PredictionHeadTransform(nn.Module):
 
 
 class LegacyDebertaV2LMPredictionHead(nn.Module):
-    """``cls.predictions``: transform (H -> E) then the decoder tied to the word embeddings, plus ``bias``."""
+    """``cls.predictions``: transform (H -> E) then the decoder, tied to the word embeddings unless the config says
+    ``tie_word_embeddings: false`` (then its own ``decoder.weight``), plus ``bias``."""
 
     def __init__(self, config: DebertaV2Config):
         super().__init__()
         self.transform = LegacyDebertaV2PredictionHeadTransform(config)
+        self.decoder = None if schema.ties_decoder(config) else nn.Linear(config.embedding_dim, config.vocab_size,
+                                                                          bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden_states, word_embeddings: torch.Tensor):
-        return F.linear(self.transform(hidden_states), word_embeddings, self.bias)
+        weight = word_embeddings if self.decoder is None else self.decoder.weight
+        return F.linear(self.transform(hidden_states), weight, self.bias)
 
 
 class LegacyDebertaV2OnlyMLMHead(nn.Module):
