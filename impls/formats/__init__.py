@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import importlib
 import os
 from typing import Callable, Iterable, Mapping
@@ -40,13 +41,44 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        count = 1
+        for d in self.shape:
+            count *= int(d)
+        return count * self.dtype.itemsize
+
+
+def _guarded(method, action: str):
+    """``method`` with every exception but ours (and interrupts) turned into a CheckpointError naming the file:
+    a reader's public functions raise nothing foreign, whatever the bytes (struct, h5py, pickle, RecursionError)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (DebertaXfError, NameError, ImportError):  # ours, or a bug / a missing library: as they are
+            raise
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            path = getattr(self, "path", "?")
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(f"{path}: corrupt or unreadable weights file: {action} failed "
+                                  f"({type(err).__name__}{': ' + detail[:300] if detail else ''})") from None
+    wrapper.__guarded__ = True
+    return wrapper
 
 
 class TensorReader(abc.ABC):
-    """A weights file opened lazily. Names and layouts are canonical."""
+    """A weights file opened lazily. Names and layouts are canonical.
+
+    Every subclass's ``__init__``, ``infos``, ``read`` and ``metadata`` are guarded (:func:`_guarded`)."""
 
     format: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for attr, action in (("__init__", "opening"), ("infos", "listing tensors"), ("read", "reading a tensor"),
+                             ("metadata", "reading metadata")):
+            method = cls.__dict__.get(attr)
+            if method is not None and not getattr(method, "__guarded__", False):
+                setattr(cls, attr, _guarded(method, action))
 
     def __init__(self, path: str):
         self.path = path
@@ -79,6 +111,72 @@ class TensorReader(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The one dtype rule every reader applies to what it is about to hand out (its infos()).
+FLOATING_DTYPES = tuple(d for d in (np.dtype("<f2"), np.dtype("<f4"), np.dtype("<f8"), BFLOAT16) if d is not None)
+# Non-parameter buffers of published checkpoints (``embeddings.position_ids``) may be integer or boolean.
+OTHER_DTYPES = tuple(np.dtype(c) for c in ("<i8", "<i4", "<i2", "i1", "<u8", "<u4", "<u2", "u1", "?"))
+
+
+def is_parameter_name(name: str) -> bool:
+    """A name of the kind every DeBERTa parameter has (``*.weight``, ``*.bias``, ``bias``): floating by schema."""
+    return name == "bias" or name.endswith((".weight", ".bias", "/kernel", "/bias"))
+
+
+def check_dtype(path: str, name: str, dtype: object) -> np.dtype:
+    """``dtype`` if it is one readers may hand out for tensor ``name`` of file ``path``, else CheckpointError.
+
+    Parameters (every DeBERTa weight and bias) must be little-endian float16/32/64 or bfloat16; other tensors
+    (buffers such as ``position_ids``) may also be plain little-endian integers or booleans. Complex, datetime,
+    object, string, void, structured and sub-array dtypes, and big-endian ones, are refused with the name."""
+    try:
+        dt = np.dtype(dtype)
+    except Exception:  # noqa: BLE001 - any unparseable dtype is refused below
+        raise CheckpointError(f"{path}: tensor {name!r} has an unknown dtype {dtype!r}") from None
+    if BFLOAT16 is not None and dt == BFLOAT16:
+        return dt
+    if is_parameter_name(name):
+        if dt.names is None and dt.shape == () and dt.kind == "f" and dt in FLOATING_DTYPES and \
+                dt.byteorder in "=<|":
+            return dt.newbyteorder("<") if dt.itemsize > 1 else dt
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {dt} ({dt.str}); a DeBERTa parameter must be "
+                              f"float16, float32, float64 or bfloat16 (little-endian)")
+    if dt.names is None and dt.shape == () and dt.kind in "fiub" and dt.byteorder in "=<|" and \
+            (dt in FLOATING_DTYPES or dt in OTHER_DTYPES):
+        return dt
+    raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dt} ({dt.str}); expected a "
+                          f"little-endian float, integer or bool dtype")
+
+
+def check_infos(path: str, infos: Mapping[str, TensorInfo]) -> dict[str, TensorInfo]:
+    """Every entry through :func:`check_dtype`, and shapes of non-negative ints whose element count fits int64."""
+    out = {}
+    for name, info in infos.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{path}: tensor name {name!r} is a {type(name).__name__}, not a string")
+        check_shape(path, name, info.shape)
+        out[name] = TensorInfo(tuple(int(d) for d in info.shape), check_dtype(path, name, info.dtype))
+    return out
+
+
+MAX_ELEMENTS = 2**62
+
+
+def check_shape(path: str, name: str, shape: object) -> tuple[int, ...]:
+    """A shape of at most 32 non-negative ints whose product is below 2**62, else CheckpointError."""
+    if not isinstance(shape, (tuple, list)) or len(shape) > 32 or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise CheckpointError(f"{path}: tensor {name!r} has shape {shape!r}; expected a list of at most 32 "
+                              f"non-negative integers")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    if count >= MAX_ELEMENTS:
+        raise CheckpointError(f"{path}: tensor {name!r} has shape {list(shape)} with {count} elements, too many "
+                              f"for any file")
+    return tuple(int(d) for d in shape)
 
 
 Producer = Callable[[str], np.ndarray]
@@ -170,8 +268,11 @@ def find_weights(directory: str, framework: str = "torch") -> tuple[str, Format]
 
 def open_weights(path: str, **kwargs) -> TensorReader:
     """Open a weights file (or the index of a sharded one) lazily, in canonical names and layouts."""
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: weights file not found")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not a regular file")
     return detect_format(path).open(path, **kwargs)
 
 

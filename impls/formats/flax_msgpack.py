@@ -17,15 +17,18 @@ direction needs the whole tree in memory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import mmap
 import os
+import re
 import struct
 from typing import Any, Mapping
 
 import msgpack
 import numpy as np
 
-from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
+from deberta_xf.formats import (BFLOAT16, Producer, TensorInfo, TensorReader, check_infos, check_shape,
+                                produce)
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
 from deberta_xf.fileio import atomic_path
@@ -70,12 +73,22 @@ class _Stored:
     pieces: tuple[_ArrayRef, ...]
 
 
+_DTYPE_NAME = re.compile(r"^[<>=|]?[a-z]*[0-9]*$")
+
+
 def _dtype_from_name(name: str) -> np.dtype:
+    """The dtype an array's name stands for, byte order included (``>f4`` is big-endian: honoured on read).
+    Only plain numeric dtypes (float, int, uint, bool, bfloat16); ValueError for anything else."""
     if name == "bfloat16":
         if BFLOAT16 is None:
             raise ValueError("bfloat16 needs ml_dtypes")
         return BFLOAT16
-    return np.dtype(name).newbyteorder("<")
+    if not _DTYPE_NAME.match(name):
+        raise ValueError(name)
+    dtype = np.dtype(name)
+    if dtype.kind not in "fiub" or dtype.names is not None or dtype.shape != ():
+        raise ValueError(name)
+    return dtype
 
 
 class _Walker:
@@ -168,6 +181,8 @@ class _Walker:
             key, pos = self.value(pos, depth + 1)
             if not isinstance(key, (str, int)) or isinstance(key, bool):
                 raise self.fail(key_pos, f"a map key of type {type(key).__name__}")
+            if str(key) in out:
+                raise self.fail(key_pos, f"the map key {str(key)[:100]!r} twice")
             out[str(key)], pos = self.value(pos, depth + 1)
         return out, pos
 
@@ -181,21 +196,23 @@ class _Walker:
         # payload: [shape, dtype name, raw bytes]
         if n < 2 or self.buf[pos] != 0x93:
             raise self.fail(pos, "an array payload that is not [shape, dtype, data]")
-        shape, p = self.value(pos + 1)
-        name, p = self.value(p)
-        if isinstance(name, (bytes, memoryview)):
-            name = bytes(name).decode("ascii", "replace")
+        shape, p = self.value(pos + 1, 62)  # a shape is a flat list: no deep nesting
+        name, p = self.value(p, 63)
+        if not isinstance(name, str):
+            raise self.fail(pos, f"an array whose dtype name is a {type(name).__name__}, not a string")
         head = self.buf[p] if p < self.size else -1
         if head not in (0xC4, 0xC5, 0xC6):
             raise self.fail(p, "an array payload without raw bytes")
         nbytes, p = self.uint(p + 1, 1 << (head - 0xC4))
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise self.fail(pos, f"an array with shape {shape!r}")
+        if not (isinstance(shape, list) and len(shape) <= 32
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise self.fail(pos, f"an array with shape {str(shape)[:100]} (expected non-negative integers)")
         try:
-            dtype = _dtype_from_name(str(name))
+            dtype = _dtype_from_name(name)
         except (TypeError, ValueError):
-            raise self.fail(pos, f"an array of unknown dtype {name!r}") from None
-        want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            raise self.fail(pos, f"an array of unsupported dtype {name[:50]!r} (expected a float, integer or bool "
+                                 f"dtype)") from None
+        want = math.prod(shape) * dtype.itemsize
         if nbytes != want or p + nbytes != end:
             raise self.fail(pos, f"a {name}{shape} array with {nbytes} bytes of data (expected {want})")
         return _ArrayRef(tuple(shape), dtype, p), end
@@ -219,12 +236,17 @@ def _as_stored(path: str, key: str, leaf: Any) -> _Stored:
         return _Stored(leaf.shape, leaf.dtype, (leaf,))
     if isinstance(leaf, dict):  # a chunked array: {"__msgpack_chunked_array__": True, "shape": {...}, "chunks": {...}}
         try:
-            shape = tuple(int(leaf["shape"][str(i)]) for i in range(len(leaf["shape"])))
+            if set(leaf) != {CHUNKED, "shape", "chunks"} or leaf[CHUNKED] is not True:
+                raise KeyError(CHUNKED)
+            shape = tuple(leaf["shape"][str(i)] for i in range(len(leaf["shape"])))
             chunks = tuple(leaf["chunks"][str(i)] for i in range(len(leaf["chunks"])))
+            if len(shape) != len(leaf["shape"]) or len(chunks) != len(leaf["chunks"]):
+                raise KeyError("shape")
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: corrupt chunked array {key!r}") from None
+        shape = check_shape(path, key, shape)
         if not chunks or not all(isinstance(c, _ArrayRef) and c.dtype == chunks[0].dtype and len(c.shape) == 1
-                                 for c in chunks) or sum(c.shape[0] for c in chunks) != int(np.prod(shape)):
+                                 for c in chunks) or sum(c.shape[0] for c in chunks) != math.prod(shape):
             raise CheckpointError(f"{path}: corrupt chunked array {key!r} (chunks do not add up to shape "
                                   f"{list(shape)})")
         return _Stored(shape, chunks[0].dtype, chunks)
@@ -253,9 +275,13 @@ class FlaxMsgpackReader(TensorReader):
                 raise CheckpointError(f"{path}: {key!r} is not a DeBERTa-v2 flax parameter name (leaves are kernel, "
                                       f"bias, scale or embedding)")
             stored = _as_stored(path, key, leaf)
+            if name in self._stored:
+                raise CheckpointError(f"{path}: two entries stand for tensor {name!r} (the second is {key!r})")
             self._stored[name] = stored
-            # canonical shape: every layout rule is its own inverse
-            self._infos[name] = TensorInfo(schema.framework_shape(name, stored.shape, FRAMEWORK), stored.dtype)
+            # canonical shape: every layout rule is its own inverse; big-endian data comes back little-endian
+            dtype = stored.dtype.newbyteorder("<") if stored.dtype.itemsize > 1 else stored.dtype
+            self._infos[name] = TensorInfo(schema.framework_shape(name, stored.shape, FRAMEWORK), dtype)
+        self._infos = check_infos(path, self._infos)
         self._file = None
 
     def infos(self) -> dict[str, TensorInfo]:
@@ -267,7 +293,7 @@ class FlaxMsgpackReader(TensorReader):
         stored = self._stored[name]
         if self._file is None:
             self._file = open(self.path, "rb")
-        sizes = [int(np.prod(p.shape, dtype=np.int64)) * p.dtype.itemsize for p in stored.pieces]
+        sizes = [math.prod(p.shape) * p.dtype.itemsize for p in stored.pieces]
         buf = np.empty(sum(sizes), dtype=np.uint8)  # one fresh array, read straight from the file
         view, done = memoryview(buf), 0
         for piece, n in zip(stored.pieces, sizes):
@@ -279,6 +305,8 @@ class FlaxMsgpackReader(TensorReader):
                     raise CheckpointError(f"{self.path}: truncated msgpack file: tensor {name!r} ends early")
                 done += got
         array = buf.view(stored.dtype).reshape(stored.shape)
+        if array.dtype != self._infos[name].dtype:  # stored big-endian: the same numbers, in native order
+            array = array.astype(self._infos[name].dtype)
         return schema.from_framework(name, array, FRAMEWORK)
 
     def close(self) -> None:

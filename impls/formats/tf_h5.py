@@ -31,7 +31,7 @@ from typing import Mapping
 
 import numpy as np
 
-from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, check_dtype, check_shape, produce
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
 from deberta_xf.fileio import atomic_path
@@ -145,10 +145,122 @@ def _open_h5(path: str, mode: str = "r"):
         raise CheckpointError(f"{path}: not a readable HDF5 file ({err})") from None
 
 
-def read_dataset(dataset) -> np.ndarray:
+MAX_LINK_DEPTH = 64
+
+
+def lookup(h5file, location: str, path: str, what: str):
+    """The dataset at ``location`` (``/``-separated, from the file's root), reached through hard links only,
+    except that the last component may be a soft link to a dataset of the same file. External links (to any file),
+    soft links to groups, dangling and cyclic links are refused, never followed: CheckpointError naming ``what``."""
+    import h5py
+
+    parts = location.strip("/").split("/")
+    if not location or any(p in ("", ".", "..") for p in parts):
+        raise CheckpointError(f"{path}: {what}: invalid location {location!r} in the file")
+    node = h5file
+    for i, part in enumerate(parts):
+        if not isinstance(node, h5py.Group):
+            raise CheckpointError(f"{path}: {what}: {'/'.join(parts[:i])!r} is a dataset, not a group")
+        link = node.get(part, getlink=True)
+        here = "/".join(parts[:i + 1])
+        if link is None:
+            raise CheckpointError(f"{path}: {what} is listed but not stored (nothing at {here!r})")
+        if isinstance(link, h5py.HardLink):
+            node = node[part]
+            continue
+        if isinstance(link, h5py.SoftLink) and i == len(parts) - 1:
+            target = link.path
+            if not target.startswith("/") or target.count("/") > MAX_LINK_DEPTH:
+                raise CheckpointError(f"{path}: {what}: {here!r} is a soft link to {target!r}; refused")
+            try:
+                node = _hard_path(h5file, target)
+            except CheckpointError as err:
+                raise CheckpointError(f"{path}: {what}: {here!r} is a soft link to {target!r}, which is not a "
+                                      f"dataset reached by hard links ({err}); refused") from None
+            if not isinstance(node, h5py.Dataset):
+                raise CheckpointError(f"{path}: {what}: {here!r} is a soft link to a group ({target!r}); refused")
+            return node
+        kind = "an external link to another file" if isinstance(link, h5py.ExternalLink) else \
+            f"a {type(link).__name__}"
+        detail = f" ({link.filename}:{link.path})" if isinstance(link, h5py.ExternalLink) else \
+            f" ({getattr(link, 'path', '')})"
+        raise CheckpointError(f"{path}: {what}: {here!r} is {kind}{detail}; links other than hard links to "
+                              f"datasets of this file are refused, never followed")
+    if not isinstance(node, h5py.Dataset):
+        raise CheckpointError(f"{path}: {what}: {location!r} is a group, not a dataset")
+    return node
+
+
+def _hard_path(h5file, target: str):
+    import h5py
+
+    node = h5file
+    for part in target.strip("/").split("/"):
+        if not isinstance(node, h5py.Group) or part in ("", ".", ".."):
+            raise CheckpointError("invalid path")
+        link = node.get(part, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise CheckpointError("missing" if link is None else type(link).__name__)
+        node = node[part]
+    return node
+
+
+def _text_attr(path: str, obj, key: str, what: str) -> str | None:
+    if key not in obj.attrs:
+        return None
+    value = obj.attrs[key]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise CheckpointError(f"{path}: {what}: attribute {key!r} is {str(value)[:50]!r}, not a string")
+    return value
+
+
+def dataset_info(path: str, name: str, dataset, file_size: int) -> tuple[TensorInfo, np.dtype]:
+    """(canonical-order shape not yet applied: the stored shape; the dtype handed out) and the stored dtype of a
+    dataset, checked before any data is read: a plain numeric dtype (bfloat16 only as 2-byte data carrying
+    ``attrs["dtype"] == "bfloat16"``), a simple shape, and a byte size the file can hold."""
+    shape = dataset.shape
+    if shape is None:
+        raise CheckpointError(f"{path}: tensor {name!r} is an empty (null dataspace) dataset")
+    shape = check_shape(path, name, tuple(shape))
+    stored = np.dtype(dataset.dtype)
+    marker = _text_attr(path, dataset, "dtype", f"tensor {name!r}")
+    if marker == "bfloat16":
+        if stored.itemsize != 2 or stored.kind not in "Vui" or stored.names is not None or stored.shape != ():
+            raise CheckpointError(f"{path}: tensor {name!r} says it is bfloat16 (attribute dtype) but holds "
+                                  f"{stored} data; expected 2-byte elements")
+        dtype = BFLOAT16
+    elif marker is not None and marker != stored.name:
+        raise CheckpointError(f"{path}: tensor {name!r} has a dtype attribute {marker[:50]!r} that does not "
+                              f"match its {stored} data")
+    else:
+        if stored.kind in "SUOVMmc" or stored.names is not None or stored.shape != ():
+            raise CheckpointError(f"{path}: tensor {name!r} holds {stored} data (strings, compound, opaque, "
+                                  f"complex or dates); expected float numbers")
+        dtype = stored.newbyteorder("<") if stored.itemsize > 1 else stored
+    info = TensorInfo(shape, check_dtype(path, name, dtype))
+    plist = dataset.id.get_create_plist()
+    limit = file_size if plist.get_nfilters() == 0 else 1100 * max(dataset.id.get_storage_size(), 1)
+    if info.nbytes > limit:
+        raise CheckpointError(f"{path}: tensor {name!r} of shape {list(shape)} {dtype} needs {info.nbytes} "
+                              f"bytes, more than the file holds ({limit})")
+    return info, stored
+
+
+def read_dataset(dataset, info: TensorInfo | None = None) -> np.ndarray:
     """A dataset as numpy; bfloat16 is stored as 2-byte opaque data with ``attrs["dtype"] == "bfloat16"`` (the
-    Keras 3 convention)."""
+    Keras 3 convention); big-endian data comes back little-endian (``info``: what the reader announced)."""
     value = np.asarray(dataset[()])
+    if info is not None:
+        if info.dtype == BFLOAT16:
+            value = np.ascontiguousarray(value).view(np.uint8).view(BFLOAT16).reshape(value.shape)
+        elif value.dtype != info.dtype:
+            value = value.astype(info.dtype)
+        if tuple(value.shape) != tuple(dataset.shape) or value.dtype != info.dtype:
+            raise CheckpointError(f"dataset {dataset.name!r} read as {value.dtype}{list(value.shape)}, announced "
+                                  f"as {info.dtype}{list(info.shape)}")
+        return value
     if dataset.attrs.get("dtype") == "bfloat16":
         value = value.view(BFLOAT16)
     return value
@@ -171,30 +283,43 @@ class TFH5Reader(TensorReader):
     def __init__(self, path: str):
         super().__init__(path)
         self._file = _open_h5(path)
+        try:
+            self._open(path)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self, path: str) -> None:
+        import os
+
+        file_size = os.path.getsize(path)
         layer_names = load_attributes(self._file, "layer_names")
         if layer_names is None:
             hint = (" (it looks like a Keras 3 weights file: name it *.weights.h5)"
                     if "vars" in self._file else "")
-            self._file.close()
             raise CheckpointError(f"{path}: not a Keras-2 / transformers TF weights file: no 'layer_names' "
                                   f"attribute{hint}")
+        import h5py
+
         self._entries: dict[str, tuple[str, TensorInfo]] = {}  # canonical name -> (dataset path, info)
         for layer in layer_names:
-            if layer not in self._file:
+            link = self._file.get(layer, getlink=True) if layer and "/" not in layer else None
+            if link is None:
                 raise CheckpointError(f"{path}: layer {layer!r} is listed in 'layer_names' but has no group")
+            if not isinstance(link, h5py.HardLink) or not isinstance(self._file[layer], h5py.Group):
+                raise CheckpointError(f"{path}: layer {layer!r} is not a group of this file (a link or a dataset); "
+                                      f"refused")
             group = self._file[layer]
             weight_names = load_attributes(group, "weight_names") or []
             for weight_name in weight_names:
-                if weight_name not in group:
-                    raise CheckpointError(f"{path}: variable {weight_name!r} of layer {layer!r} is listed in "
-                                          "'weight_names' but not stored")
+                location = f"{layer}/{weight_name}"
+                dataset = lookup(self._file, location, path, f"variable {weight_name!r} of layer {layer!r}")
                 name = canonical_name(weight_name)
                 if name in self._entries:  # the MLM head's group repeats the embedding layer's variables
                     continue
-                dataset = group[weight_name]
-                dtype = BFLOAT16 if dataset.attrs.get("dtype") == "bfloat16" else np.dtype(dataset.dtype)
-                info = TensorInfo(_canonical_shape(name, tuple(dataset.shape)), dtype)
-                self._entries[name] = (f"{layer}/{weight_name}", info)
+                stored, _ = dataset_info(path, name, dataset, file_size)
+                info = TensorInfo(_canonical_shape(name, stored.shape), stored.dtype)
+                self._entries[name] = (location, info)
 
     def infos(self) -> dict[str, TensorInfo]:
         return {k: v[1] for k, v in self._entries.items()}
@@ -203,7 +328,8 @@ class TFH5Reader(TensorReader):
         if name not in self._entries:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         location, info = self._entries[name]
-        array = read_dataset(self._file[location])
+        dataset = lookup(self._file, location, self.path, f"tensor {name!r}")
+        array = read_dataset(dataset, TensorInfo(tuple(dataset.shape), info.dtype))
         try:
             return schema.from_framework(name, array, "tf")
         except KeyError:

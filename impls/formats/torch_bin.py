@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, check_infos
 from deberta_xf.formats.safetensors_io import ShardedReader
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
@@ -45,6 +45,24 @@ def numpy_to_tensor(array: np.ndarray):
     return torch.from_numpy(array)
 
 
+_TORCH_DTYPES = {"float16": "<f2", "float32": "<f4", "float64": "<f8", "int8": "i1", "int16": "<i2", "int32": "<i4",
+                 "int64": "<i8", "uint8": "u1", "bool": "?"}
+
+
+def _stored_members(path: str) -> bool:
+    """Whether a zip checkpoint's members are all stored uncompressed (then memory-mapping them is exact); a
+    DEFLATE-compressed member (valid: torch.load reads it) must be read through the zip reader instead."""
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        for info in infos:
+            if info.flag_bits & 0x1:
+                raise CheckpointError(f"{path}: zip member {info.filename!r} is encrypted; refused")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise CheckpointError(f"{path}: zip member {info.filename!r} uses compression method "
+                                      f"{info.compress_type}; expected stored (0) or deflate (8)")
+        return all(info.compress_type == zipfile.ZIP_STORED for info in infos)
+
+
 class TorchBinReader(TensorReader):
     format = "bin"
 
@@ -52,30 +70,45 @@ class TorchBinReader(TensorReader):
         super().__init__(path)
         torch = _torch()
         try:
-            mmap = zipfile.is_zipfile(path)
+            mmap = zipfile.is_zipfile(path) and _stored_members(path)
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except CheckpointError:
+            raise
         except pickle.UnpicklingError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(
                 f"{path}: refused to load: this pickle holds objects other than tensors and could run code when "
                 f"unpickled (torch.load weights_only=True: {first})") from None
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        except Exception as err:  # noqa: BLE001 - torch.load of arbitrary bytes raises almost anything
             raise CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''})") from None
+                                  f"{str(err).splitlines()[0][:300] if str(err) else ''})") from None
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got "
                                   f"{type(state).__name__}")
+        bad = [k for k in state if not isinstance(k, str)]
+        if bad:
+            raise CheckpointError(f"{path}: state-dict keys that are not strings: {', '.join(map(repr, bad[:10]))}")
         bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
         if bad:
             raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:10]))}")
+        infos = {}
+        for name, t in state.items():
+            if t.layout != torch.strided or t.is_quantized or getattr(t, "is_sparse", False):
+                raise CheckpointError(f"{path}: tensor {name!r} is not a dense tensor ({t.layout})")
+            kind = str(t.dtype).replace("torch.", "")
+            if kind == "bfloat16":
+                dtype = BFLOAT16
+            elif kind in _TORCH_DTYPES:
+                dtype = np.dtype(_TORCH_DTYPES[kind])
+            else:
+                raise CheckpointError(f"{path}: tensor {name!r} has dtype torch.{kind}; expected float16, float32, "
+                                      f"float64 or bfloat16")
+            infos[name] = TensorInfo(tuple(t.shape), dtype)
+        self._infos = check_infos(path, infos)
         self._state = dict(state)
 
     def infos(self) -> dict[str, TensorInfo]:
-        out = {}
-        for name, t in self._state.items():
-            dtype = BFLOAT16 if str(t.dtype) == "torch.bfloat16" else np.dtype(str(t.dtype).replace("torch.", ""))
-            out[name] = TensorInfo(tuple(t.shape), dtype)
-        return out
+        return dict(self._infos)
 
     def read(self, name: str) -> np.ndarray:
         if name not in self._state:
