@@ -33,6 +33,18 @@ THRESHOLD_KEYS = tuple(FP32_THRESHOLDS)
 # outlier activations (|h| >> 4) may need more: --atol-hidden / --atol-logits / --atol-mlm.
 BF16_THRESHOLDS = {"hidden": 0.5, "logits": 0.2, "mlm_logits": 2.0}
 FP16_THRESHOLDS = {"hidden": 0.05, "logits": 0.02, "mlm_logits": 0.5}
+# Gradients (`parity --backward`, float32 only): max abs of d loss / d parameter, per parameter tensor, canonical
+# names ("grad/<name>"). Measured on CPU (torch 2.13, tensorflow 2.21 / keras 3.15, flax 0.12.8 / jax 0.10.2) with
+# `deberta-xf parity --backward` on the 31 reference cases (fixtures/reference/*/*, the reference.npz inputs and
+# labels; base: the seeded surrogate target) and fixtures/tiny-deberta-v3 (every head on the sample texts, built-in
+# labels). Worst cross-framework max abs over every parameter (docs/tolerances.md has the table):
+#   gradients, every head but masked-LM   5.6e-7 (classifier / qa_outputs weights; |grad| up to 0.81)
+#   gradients, masked-LM                  3.1e-6 (cls.predictions.transform.dense.weight; |grad| up to 7.3)
+#   loss                                  3.8e-6 (masked-LM; compared against the "logits" threshold)
+# threshold = 10 x the worst seen, rounded up to 1/2/5 x 10^k (the forward thresholds leave ~30x over their
+# measurement; gradients sum over the batch and the sequence, so more room grows with size: --atol-grad).
+FP32_GRAD_THRESHOLDS = {"grad": 1e-5, "grad_mlm": 5e-5}
+GRAD_PREFIX = "grad/"
 DTYPE_THRESHOLDS = {"float32": FP32_THRESHOLDS, "bfloat16": BF16_THRESHOLDS, "float16": FP16_THRESHOLDS}
 
 
@@ -79,6 +91,9 @@ def token_mask(attention_mask: np.ndarray) -> np.ndarray:
 
 
 def threshold(name: str, task: str, thresholds: Mapping[str, float] = FP32_THRESHOLDS) -> float:
+    if name.startswith(GRAD_PREFIX):
+        key = "grad_mlm" if task == "masked-lm" else "grad"
+        return thresholds.get(key, FP32_GRAD_THRESHOLDS[key])
     if task == "masked-lm" and name == "logits":
         return thresholds["mlm_logits"]
     if name in ("logits", "start_logits", "end_logits", "loss"):
@@ -158,7 +173,8 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
             results.append(Comparison(name, tuple(np.shape(reference[name])), math.inf, math.inf, math.inf, atol, 0,
                                       "missing from the candidate's outputs"))
             continue
-        results.append(compare_arrays(name, reference[name], candidate[name], atol, mask))
+        results.append(compare_arrays(name, reference[name], candidate[name], atol,
+                                      None if name.startswith(GRAD_PREFIX) else mask))
     if strict:
         for name in candidate:
             if name not in reference:
@@ -169,7 +185,10 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
 
 
 def output_order(name: str) -> tuple:
-    """Sort key: hidden states and attentions by layer (embeddings first), then the model's final outputs."""
+    """Sort key: hidden states and attentions by layer (embeddings first), then the model's final outputs, then
+    the gradients in backward order (:func:`gradient_order`)."""
+    if name.startswith(GRAD_PREFIX):
+        return (2,) + gradient_order(name)
     prefix, _, index = name.partition(".")
     if index.isdigit():
         return (0, int(index), prefix)
@@ -194,8 +213,58 @@ def first_diverging_layer(results: list[Comparison]) -> str | None:
     return None
 
 
+def gradient_layer(name: str) -> tuple[int, str]:
+    """Where a parameter sits, as (forward position, label): ``grad/deberta.encoder.layer.3.attention...`` ->
+    (4, "layer 3"); embeddings 0, the relative-position embeddings (and their LayerNorm) 1, the convolution
+    after layer 0 between layer 0 and layer 1, a task head last."""
+    canonical = name[len(GRAD_PREFIX):] if name.startswith(GRAD_PREFIX) else name
+    body = canonical[len("deberta."):] if canonical.startswith("deberta.") else canonical
+    if body.startswith("embeddings."):
+        return (0, "embeddings")
+    if body.startswith("encoder.layer."):
+        index = int(body.split(".")[2])
+        return (2 + 2 * index, f"layer {index}")
+    if body.startswith("encoder.conv."):
+        return (3, "convolution (after layer 0)")
+    if body.startswith("encoder."):
+        return (1, "relative-position embeddings")
+    return (10 ** 6, "head")
+
+
+_FORWARD_STEPS = ("attention.self.", "attention.output.", "intermediate.", "output.")  # inside a layer
+
+
+def gradient_order(name: str) -> tuple:
+    """Backward order: the head first, then the layers from the last to the first (inside a layer: output,
+    intermediate, attention output, attention), the embeddings last."""
+    position, _ = gradient_layer(name)
+    body = name.split("encoder.layer.", 1)[1].split(".", 1)[1] if "encoder.layer." in name else ""
+    step = next((i for i, prefix in enumerate(_FORWARD_STEPS) if body.startswith(prefix)), 0)
+    return (-position, -step, name)
+
+
+def gradient_divergence(results: list[Comparison]) -> str | None:
+    """Where the backward pass parts: the loss when it differs, then the first failing gradient in backward order
+    (head, last layer, ..., embeddings), named by layer and parameter."""
+    grads = sorted((r for r in results if r.name.startswith(GRAD_PREFIX) and not r.passed),
+                   key=lambda r: gradient_order(r.name))
+    loss = next((r for r in results if r.name == "loss" and not r.passed), None)
+    where = None
+    if grads:
+        _, layer = gradient_layer(grads[0].name)
+        where = f"{layer}: {grads[0].name[len(GRAD_PREFIX):]}"
+    if loss is not None:
+        return "loss" + (f"; first diverging gradient: {where}" if where else "")
+    return where
+
+
 def divergence(results: list[Comparison]) -> str | None:
-    """Where a failing comparison starts: the first diverging layer, else the first failing output (a head)."""
+    """Where a failing comparison starts: the first diverging layer, else the first failing output (a head), else
+    (all forward outputs match) the backward pass's :func:`gradient_divergence`."""
+    forward = [r for r in results if not r.name.startswith(GRAD_PREFIX) and r.name != "loss"]
+    if all(r.passed for r in forward) and any(not r.passed for r in results):
+        return gradient_divergence(results)
+    results = forward
     layer = first_diverging_layer(results)
     if layer is not None:
         return layer

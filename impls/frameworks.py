@@ -26,6 +26,12 @@ from deberta_xf.compare import flatten_outputs
 from deberta_xf.errors import DebertaXfError
 
 
+# AdamW hyper-parameters every framework's optimizer gets (torch.optim.AdamW's defaults, spelled out: keras and
+# optax default differently, e.g. keras weight_decay=0.004, optax eps=1e-8 / weight_decay=1e-4).
+ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
+GRAD_PREFIX = "grad/"  # output name of a parameter's gradient: grad/<canonical name>
+
+
 @dataclasses.dataclass
 class Device:
     kind: str          # "cpu" | "gpu": the label used in pair names (torch@gpu)
@@ -128,6 +134,31 @@ class Framework(abc.ABC):
         """:meth:`forward`, flattened to ``{"logits": ..., "hidden_states.0": ...}`` float32 numpy arrays."""
         return flatten_outputs(self.forward(model, inputs, device, attentions))
 
+    # === Training: the loss and its gradients, and one optimizer step (mirrored in every entry) ===
+
+    @abc.abstractmethod
+    def loss_and_gradients(self, model, inputs: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                           device: Device | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        """The task loss on ``inputs`` with ``labels`` (dropout off: the model's inference mode) and its gradient
+        with respect to every parameter, as ``(loss, {canonical name: float32 array in canonical layout})``.
+
+        A tied parameter is one entry (the reference's accumulation: the legacy MLM decoder's gradient lands on
+        the word embeddings). The base model has no task loss: ``labels = {"hidden_target": [batch, seq, H]}``
+        stands in for a task loss: ``sum(last_hidden_state * hidden_target * attention_mask) / sum(attention_mask)``."""
+
+    def backward(self, checkpoint: str, task: str, dtype: str, inputs: dict[str, np.ndarray],
+                 labels: dict[str, np.ndarray], device: Device) -> Execution:
+        """Load ``checkpoint`` and compute loss and gradients with pinned precision on ``device``; the outputs are
+        ``{"loss": ..., "grad/<canonical name>": ...}``."""
+        start = time.perf_counter()
+        with self.precision(dtype), self.device_scope(device):
+            model = self.load(checkpoint, task, dtype, device)
+            loss, grads = self.loss_and_gradients(model, inputs, labels, device)
+        outputs = {"loss": np.asarray(loss, np.float32)}
+        outputs.update({GRAD_PREFIX + name: grads[name] for name in sorted(grads)})
+        weights = getattr(model, "weights_path", "") or ""
+        return Execution(outputs, os.fspath(weights), device, time.perf_counter() - start)
+
     def run(self, checkpoint: str, task: str, dtype: str, inputs: dict[str, np.ndarray], device: Device,
             attentions: bool = False) -> Execution:
         """Load and run a checkpoint with pinned precision on ``device``; the outputs and the file it loaded."""
@@ -190,6 +221,54 @@ class Torch(Framework):
             return model(**tensors, output_hidden_states=True, output_attentions=attentions)
 
 
+    def loss_and_gradients(self, model, inputs, labels, device=None):
+        import torch
+
+        handle = device.handle if device else "cpu"
+        tensors = {k: torch.as_tensor(v).to(handle) for k, v in inputs.items()}
+        extra = {k: torch.as_tensor(v).to(handle) for k, v in labels.items() if k != "hidden_target"}
+        model.eval()  # dropout off
+        params = dict(model.named_parameters())  # tied parameters once (named_parameters deduplicates)
+        with torch.enable_grad():
+            out = model(**tensors, **extra)
+            if "hidden_target" in labels:
+                mask = tensors["attention_mask"].to(out.last_hidden_state.dtype)[..., None]
+                target = torch.as_tensor(labels["hidden_target"]).to(handle, out.last_hidden_state.dtype)
+                loss = (out.last_hidden_state * target * mask).sum() / mask.sum()
+            else:
+                loss = out.loss
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        result = {}
+        for (name, param), grad in zip(params.items(), grads):
+            g = torch.zeros_like(param) if grad is None else grad
+            result[name] = g.detach().float().cpu().numpy()
+        return float(loss.detach().float().cpu()), result
+
+    def optimizer(self, model, name: str, lr: float):
+        import torch
+
+        params = list(model.parameters())
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=lr)
+        return torch.optim.AdamW(params, lr=lr, **ADAMW)
+
+    def train_step(self, model, optimizer, inputs, labels, device=None) -> float:
+        """One optimizer step (dropout off) on the task loss; the loss before the step."""
+        import torch
+
+        handle = device.handle if device else "cpu"
+        tensors = {k: torch.as_tensor(v).to(handle) for k, v in inputs.items()}
+        extra = {k: torch.as_tensor(v).to(handle) for k, v in labels.items()}
+        model.eval()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = model(**tensors, **extra).loss
+            loss.backward()
+        optimizer.step()
+        return float(loss.detach().float().cpu())
+
+
+
 class TF(Framework):
     name = "tf"
     module = "deberta_xf.tf.modeling_tf_deberta_v2"
@@ -235,6 +314,51 @@ class TF(Framework):
         return model(**tensors, output_hidden_states=True, output_attentions=attentions)
 
 
+    def loss_and_gradients(self, model, inputs, labels, device=None):
+        tf = self._tf()
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        extra = {k: tf.constant(v) for k, v in labels.items() if k != "hidden_target"}
+        variables = model.canonical_variables()  # one variable per canonical name (the decoder is the embeddings)
+        with tf.GradientTape() as tape:
+            out = model(**tensors, **extra, training=False)  # dropout off
+            if "hidden_target" in labels:
+                hidden = out.last_hidden_state
+                mask = tf.cast(tensors["attention_mask"], hidden.dtype)[..., None]
+                loss = tf.reduce_sum(hidden * tf.cast(labels["hidden_target"], hidden.dtype) * mask) / \
+                    tf.reduce_sum(mask)
+            else:
+                loss = tf.reduce_mean(out.loss)  # a scalar already; mean of a per-example loss otherwise
+        grads = tape.gradient(loss, list(variables.values()))
+        from deberta_xf.schema import from_framework as schema_from_framework
+
+        result = {}
+        for (name, variable), grad in zip(variables.items(), grads):
+            value = np.zeros(variable.shape, np.float32) if grad is None else \
+                np.asarray(tf.convert_to_tensor(grad).numpy(), np.float32)  # IndexedSlices -> dense
+            result[name] = np.ascontiguousarray(schema_from_framework(name, value, "tf"))
+        return float(loss.numpy()), result
+
+    def optimizer(self, model, name: str, lr: float):
+        import keras
+
+        if name == "sgd":
+            return keras.optimizers.SGD(learning_rate=lr)
+        return keras.optimizers.AdamW(learning_rate=lr, beta_1=ADAMW["betas"][0], beta_2=ADAMW["betas"][1],
+                                      epsilon=ADAMW["eps"], weight_decay=ADAMW["weight_decay"])
+
+    def train_step(self, model, optimizer, inputs, labels, device=None) -> float:
+        tf = self._tf()
+        tensors = {k: tf.constant(v) for k, v in inputs.items()}
+        extra = {k: tf.constant(v) for k, v in labels.items()}
+        variables = list(model.canonical_variables().values())
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(model(**tensors, **extra, training=False).loss)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients([(g if g is not None else tf.zeros_like(v), v) for g, v in zip(grads, variables)])
+        return float(loss.numpy())
+
+
+
 class Flax(Framework):
     name = "flax"
     module = "deberta_xf.flax.modeling_flax_deberta_v2"
@@ -276,6 +400,58 @@ class Flax(Framework):
 
         arrays = {k: jax.device_put(v, device.handle if device else self.cpu().handle) for k, v in inputs.items()}
         return model(**arrays, output_hidden_states=True, output_attentions=attentions)
+
+
+    def loss_and_gradients(self, model, inputs, labels, device=None):
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        module = self.implementation()
+        handle = device.handle if device else self.cpu().handle
+        arrays = {k: jax.device_put(v, handle) for k, v in inputs.items()}
+        extra = {k: jax.device_put(v, handle) for k, v in labels.items() if k != "hidden_target"}
+        model.eval()  # dropout off
+
+        def objective(m):
+            out = m(**arrays, **extra)
+            if "hidden_target" in labels:
+                hidden = out.last_hidden_state
+                mask = jnp.asarray(arrays["attention_mask"], hidden.dtype)[..., None]
+                return jnp.sum(hidden * jnp.asarray(labels["hidden_target"], hidden.dtype) * mask) / jnp.sum(mask)
+            return jnp.mean(out.loss)
+
+        loss, grads = nnx.value_and_grad(objective)(model)
+        names = module.flax_names(model.config, model.task)
+        from deberta_xf.schema import from_framework as schema_from_framework
+
+        result = {}
+        for path, variable in nnx.to_flat_state(grads):
+            name = names[".".join(str(p) for p in path)]
+            value = np.asarray(variable[...], np.float32)
+            result[name] = np.ascontiguousarray(schema_from_framework(name, value, self.name))
+        return float(loss), result
+
+    def optimizer(self, model, name: str, lr: float):
+        import optax
+        from flax import nnx
+
+        tx = optax.sgd(lr) if name == "sgd" else optax.adamw(lr, b1=ADAMW["betas"][0], b2=ADAMW["betas"][1],
+                                                          eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"])
+        return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    def train_step(self, model, optimizer, inputs, labels, device=None) -> float:
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        handle = device.handle if device else self.cpu().handle
+        arrays = {k: jax.device_put(v, handle) for k, v in {**inputs, **labels}.items()}
+        model.eval()
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m(**arrays).loss))(model)
+        optimizer.update(model, grads)
+        return float(loss)
+
 
 
 REGISTRY: dict[str, Framework] = {f.name: f for f in (Torch(), TF(), Flax())}

@@ -13,7 +13,7 @@ import os
 import sys
 
 from deberta_xf.errors import DebertaXfError
-from deberta_xf.compare import FP32_THRESHOLDS
+from deberta_xf.compare import FP32_GRAD_THRESHOLDS, FP32_THRESHOLDS
 from deberta_xf.frameworks import FRAMEWORKS
 
 SUMMARY = "check that torch, tf and flax tokenize and compute the same outputs for a checkpoint"
@@ -30,13 +30,16 @@ examples:
   deberta-xf parity fixtures/tiny-deberta-v3
   deberta-xf parity CKPT --frameworks torch,flax --device gpu --dtype bfloat16 --save-outputs gpu.npz
   deberta-xf parity CKPT --frameworks tf --compare-to gpu.npz --json report.json --junit parity.xml
+  deberta-xf parity CKPT --backward --labels labels.npz --markdown grads.md
 
 tolerances (max abs; docs/tolerances.md): float32: hidden states and pooled/QA/token logits {hidden:.0e},
 masked-LM logits {mlm:.0e}; bfloat16 / float16: measured thresholds, printed in every report. Token-level outputs
-are compared where attention_mask == 1; pooled outputs everywhere.
+are compared where attention_mask == 1; pooled outputs everywhere. --backward (float32): every parameter's
+gradient {grad:.0e}, masked-LM {gmlm:.0e} (measured), the loss as logits.
 
 exit codes: 0 every check passed; 1 a check failed; 2 bad usage or bad input; 130 interrupted.
-""".format(hidden=FP32_THRESHOLDS["hidden"], mlm=FP32_THRESHOLDS["mlm_logits"])
+""".format(hidden=FP32_THRESHOLDS["hidden"], mlm=FP32_THRESHOLDS["mlm_logits"], grad=FP32_GRAD_THRESHOLDS["grad"],
+           gmlm=FP32_GRAD_THRESHOLDS["grad_mlm"])
 
 
 def _positive_float(flag: str):
@@ -75,6 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="max abs tolerance of classification / QA / token logits (default: by --dtype)")
     parser.add_argument("--atol-mlm", type=_positive_float("--atol-mlm"), metavar="Z",
                         help="max abs tolerance of masked-LM logits (default: by --dtype)")
+    parser.add_argument("--backward", action="store_true",
+                        help="also compute the task loss and its gradient w.r.t. every parameter (dropout off) in each "
+                             "framework and compare them per parameter (float32 only)")
+    parser.add_argument("--labels", metavar="FILE", default=None,
+                        help="with --backward: .npz of the task's labels (labels / start_positions + end_positions "
+                             "/ hidden_target for base); default: seeded built-in labels")
+    parser.add_argument("--atol-grad", type=_positive_float("--atol-grad"), metavar="G",
+                        help="with --backward: max abs tolerance of every gradient (default: measured fp32 "
+                             "thresholds, {grad:.0e}; masked-LM {mlm:.0e})".format(
+                                 grad=FP32_GRAD_THRESHOLDS["grad"], mlm=FP32_GRAD_THRESHOLDS["grad_mlm"]).replace(
+                                     "%", "%%"))
     parser.add_argument("--json", metavar="F", help="write the machine-readable report (JSON)")
     parser.add_argument("--markdown", metavar="F", help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
     parser.add_argument("--junit", metavar="F", help="write JUnit XML, one testcase per check")
@@ -122,9 +136,12 @@ def options_from_args(args: argparse.Namespace):
         check_plot_support()
     atol = {key: value for key, value in (("hidden", args.atol_hidden), ("logits", args.atol_logits),
                                           ("mlm_logits", args.atol_mlm)) if value is not None}
+    if getattr(args, "atol_grad", None) is not None:
+        atol.update(grad=args.atol_grad, grad_mlm=args.atol_grad)
     return ParityOptions(checkpoint=args.checkpoint, frameworks=frameworks, device=args.device, dtype=args.dtype,
                          texts=args.texts, task=args.task, atol=atol, attentions=args.attentions,
-                         save_outputs=args.save_outputs, compare_to=args.compare_to)
+                         save_outputs=args.save_outputs, compare_to=args.compare_to,
+                         backward=getattr(args, "backward", False), labels=getattr(args, "labels", None))
 
 
 class Progress:

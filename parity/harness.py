@@ -32,7 +32,8 @@ from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
 from deberta_xf.errors import DebertaXfError
 from deberta_xf.tasks import TASKS, infer_task
 from deberta_xf.parity import inputs as parity_inputs
-from deberta_xf.compare import THRESHOLD_KEYS, Comparison, compare_outputs, divergence, thresholds_for
+from deberta_xf.compare import (FP32_GRAD_THRESHOLDS, THRESHOLD_KEYS, Comparison, compare_outputs,
+                                divergence, thresholds_for)
 from deberta_xf.frameworks import FRAMEWORKS, REGISTRY
 from deberta_xf.parity.recording import Recording, config_differences, load_recording, save_recording
 
@@ -55,6 +56,8 @@ class ParityOptions:
     attentions: bool = False
     save_outputs: str | None = None
     compare_to: str | None = None
+    backward: bool = False        # also the task loss and its gradient w.r.t. every parameter (dropout off)
+    labels: str | None = None     # --labels FILE.npz for --backward (default: parity_inputs.builtin_labels)
 
 
 @dataclasses.dataclass
@@ -239,8 +242,17 @@ def _check_options(opts: ParityOptions) -> DebertaV2Config:
         raise DebertaXfError(f"--device {opts.device!r}: expected one of {', '.join(DEVICES)}")
     if opts.task is not None and opts.task not in TASKS:
         raise DebertaXfError(f"--task {opts.task!r}: expected one of {', '.join(TASKS)}")
+    if opts.backward and opts.dtype != "float32":
+        raise DebertaXfError(f"--backward --dtype {opts.dtype}: gradients are checked in float32 only (the gradient "
+                             f"tolerances are measured for float32; docs/tolerances.md)")
+    if opts.backward and (opts.compare_to or opts.save_outputs):
+        raise DebertaXfError("--backward with --compare-to / --save-outputs: recordings hold forward outputs only")
+    if opts.labels is not None and not opts.backward:
+        raise DebertaXfError("--labels FILE: only with --backward")
     for key, value in opts.atol.items():
-        if key not in THRESHOLD_KEYS:
+        if key in FP32_GRAD_THRESHOLDS and not opts.backward:
+            raise DebertaXfError("--atol-grad: only with --backward")
+        if key not in THRESHOLD_KEYS and key not in FP32_GRAD_THRESHOLDS:
             raise DebertaXfError(f"unknown tolerance {key!r}; expected {', '.join(THRESHOLD_KEYS)}")
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise DebertaXfError(f"--atol-{key.replace('mlm_logits', 'mlm')} {value!r}: expected a positive number")
@@ -320,6 +332,24 @@ def _model_inputs(opts: ParityOptions, config: DebertaV2Config, task: str, recor
     return model_inputs, info, tokenizer
 
 
+def _labels(opts: ParityOptions, config: DebertaV2Config, task: str,
+            model_inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The labels of a --backward run and their description for the report."""
+    if opts.labels is not None:
+        labels = parity_inputs.read_labels(opts.labels, model_inputs, task)
+        note = f"labels from {opts.labels}"
+    else:
+        labels = parity_inputs.builtin_labels(model_inputs, config, task)
+        note = (f"built-in labels (numpy seed {parity_inputs.LABEL_SEED})" if task != "base" else
+                f"base model (no task loss): surrogate loss sum(last_hidden_state * target * mask) / sum(mask), "
+                f"target seeded (numpy seed {parity_inputs.LABEL_SEED})")
+    info = {"source": opts.labels or "built-in", "note": note,
+            "keys": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in labels.items()}}
+    if "labels" in labels and labels["labels"].dtype.kind == "i":
+        info["ignored"] = int((labels["labels"] == -100).sum())
+    return labels, info
+
+
 # === Thresholds ===
 
 def _tolerances(opts: ParityOptions, recording: Recording | None) -> dict[str, Any]:
@@ -333,14 +363,16 @@ def _tolerances(opts: ParityOptions, recording: Recording | None) -> dict[str, A
     overrides = {k: float(v) for k, v in opts.atol.items()}
     if overrides:
         description += "; overridden: " + ", ".join(f"{k}={v:.1e}" for k, v in overrides.items())
-    return {"dtype": opts.dtype if len(dtypes) == 1 else "+".join(dtypes), **base, **overrides,
+    grads = dict(FP32_GRAD_THRESHOLDS) if opts.backward else {}
+    return {"dtype": opts.dtype if len(dtypes) == 1 else "+".join(dtypes), **base, **grads, **overrides,
             "source": description}
 
 
 # === Running and comparing ===
 
 def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.ndarray],
-                    progress: Callable[[str], None]) -> list[FrameworkStatus]:
+                    progress: Callable[[str], None], labels: dict[str, np.ndarray] | None = None
+                    ) -> list[FrameworkStatus]:
     statuses: list[FrameworkStatus] = []
     plan = []
     for framework in opts.frameworks:
@@ -367,6 +399,11 @@ def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.n
                  f"({opts.dtype})")
         try:
             execution = runner.run(opts.checkpoint, task, opts.dtype, model_inputs, device, opts.attentions)
+            if labels is not None:
+                progress(f"[{i}/{len(plan)}] {status.framework}: loss and gradients on {device.name}")
+                backward = runner.backward(opts.checkpoint, task, opts.dtype, model_inputs, labels, device)
+                execution.outputs.update(backward.outputs)
+                execution.seconds += backward.seconds
         except Exception as err:  # a framework that cannot load or run the checkpoint is a failed check
             status.status = "failed"
             status.note = _one_line(f"{type(err).__name__}: {err}")
@@ -475,8 +512,15 @@ def run_parity(opts: ParityOptions, progress: Callable[[str], None] | None = Non
 
     model_inputs, inputs_info, tokenizer = _model_inputs(opts, config, task, recording, progress)
     tolerances = _tolerances(opts, recording)
-    thresholds = {k: tolerances[k] for k in THRESHOLD_KEYS}
-    statuses = _run_frameworks(opts, task, model_inputs, progress)
+    thresholds = {k: tolerances[k] for k in THRESHOLD_KEYS + tuple(FP32_GRAD_THRESHOLDS) if k in tolerances}
+    labels = None
+    if opts.backward:
+        labels, inputs_info["labels"] = _labels(opts, config, task, model_inputs)
+        notes.append("--backward: dropout off; gradients compared per parameter by canonical name (a tied "
+                     "parameter once: the legacy MLM decoder's gradient is accumulated on the word embeddings, as "
+                     "the reference does); a failing pair names the loss and the first diverging gradient in "
+                     "backward order (head, last layer, ..., embeddings)")
+    statuses = _run_frameworks(opts, task, model_inputs, progress, labels)
     recorded = _recorded_statuses(recording) if recording is not None else []
     pairs = _compare(opts, task, statuses, recorded, model_inputs["attention_mask"], thresholds, progress)
 

@@ -223,3 +223,81 @@ def check_ids(inputs: dict[str, np.ndarray], config: DebertaV2Config, source: st
     if types is not None and config.type_vocab_size > 0 and types.size and int(types.max()) >= config.type_vocab_size:
         raise DebertaXfError(f"{source}: token type {int(types.max())} is outside the embeddings: {config_path} "
                              f"type_vocab_size is {config.type_vocab_size}")
+
+
+LABEL_SEED = 1234
+LABEL_KEYS = {"base": ("hidden_target",), "masked-lm": ("labels",), "sequence-classification": ("labels",),
+              "token-classification": ("labels",), "multiple-choice": ("labels",),
+              "question-answering": ("start_positions", "end_positions")}
+
+
+def builtin_labels(inputs: dict[str, np.ndarray], config: DebertaV2Config, task: str,
+                   seed: int = LABEL_SEED) -> dict[str, np.ndarray]:
+    """Seeded labels for ``parity --backward`` that exercise each task's loss rules.
+
+    masked-lm: the input id at about a third of the real tokens, -100 elsewhere (padding included);
+    token-classification: a class per real token, -100 on padding and on the first token;
+    sequence-classification: by ``problem_type`` / ``num_labels`` (regression floats, multi-hot floats, or
+    class ids); multiple-choice: a choice per example; question-answering: spans inside the real tokens, the last
+    row's end past the sequence (clamped and ignored as the reference does); base (no task loss): a float target
+    ``hidden_target`` [batch, seq, hidden] for the surrogate ``sum(h * target * mask) / sum(mask)``.
+    """
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(inputs["input_ids"])
+    mask = np.asarray(inputs["attention_mask"]).astype(bool)
+    if task == "base":
+        return {"hidden_target": rng.standard_normal(ids.shape + (config.hidden_size,)).astype(np.float32)}
+    if task == "masked-lm":
+        chosen = mask & (rng.random(ids.shape) < 0.35)
+        chosen.reshape(-1, ids.shape[-1])[:, 0] |= mask.reshape(-1, ids.shape[-1])[:, 0]  # every row has one
+        return {"labels": np.where(chosen, ids, -100).astype(np.int64)}
+    if task == "token-classification":
+        labels = rng.integers(0, config.num_labels, size=ids.shape).astype(np.int64)
+        labels[~mask] = -100
+        labels[..., 0] = -100
+        return {"labels": labels}
+    if task == "multiple-choice":
+        return {"labels": rng.integers(0, ids.shape[1], size=ids.shape[0]).astype(np.int64)}
+    if task == "sequence-classification":
+        n, batch = config.num_labels, ids.shape[0]
+        problem = config.problem_type
+        if problem == "regression" or (problem is None and n == 1):
+            return {"labels": rng.standard_normal((batch,) if n == 1 else (batch, n)).astype(np.float32)}
+        if problem == "multi_label_classification":
+            return {"labels": (rng.random((batch, n)) < 0.5).astype(np.float32)}
+        return {"labels": rng.integers(0, n, size=batch).astype(np.int64)}
+    lengths = mask.sum(-1)
+    start = np.array([rng.integers(0, max(1, n)) for n in lengths], np.int64)
+    end = np.array([rng.integers(s, max(s + 1, n)) for s, n in zip(start, lengths)], np.int64)
+    if len(end) > 1:
+        end[-1] = ids.shape[-1] + 3  # out of range: clamped to seq_len, then ignored
+    return {"start_positions": start, "end_positions": end}
+
+
+def read_labels(path: str, inputs: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
+    """``--labels FILE.npz``: the task's label arrays (keys as :data:`LABEL_KEYS`), checked against the batch."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except FileNotFoundError:
+        raise DebertaXfError(f"--labels {path}: no such file") from None
+    except Exception as err:
+        raise DebertaXfError(f"--labels {path}: not a readable .npz file ({type(err).__name__}: {err})") from None
+    wanted = LABEL_KEYS[task]
+    missing = [k for k in wanted if k not in arrays]
+    if missing:
+        raise DebertaXfError(f"--labels {path}: missing key(s) {', '.join(missing)} for task {task} (expected "
+                             f"{', '.join(wanted)}; found {', '.join(sorted(arrays)) or 'none'})")
+    ids_shape = list(np.asarray(inputs["input_ids"]).shape)
+    out = {}
+    for key in wanted:
+        value = arrays[key]
+        if value.ndim == 0 or value.shape[0] != ids_shape[0]:
+            raise DebertaXfError(f"--labels {path}: {key} has shape {list(value.shape)}; its first dimension must "
+                                 f"be the batch size {ids_shape[0]}")
+        if (task in ("masked-lm", "token-classification") and list(value.shape) != ids_shape) or \
+                (key == "hidden_target" and list(value.shape[:-1]) != ids_shape):
+            raise DebertaXfError(f"--labels {path}: {key} has shape {list(value.shape)}; {task} needs the inputs' "
+                                 f"shape {ids_shape}" + (" + [hidden]" if key == "hidden_target" else ""))
+        out[key] = value.astype(np.float32) if value.dtype.kind == "f" else value.astype(np.int64)
+    return out

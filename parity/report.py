@@ -13,6 +13,7 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from deberta_xf.compare import GRAD_PREFIX, gradient_layer
 from deberta_xf.errors import DebertaXfError
 from deberta_xf.fileio import atomic_path, atomic_write_text
 
@@ -30,8 +31,9 @@ def _shape(shape: list[int]) -> str:
 
 def _tolerance_line(report: dict[str, Any]) -> str:
     tol = report["tolerances"]
+    grads = (f", gradients {tol['grad']:.1e} (masked-LM {tol['grad_mlm']:.1e})" if "grad" in tol else "")
     return (f"tolerances ({tol['dtype']}): hidden {tol['hidden']:.1e}, logits {tol['logits']:.1e}, "
-            f"masked-LM logits {tol['mlm_logits']:.1e}  [{tol['source']}]")
+            f"masked-LM logits {tol['mlm_logits']:.1e}{grads}  [{tol['source']}]")
 
 
 def _framework_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -267,7 +269,12 @@ def write_plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     floor = 1e-12  # identical values (0) sit on the floor of the log axis; a missing number (inf) on top
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    grads = any(t["name"].startswith(GRAD_PREFIX) for p in report["comparisons"] for t in p["tensors"])
+    if grads:
+        fig, (ax, gax) = plt.subplots(2, 1, figsize=(8, 8), dpi=110)
+        _gradient_panel(gax, report, floor)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     layers = max((int(t["name"].split(".")[1]) + 1 for p in report["comparisons"] for t in p["tensors"]
                   if t["name"].startswith("hidden_states.")), default=0)
     has_head = False
@@ -305,6 +312,38 @@ def write_plot(report: dict[str, Any], path: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _gradient_panel(ax, report: dict[str, Any], floor: float) -> None:
+    """``--backward``: the worst gradient max abs per layer (all parameters of a layer), one line per pair."""
+    positions: dict[int, str] = {}
+    for pair in report["comparisons"]:
+        per_layer: dict[int, float | None] = {}
+        for t in pair["tensors"]:
+            if not t["name"].startswith(GRAD_PREFIX):
+                continue
+            position, label = gradient_layer(t["name"])
+            positions[position] = label
+            old = per_layer.get(position, 0.0)
+            per_layer[position] = None if t["max_abs"] is None or old is None else max(old, t["max_abs"])
+        if not per_layer:
+            continue
+        order = sorted(per_layer)
+        ys = [max(per_layer[p], floor) if per_layer[p] is not None else 1e3 for p in order]
+        ax.plot(range(len(order)), ys, "-o" if pair["passed"] else "-x",
+                label=pair["pair"] + ("" if pair["passed"] else "  (FAIL)"))
+    tol = report["tolerances"]
+    atol = tol["grad_mlm"] if report["task"] == "masked-lm" else tol["grad"]
+    ax.axhline(atol, color="red", linestyle="--", linewidth=1, label=f"gradient atol {atol:.1e}")
+    ax.set_yscale("log")
+    labels = [positions[p].replace("layer ", "L").replace("relative-position embeddings", "rel")
+              .replace("convolution (after layer 0)", "conv").replace("embeddings", "emb") for p in sorted(positions)]
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels)
+    ax.set_xlabel("parameters of (emb = embeddings, rel = relative positions, Li = layer i, head = task head)")
+    ax.set_ylabel("gradient max |difference|")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 # === Files ===
