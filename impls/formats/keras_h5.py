@@ -34,7 +34,7 @@ from typing import Mapping
 import numpy as np
 
 from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
-from deberta_xf.formats.tf_h5 import MAX_LINK_DEPTH, dataset_info, lookup, read_dataset, write_dataset
+from deberta_xf.formats.tf_h5 import dataset_info, read_dataset, scan_links, write_dataset
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
 from deberta_xf.fileio import atomic_path
@@ -151,30 +151,18 @@ class KerasH5Reader(TensorReader):
                                   "not a Keras 3 .weights.h5: name it tf_model.h5")
         file_size = os.path.getsize(path)
         self._entries: dict[str, tuple[str, TensorInfo]] = {}
-        budget = [100_000]  # objects visited at most
-
-        def walk(group, prefix: str, depth: int) -> None:
-            if depth > MAX_LINK_DEPTH:
-                raise CheckpointError(f"{path}: groups nested deeper than {MAX_LINK_DEPTH} levels at {prefix!r} "
-                                      f"(a cyclic link?); refused")
-            for key in group.keys():
-                budget[0] -= 1
-                if budget[0] < 0:
-                    raise CheckpointError(f"{path}: more than 100000 objects; not a weights file of this model")
-                location = f"{prefix}/{key}" if prefix else key
-                link = group.get(key, getlink=True)
-                if isinstance(link, h5py.HardLink) and isinstance(group[key], h5py.Group):
-                    walk(group[key], location, depth + 1)
-                    continue
-                dataset = lookup(self._file, location, path, f"entry {location!r}")  # refuses other links
-                name = canonical_name(location)
-                if name in self._entries:
-                    raise CheckpointError(f"{path}: {location!r} and {self._entries[name][0]!r} both stand for "
-                                          f"tensor {name!r}")
-                stored, _ = dataset_info(path, name, dataset, file_size)
-                self._entries[name] = (location, TensorInfo(_canonical_shape(name, stored.shape), stored.dtype))
-
-        walk(self._file, "", 0)
+        self._datasets: dict[str, object] = {}
+        for location, link in scan_links(self._file, path):  # refuses external, dangling and group soft links
+            dataset = self._file[location]
+            if not isinstance(dataset, h5py.Dataset):
+                continue
+            name = canonical_name(location)
+            if name in self._entries:
+                raise CheckpointError(f"{path}: {location!r} and {self._entries[name][0]!r} both stand for "
+                                      f"tensor {name!r}")
+            stored, _ = dataset_info(path, name, dataset, file_size)
+            self._entries[name] = (location, TensorInfo(_canonical_shape(name, stored.shape), stored.dtype))
+            self._datasets[name] = dataset
         if not self._entries:
             raise CheckpointError(f"{path}: no weights in this file (expected Keras 3 '<layer>/vars/<i>' datasets)")
 
@@ -185,7 +173,7 @@ class KerasH5Reader(TensorReader):
         if name not in self._entries:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         location, info = self._entries[name]
-        dataset = lookup(self._file, location, self.path, f"tensor {name!r}")
+        dataset = self._datasets[name]
         array = read_dataset(dataset, TensorInfo(tuple(dataset.shape), info.dtype))
         try:
             return schema.from_framework(name, array, "tf")

@@ -148,60 +148,88 @@ def _open_h5(path: str, mode: str = "r"):
 MAX_LINK_DEPTH = 64
 
 
+MAX_LINKS = 100_000
+
+
+def scan_links(h5file, path: str) -> list[tuple[str, object]]:
+    """Every link of the file reached from its root, as ``[(path in file, h5py link)]``, after refusing every link
+    a reader must never follow: external links (to any file, existing or not), soft links to groups, dangling or
+    cyclic soft links, user-defined links. What remains are hard links and soft links to datasets of this file."""
+    import h5py
+
+    from h5py import h5l
+
+    links: list[tuple[str, object]] = []
+
+    def visit(raw: bytes, info) -> None:
+        name = raw.decode("utf-8", "surrogateescape")
+        if len(links) >= MAX_LINKS:
+            raise CheckpointError(f"{path}: more than {MAX_LINKS} objects; not a weights file of this model")
+        if info.type == h5l.TYPE_HARD:
+            links.append((name, h5py.HardLink()))
+            return None
+        if info.type == h5l.TYPE_SOFT:
+            target = h5file.id.links.get_val(raw).decode("utf-8", "surrogateescape")
+            absolute = target if target.startswith("/") else "/" + "/".join(name.split("/")[:-1] + [target])
+            node = _hard_path(h5file, absolute)
+            if node is None:
+                raise CheckpointError(f"{path}: {name!r} is a soft link to {target!r}, which is dangling, cyclic "
+                                      f"or reached through another link; refused")
+            if not isinstance(node, h5py.Dataset):
+                raise CheckpointError(f"{path}: {name!r} is a soft link to a group ({target!r}); refused")
+            links.append((name, h5py.SoftLink(target)))
+            return None
+        if info.type == h5l.TYPE_EXTERNAL:
+            filename, target = (x.decode("utf-8", "replace") for x in h5file.id.links.get_val(raw))
+            raise CheckpointError(f"{path}: {name!r} is an external link to {filename}:{target}; links to other "
+                                  f"files are refused, never followed")
+        raise CheckpointError(f"{path}: {name!r} is a user-defined link (type {info.type}); refused")
+
+    failure: list[CheckpointError] = []
+
+    def guarded(raw: bytes, info):
+        try:
+            return visit(raw, info)
+        except CheckpointError as err:  # an exception raised inside the HDF5 visitor is mangled: stop, raise after
+            failure.append(err)
+            return 1
+
+    h5file.id.links.visit(guarded, info=True)
+    if failure:
+        raise failure[0]
+    return links
+
+
+def _hard_path(h5file, target: str):
+    """The object at an absolute path reached by hard links only; None if there is none."""
+    import h5py
+
+    node = h5file
+    parts = target.strip("/").split("/")
+    if len(parts) > MAX_LINK_DEPTH:
+        return None
+    for part in parts:
+        if not isinstance(node, h5py.Group) or part in ("", ".", ".."):
+            return None
+        link = node.get(part, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            return None
+        node = node[part]
+    return node
+
+
 def lookup(h5file, location: str, path: str, what: str):
-    """The dataset at ``location`` (``/``-separated, from the file's root), reached through hard links only,
-    except that the last component may be a soft link to a dataset of the same file. External links (to any file),
-    soft links to groups, dangling and cyclic links are refused, never followed: CheckpointError naming ``what``."""
+    """The dataset at ``location`` of a file whose links :func:`scan_links` has checked."""
     import h5py
 
     parts = location.strip("/").split("/")
     if not location or any(p in ("", ".", "..") for p in parts):
         raise CheckpointError(f"{path}: {what}: invalid location {location!r} in the file")
-    node = h5file
-    for i, part in enumerate(parts):
-        if not isinstance(node, h5py.Group):
-            raise CheckpointError(f"{path}: {what}: {'/'.join(parts[:i])!r} is a dataset, not a group")
-        link = node.get(part, getlink=True)
-        here = "/".join(parts[:i + 1])
-        if link is None:
-            raise CheckpointError(f"{path}: {what} is listed but not stored (nothing at {here!r})")
-        if isinstance(link, h5py.HardLink):
-            node = node[part]
-            continue
-        if isinstance(link, h5py.SoftLink) and i == len(parts) - 1:
-            target = link.path
-            if not target.startswith("/") or target.count("/") > MAX_LINK_DEPTH:
-                raise CheckpointError(f"{path}: {what}: {here!r} is a soft link to {target!r}; refused")
-            try:
-                node = _hard_path(h5file, target)
-            except CheckpointError as err:
-                raise CheckpointError(f"{path}: {what}: {here!r} is a soft link to {target!r}, which is not a "
-                                      f"dataset reached by hard links ({err}); refused") from None
-            if not isinstance(node, h5py.Dataset):
-                raise CheckpointError(f"{path}: {what}: {here!r} is a soft link to a group ({target!r}); refused")
-            return node
-        kind = "an external link to another file" if isinstance(link, h5py.ExternalLink) else \
-            f"a {type(link).__name__}"
-        detail = f" ({link.filename}:{link.path})" if isinstance(link, h5py.ExternalLink) else \
-            f" ({getattr(link, 'path', '')})"
-        raise CheckpointError(f"{path}: {what}: {here!r} is {kind}{detail}; links other than hard links to "
-                              f"datasets of this file are refused, never followed")
+    node = h5file.get(location)
+    if node is None:
+        raise CheckpointError(f"{path}: {what} is listed but not stored (nothing at {location!r})")
     if not isinstance(node, h5py.Dataset):
         raise CheckpointError(f"{path}: {what}: {location!r} is a group, not a dataset")
-    return node
-
-
-def _hard_path(h5file, target: str):
-    import h5py
-
-    node = h5file
-    for part in target.strip("/").split("/"):
-        if not isinstance(node, h5py.Group) or part in ("", ".", ".."):
-            raise CheckpointError("invalid path")
-        link = node.get(part, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise CheckpointError("missing" if link is None else type(link).__name__)
-        node = node[part]
     return node
 
 
@@ -301,7 +329,9 @@ class TFH5Reader(TensorReader):
                                   f"attribute{hint}")
         import h5py
 
+        scan_links(self._file, path)
         self._entries: dict[str, tuple[str, TensorInfo]] = {}  # canonical name -> (dataset path, info)
+        self._datasets: dict[str, object] = {}
         for layer in layer_names:
             link = self._file.get(layer, getlink=True) if layer and "/" not in layer else None
             if link is None:
@@ -320,6 +350,7 @@ class TFH5Reader(TensorReader):
                 stored, _ = dataset_info(path, name, dataset, file_size)
                 info = TensorInfo(_canonical_shape(name, stored.shape), stored.dtype)
                 self._entries[name] = (location, info)
+                self._datasets[name] = dataset
 
     def infos(self) -> dict[str, TensorInfo]:
         return {k: v[1] for k, v in self._entries.items()}
@@ -328,7 +359,7 @@ class TFH5Reader(TensorReader):
         if name not in self._entries:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         location, info = self._entries[name]
-        dataset = lookup(self._file, location, self.path, f"tensor {name!r}")
+        dataset = self._datasets[name]
         array = read_dataset(dataset, TensorInfo(tuple(dataset.shape), info.dtype))
         try:
             return schema.from_framework(name, array, "tf")

@@ -6,7 +6,9 @@ that would run code is refused with a clear error instead of being executed.
 
 from __future__ import annotations
 
+import os
 import pickle
+import struct
 import zipfile
 from typing import Mapping
 
@@ -49,17 +51,46 @@ _TORCH_DTYPES = {"float16": "<f2", "float32": "<f4", "float64": "<f8", "int8": "
                  "int64": "<i8", "uint8": "u1", "bool": "?"}
 
 
-def _stored_members(path: str) -> bool:
-    """Whether a zip checkpoint's members are all stored uncompressed (then memory-mapping them is exact); a
-    DEFLATE-compressed member (valid: torch.load reads it) must be read through the zip reader instead."""
-    with zipfile.ZipFile(path) as archive:
-        infos = archive.infolist()
+def _check_zip(path: str) -> bool:
+    """Check a zip checkpoint's structure before torch reads it, and say whether its members are all stored
+    uncompressed (then memory-mapping them is exact; a DEFLATE-compressed member, valid and read correctly by
+    ``torch.load``, is read through the zip reader instead).
+
+    Every member's local header must agree with the central directory (signature, name, method, sizes) and the
+    members must lie one after another inside the file: torch finds a member's data through its local header, so
+    a corrupt name length there would otherwise shift the data silently (torch.load reads it as other numbers)."""
+    size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        infos = sorted(archive.infolist(), key=lambda i: i.header_offset)
+        end_of_previous = 0
         for info in infos:
+            where = f"{path}: zip member {info.filename!r}"
             if info.flag_bits & 0x1:
-                raise CheckpointError(f"{path}: zip member {info.filename!r} is encrypted; refused")
+                raise CheckpointError(f"{where} is encrypted; refused")
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise CheckpointError(f"{path}: zip member {info.filename!r} uses compression method "
-                                      f"{info.compress_type}; expected stored (0) or deflate (8)")
+                raise CheckpointError(f"{where} uses compression method {info.compress_type}; expected stored (0) "
+                                      f"or deflate (8)")
+            if info.header_offset < end_of_previous:
+                raise CheckpointError(f"{where} overlaps the member before it")
+            f.seek(info.header_offset)
+            head = f.read(30)
+            if len(head) < 30 or head[:4] != b"PK\x03\x04":
+                raise CheckpointError(f"{where}: corrupt local header at byte {info.header_offset}")
+            flags, method, _, _, crc, csize, usize, n, m = struct.unpack("<HHHHIIIHH", head[6:30])
+            name = f.read(n)
+            encoded = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
+            if name != encoded or method != info.compress_type:
+                raise CheckpointError(f"{where}: local header ({name[:100]!r}, method {method}) disagrees with the "
+                                      f"central directory ({encoded[:100]!r}, method {info.compress_type})")
+            if not flags & 0x8 and (csize, usize, crc) != (info.compress_size, info.file_size, info.CRC) and \
+                    csize != 0xFFFFFFFF:
+                raise CheckpointError(f"{where}: local header sizes ({csize}, {usize}) disagree with the central "
+                                      f"directory ({info.compress_size}, {info.file_size})")
+            if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+                raise CheckpointError(f"{where}: stored with {info.compress_size} bytes for {info.file_size}")
+            end_of_previous = info.header_offset + 30 + n + m + info.compress_size
+            if end_of_previous > size:
+                raise CheckpointError(f"{where} runs past the end of the file ({end_of_previous} > {size} bytes)")
         return all(info.compress_type == zipfile.ZIP_STORED for info in infos)
 
 
@@ -70,7 +101,7 @@ class TorchBinReader(TensorReader):
         super().__init__(path)
         torch = _torch()
         try:
-            mmap = zipfile.is_zipfile(path) and _stored_members(path)
+            mmap = zipfile.is_zipfile(path) and _check_zip(path)
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except CheckpointError:
             raise
