@@ -68,6 +68,100 @@ _DEFAULTS: dict[str, Any] = {
 _OMIT_WHEN_NONE = ("embedding_size", "attention_head_size", "pooler_hidden_size")
 
 
+# Documented limits (docs: a config past them is refused up front, before any allocation or a run that would
+# not end): every size below 2**31 (what the frameworks index), at most MAX_LAYERS layers, MAX_LABELS labels,
+# and at most MAX_PARAMETERS parameters in the backbone (2**36: 256 GiB in float32).
+MAX_SIZE = 2**31 - 1
+MAX_LAYERS = 4096
+MAX_LABELS = 2**20
+MAX_PARAMETERS = 2**36
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+_SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "type_vocab_size", "conv_kernel_size", "max_relative_positions",
+                "position_buckets", "pad_token_id", "embedding_size", "attention_head_size", "pooler_hidden_size",
+                "conv_groups", "num_labels")
+
+
+class _HugeInt:
+    """What ``config.json`` holds where an integer has too many digits to be a size (parsed lazily: never)."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> Any:
+    return int(text) if len(text.lstrip("-")) <= 30 else _HugeInt(len(text.lstrip("-")))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _label_id(v: Any) -> Any:
+    """A label2id value: an int, or a string of one (kept as the reference keeps it otherwise)."""
+    if isinstance(v, str):
+        try:
+            return int(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _check_types(values: dict[str, Any], extra: dict[str, Any]) -> None:
+    """The JSON types of the fields that the constructor converts, and sizes that would not fit anything;
+    one ConfigError naming every field found wrong."""
+    problems: list[str] = []
+    for name in _SIZE_FIELDS:
+        v = values.get(name)
+        if _is_int(v) and abs(v) > MAX_SIZE:
+            shown = str(v) if v.bit_length() < 64 else f"an integer of {v.bit_length()} bits"
+            problems.append(f"{name} = {shown} is out of range (at most {MAX_SIZE})")
+    if _is_int(values.get("num_hidden_layers")) and MAX_LAYERS < values["num_hidden_layers"] <= MAX_SIZE:
+        problems.append(f"num_hidden_layers = {values['num_hidden_layers']} is more than this implementation "
+                        f"runs (at most {MAX_LAYERS})")
+    if _is_int(values.get("num_labels")) and MAX_LABELS < values["num_labels"] <= MAX_SIZE:
+        problems.append(f"num_labels = {values['num_labels']} is out of range (at most {MAX_LABELS})")
+    for name in ("id2label", "label2id"):
+        v = values.get(name)
+        if v is not None and not isinstance(v, dict):
+            problems.append(f"{name} must be an object (a JSON dict), got {type(v).__name__} {str(v)[:50]}")
+        elif isinstance(v, dict) and len(v) > MAX_LABELS:
+            problems.append(f"{name} has {len(v)} entries (at most {MAX_LABELS})")
+    id2label = values.get("id2label")
+    if isinstance(id2label, dict):
+        for k in id2label:
+            try:
+                int(k)
+            except (TypeError, ValueError):
+                problems.append(f"id2label key {str(k)[:50]!r} is not a label id (an integer)")
+                break
+    pos = values.get("pos_att_type")
+    if pos is not None and not isinstance(pos, str) and not (
+            isinstance(pos, (list, tuple)) and all(isinstance(x, str) for x in pos)):
+        problems.append(f"pos_att_type must be a string like 'p2c|c2p' or a list of strings, got {str(pos)[:50]}")
+    for name in ("norm_rel_ebd",):
+        if not isinstance(values.get(name), str):
+            problems.append(f"{name} must be a string, got {str(values.get(name))[:50]}")
+    init = values.get("initializer_range")
+    if not isinstance(init, (int, float)) or isinstance(init, bool) or not math.isfinite(init) or init < 0:
+        problems.append(f"initializer_range must be a finite number >= 0, got {init!r}")
+    arch = extra.get("architectures")
+    if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
+        problems.append(f"architectures must be a list of class names (strings), got {str(arch)[:50]}")
+    for name, v in {**values, **extra}.items():
+        if isinstance(v, _HugeInt) and name not in _SIZE_FIELDS:
+            problems.append(f"{name} is {v!r}, out of any range")
+    for name in ("torch_dtype", "dtype", "_name_or_path", "transformers_version"):
+        v = extra.get(name)
+        if v is not None and not isinstance(v, str):
+            problems.append(f"{name} must be a string, got {type(v).__name__} {str(v)[:50]}")
+    if problems:
+        raise ConfigError("invalid DebertaV2Config:\n  - " + "\n  - ".join(problems))
+
+
 class DebertaV2Config:
     """Configuration of a DeBERTa-v2/v3 model.
 
@@ -83,6 +177,7 @@ class DebertaV2Config:
         kwargs.pop("model_type", None)  # checked by from_dict; constructing this class means deberta-v2
         kwargs_given = dict(kwargs)
         values = {**_DEFAULTS, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DEFAULTS}}
+        _check_types(values, kwargs)  # before anything below converts a value of the wrong type
         if isinstance(values["pos_att_type"], str):
             values["pos_att_type"] = [x.strip() for x in values["pos_att_type"].lower().split("|") if x.strip()]
         elif values["pos_att_type"] is not None:
@@ -98,7 +193,7 @@ class DebertaV2Config:
                 values["num_labels"], int) else {}
         values["id2label"] = id2label
         values["label2id"] = (
-            {str(k): int(v) for k, v in dict(values["label2id"]).items()}
+            {str(k): _label_id(v) for k, v in dict(values["label2id"]).items()}
             if values["label2id"] is not None
             else {label: i for i, label in id2label.items()}
         )
@@ -229,6 +324,13 @@ class DebertaV2Config:
             problems.append(f"num_labels must be a positive integer, got {self.num_labels!r}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             problems.append(f"problem_type {self.problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+        if not problems:
+            E, H, I, L = self.embedding_dim, hidden, self.intermediate_size, self.num_hidden_layers
+            estimate = self.vocab_size * E + L * (4 * H * H + 2 * H * I) + self.max_position_embeddings * H
+            if estimate > MAX_PARAMETERS:
+                problems.append(f"this config needs about {estimate:.3g} parameters (vocab_size {self.vocab_size}, "
+                                f"hidden_size {H}, intermediate_size {I}, {L} layers); at most {MAX_PARAMETERS:.3g} "
+                                f"are supported")
         if problems:
             raise ConfigError("invalid DebertaV2Config:\n  - " + "\n  - ".join(problems))
 
@@ -246,12 +348,22 @@ class DebertaV2Config:
     def from_json_file(cls, path: str | os.PathLike) -> "DebertaV2Config":
         path = os.fspath(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CONFIG_BYTES + 1)
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a config file") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: config file larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            data = json.loads(raw.decode("utf-8"), parse_int=_parse_int)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None
+        except ValueError as err:  # an integer of more than 4300 digits
+            raise ConfigError(f"{path}: not valid JSON ({str(err)[:200]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
         try:

@@ -339,3 +339,49 @@ def test_originals_read_identically(originals, tmp_path):
         with open(path, "wb") as f:
             f.write(data)
         assert check_contract(fmt, path, original, "unmutated") == "identical"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config.json: loads, or a ConfigError naming the file
+_CONFIG_VALUES = [b"5", b"-1", b"0", b"1.5", b"NaN", b"Infinity", b"-Infinity", b"null", b"true", b'"x"', b"[]", b"{}",
+                  b'["a", 1]', b'{"x": "a"}', b'{"0": 1}', b"1" + b"0" * 5000, b"1e308", b"10000000000000",
+                  b"[" * 3000 + b"]" * 3000]
+
+
+def test_fuzz_config(tmp_path):
+    from deberta_xf.configuration import DebertaV2Config
+    from deberta_xf.errors import ConfigError
+
+    data = open(os.path.join(FIXTURE, "config.json"), "rb").read()
+    values = [m.span(1) for m in __import__("re").finditer(rb'": ([^,\n}]+|\{[^}]*\}|\[[^\]]*\])', data)]
+    rng = np.random.default_rng(12)
+    path = str(tmp_path / "config.json")
+    counts: collections.Counter = collections.Counter()
+    for i in range(1000):
+        kind = int(rng.integers(3))
+        if kind == 0:  # one value replaced
+            begin, end = values[rng.integers(len(values))]
+            new = _CONFIG_VALUES[rng.integers(len(_CONFIG_VALUES))]
+            mutated, how = data[:begin] + new + data[end:], f"value at {begin} -> {new[:20]!r}"
+        elif kind == 1:
+            cut = int(rng.integers(len(data)))
+            mutated, how = data[:cut], f"truncated to {cut}"
+        else:
+            out = bytearray(data)
+            pos = int(rng.integers(len(data)))
+            out[pos] ^= int(rng.integers(1, 256))
+            mutated, how = bytes(out), f"byte {pos} flipped"
+        with open(path, "wb") as f:
+            f.write(mutated)
+        try:
+            config = DebertaV2Config.from_json_file(path)
+        except ConfigError as err:
+            assert path in str(err), f"case {i}, {how}: {err}"
+            counts["refused"] += 1
+        except BaseException as err:  # noqa: BLE001
+            raise AssertionError(f"case {i}, {how}: {type(err).__name__} escaped: {err}") from err
+        else:
+            assert DebertaV2Config.from_dict(config.to_dict()) == config, f"case {i}, {how}: no round trip"
+            counts["loaded"] += 1
+    print(f"\nconfig.json: 1000 mutated files: {dict(counts)}")
+    assert counts["refused"] > 0 and counts["loaded"] > 0

@@ -388,3 +388,60 @@ def test_h5_flipped_bytes_are_our_error(tmp_path, tf_file):
             read_all(path)
         except DebertaXfError as err:
             assert path in str(err)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config.json
+def write_config(tmp_path, text: str) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    return str(path)
+
+
+def base_config() -> dict:
+    with open(os.path.join(FIXTURE, "config.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize(("field", "value", "fragment"), [
+    ("id2label", 5, "id2label"), ("id2label", ["a", "b"], "id2label"), ("id2label", {"x": "a"}, "id2label"),
+    ("label2id", 5, "label2id"), ("architectures", 5, "architectures"), ("architectures", [1], "architectures"),
+    ("initializer_range", "NaN", "initializer_range"), ("initializer_range", "Infinity", "initializer_range"),
+    ("layer_norm_eps", "NaN", "layer_norm_eps"), ("hidden_dropout_prob", "NaN", "hidden_dropout_prob"),
+    ("vocab_size", "1" + "0" * 5000, "vocab_size"), ("vocab_size", 10**12, "vocab_size"),
+    ("num_hidden_layers", 1000000, "num_hidden_layers"), ("num_labels", 10**12, "num_labels"),
+    ("pos_att_type", 5, "pos_att_type"), ("hidden_act", 5, "hidden_act"), ("norm_rel_ebd", 5, "norm_rel_ebd"),
+    ("hidden_size", "768", "hidden_size"), ("torch_dtype", 5, "torch_dtype"),
+    ("intermediate_size", 2**30, "parameters"),
+])
+def test_config_bad_field_is_a_config_error_naming_it(tmp_path, field, value, fragment):
+    config = base_config()
+    config[field] = "@@VALUE@@"
+    text = json.dumps(config).replace('"@@VALUE@@"', value if isinstance(value, str) and field != "hidden_size"
+                                      else json.dumps(value))
+    path = write_config(tmp_path, text)
+    from deberta_xf.configuration import DebertaV2Config
+
+    with pytest.raises(ConfigError) as info:
+        DebertaV2Config.from_json_file(path)
+    assert path in str(info.value) and fragment in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"a": ' * 100000 + "1" + "}" * 100000, "\xff",
+                                  '{"vocab_size": 1' + "0" * 5000 + "}", "", "[]"])
+def test_config_hostile_json_is_a_config_error(tmp_path, text):
+    from deberta_xf.configuration import DebertaV2Config
+
+    path = tmp_path / "config.json"
+    path.write_bytes(text.encode("latin-1") if text == "\xff" else text.encode())
+    with pytest.raises(ConfigError, match=str(path)):
+        DebertaV2Config.from_json_file(str(path))
+
+
+@pytest.mark.parametrize("kwargs", [dict(id2label={"0": "neg", "1": "pos"}), dict(label2id={"neg": "0", "pos": "1"}),
+                                    dict(id2label={"0": "a"}, num_labels=1), dict(architectures=["DebertaV2Model"])])
+def test_config_accepts_what_the_reference_accepts(kwargs):
+    from deberta_xf.configuration import DebertaV2Config
+
+    config = DebertaV2Config(**{**base_config(), **kwargs})
+    assert DebertaV2Config.from_dict(config.to_dict()) == config
