@@ -76,48 +76,137 @@ def save_recording(path: str, metadata: dict[str, Any], inputs: dict[str, np.nda
             np.savez(f, **arrays)
 
 
-def load_recording(path: str) -> Recording:
-    """Read and validate a recording; every problem is a DebertaXfError naming the file and the key."""
-    if not os.path.isfile(path):
-        raise DebertaXfError(f"--compare-to {path}: no such file")
-    try:
-        data = np.load(path, allow_pickle=False)
-        files = set(data.files)
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise DebertaXfError(f"--compare-to {path}: not a .npz recording ({err})") from None
-    if "metadata" not in files:
-        raise DebertaXfError(f"--compare-to {path}: key 'metadata' is missing; not written by --save-outputs")
-    try:
-        meta = json.loads(str(data["metadata"]))
-    except (ValueError, TypeError) as err:
-        raise DebertaXfError(f"--compare-to {path}: key 'metadata' is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DebertaXfError(f"--compare-to {path}: metadata field 'format' is not {FORMAT!r}")
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise DebertaXfError(f"--compare-to {path}: metadata field 'schema_version' is "
-                             f"{meta.get('schema_version')!r}; this version reads {SCHEMA_VERSION}")
-    for field in ("task", "dtype", "config", "frameworks"):
+MAX_RECORDING_BYTES = 4 * 2**30    # all members together, as stored inflated: a bigger recording is refused
+MAX_METADATA_BYTES = 16 * 2**20
+_INPUT_KINDS = "iub"                # inputs are token ids and masks
+_OUTPUT_KINDS = "f"
+
+
+def _fail(path: str, what: str) -> DebertaXfError:
+    return DebertaXfError(f"--compare-to {path}: {what}")
+
+
+def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, kinds: str) -> np.ndarray:
+    """One ``.npy`` member, its header checked (dtype kind, shape, size) before the array is allocated."""
+    key = info.filename[:-4]
+    with archive.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"npy version {version}")
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError) as err:
+            raise _fail(path, f"key {key!r} is not a .npy array ({str(err)[:200]})") from None
+        dtype = np.dtype(dtype)
+        if dtype.hasobject or dtype.names is not None or dtype.shape != () or dtype.kind not in kinds:
+            raise _fail(path, f"key {key!r} has dtype {dtype}; expected "
+                              f"{'integers' if kinds == _INPUT_KINDS else 'floats' if kinds == _OUTPUT_KINDS else 'a string'}")
+        count = 1
+        for d in shape:
+            count *= int(d)
+        if count * dtype.itemsize > info.file_size:
+            raise _fail(path, f"key {key!r} declares {list(shape)} {dtype} ({count * dtype.itemsize} bytes) but its "
+                              f"member holds {info.file_size} bytes")
+        try:
+            return np.lib.format.read_array(archive.open(info), allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise _fail(path, f"key {key!r} cannot be read ({str(err)[:200]})") from None
+
+
+def _check_metadata(path: str, meta: Any) -> dict[str, Any]:
+    if not isinstance(meta, dict):
+        raise _fail(path, f"metadata is a {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT:
+        raise _fail(path, f"metadata field 'format' is not {FORMAT!r}")
+    if meta.get("schema_version") != SCHEMA_VERSION or isinstance(meta.get("schema_version"), bool):
+        raise _fail(path, f"metadata field 'schema_version' is {str(meta.get('schema_version'))[:50]}; this version "
+                          f"reads {SCHEMA_VERSION}")
+    for field, kind in (("task", str), ("dtype", str), ("config", dict), ("frameworks", dict)):
         if field not in meta:
-            raise DebertaXfError(f"--compare-to {path}: metadata field {field!r} is missing")
-    inputs = {k.split(".", 1)[1]: data[k] for k in files if k.startswith("inputs.")}
-    for key in ("input_ids", "attention_mask"):
-        if key not in inputs:
-            raise DebertaXfError(f"--compare-to {path}: key 'inputs.{key}' is missing")
-    frameworks = []
+            raise _fail(path, f"metadata field {field!r} is missing")
+        if not isinstance(meta[field], kind):
+            raise _fail(path, f"metadata field {field!r} is a {type(meta[field]).__name__}, expected "
+                              f"{'a string' if kind is str else 'an object'}")
+    for field in ("inputs", "environment"):
+        if meta.get(field) is not None and not isinstance(meta[field], dict):
+            raise _fail(path, f"metadata field {field!r} is a {type(meta[field]).__name__}, expected an object")
     for framework, info in meta["frameworks"].items():
-        prefix = f"outputs.{framework}."
-        outputs = {k[len(prefix):]: data[k] for k in files if k.startswith(prefix)}
-        if not outputs:
-            raise DebertaXfError(f"--compare-to {path}: metadata lists framework {framework!r} but there are no "
-                                 f"'{prefix}*' keys")
-        missing = [f for f in ("device", "device_name", "versions", "weights_file") if f not in info]
-        if missing:
-            raise DebertaXfError(f"--compare-to {path}: metadata field 'frameworks.{framework}.{missing[0]}' is "
-                                 f"missing")
-        frameworks.append(RecordedFramework(framework, info["device"], info["device_name"], info["versions"],
-                                            info["weights_file"], outputs))
+        if not isinstance(info, dict):
+            raise _fail(path, f"metadata field 'frameworks.{framework}' is a {type(info).__name__}, expected an "
+                              f"object")
+        for field in ("device", "device_name", "versions", "weights_file"):
+            if field not in info:
+                raise _fail(path, f"metadata field 'frameworks.{framework}.{field}' is missing")
+            want = dict if field == "versions" else str
+            if not isinstance(info[field], want):
+                raise _fail(path, f"metadata field 'frameworks.{framework}.{field}' is a "
+                                  f"{type(info[field]).__name__}, expected {'an object' if want is dict else 'a string'}")
+    return meta
+
+
+def load_recording(path: str) -> Recording:
+    """Read and validate a recording; every problem is a DebertaXfError naming the file and the key.
+
+    Read member by member: each member's ``.npy`` header is checked (integer inputs, float outputs, a string
+    ``metadata``; a declared size the member holds) before its array is allocated, the members together may hold
+    at most MAX_RECORDING_BYTES, and nothing is unpickled."""
+    if not os.path.isfile(path):
+        raise _fail(path, "no such file")
+    try:
+        archive = zipfile.ZipFile(path)
+        members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as err:
+        raise _fail(path, f"not a .npz recording ({str(err)[:200]})") from None
+    with archive:
+        by_key: dict[str, zipfile.ZipInfo] = {}
+        total = 0
+        for info in members:
+            if not info.filename.endswith(".npy") or info.filename[:-4] in by_key:
+                raise _fail(path, f"member {info.filename[:100]!r} is not one .npy array of a recording")
+            if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise _fail(path, f"member {info.filename[:100]!r} is encrypted or compressed with method "
+                                  f"{info.compress_type}")
+            total += info.file_size
+            if total > MAX_RECORDING_BYTES:
+                raise _fail(path, f"the arrays inflate to more than {MAX_RECORDING_BYTES} bytes; refused (a zip bomb "
+                                  f"or not a recording)")
+            by_key[info.filename[:-4]] = info
+        if "metadata" not in by_key:
+            raise _fail(path, "key 'metadata' is missing; not written by --save-outputs")
+        if by_key["metadata"].file_size > MAX_METADATA_BYTES:
+            raise _fail(path, f"key 'metadata' holds {by_key['metadata'].file_size} bytes (at most "
+                              f"{MAX_METADATA_BYTES})")
+        try:
+            raw = _read_member(path, archive, by_key["metadata"], "U")
+            if raw.shape != ():
+                raise _fail(path, f"key 'metadata' has shape {list(raw.shape)}; expected one string")
+            meta = json.loads(str(raw))
+        except RecursionError:
+            raise _fail(path, "key 'metadata' is nested too deeply") from None
+        except (ValueError, TypeError) as err:
+            if isinstance(err, DebertaXfError):
+                raise
+            raise _fail(path, f"key 'metadata' is not valid JSON ({str(err)[:200]})") from None
+        meta = _check_metadata(path, meta)
+        inputs = {k.split(".", 1)[1]: _read_member(path, archive, info, _INPUT_KINDS)
+                  for k, info in by_key.items() if k.startswith("inputs.")}
+        for key in ("input_ids", "attention_mask"):
+            if key not in inputs:
+                raise _fail(path, f"key 'inputs.{key}' is missing")
+        frameworks = []
+        for framework, info in meta["frameworks"].items():
+            prefix = f"outputs.{framework}."
+            outputs = {k[len(prefix):]: _read_member(path, archive, member, _OUTPUT_KINDS)
+                       for k, member in by_key.items() if k.startswith(prefix)}
+            if not outputs:
+                raise _fail(path, f"metadata lists framework {framework!r} but there are no '{prefix}*' keys")
+            frameworks.append(RecordedFramework(framework, info["device"], info["device_name"], info["versions"],
+                                                info["weights_file"], outputs))
     if not frameworks:
-        raise DebertaXfError(f"--compare-to {path}: metadata field 'frameworks' is empty")
+        raise _fail(path, "metadata field 'frameworks' is empty")
     return Recording(path, meta, inputs, frameworks)
 
 

@@ -445,3 +445,111 @@ def test_config_accepts_what_the_reference_accepts(kwargs):
 
     config = DebertaV2Config(**{**base_config(), **kwargs})
     assert DebertaV2Config.from_dict(config.to_dict()) == config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parity recordings (--compare-to)
+def good_recording(path: str, **meta_overrides) -> None:
+    from deberta_xf.parity.recording import save_recording
+
+    meta = {"task": "base", "dtype": "float32", "config": {"hidden_size": 32},
+            "frameworks": {"torch": {"device": "cpu", "device_name": "cpu", "versions": {"torch": "2"},
+                                     "weights_file": "model.safetensors"}}}
+    meta.update(meta_overrides)
+    save_recording(path, meta, {"input_ids": np.ones((1, 4), np.int64), "attention_mask": np.ones((1, 4), np.int64)},
+                   {"torch": {"last_hidden_state": np.zeros((1, 4, 8), np.float32)}})
+
+
+def load(path):
+    from deberta_xf.parity.recording import load_recording
+
+    return load_recording(path)
+
+
+def test_recording_round_trip(tmp_path):
+    path = str(tmp_path / "rec.npz")
+    good_recording(path)
+    rec = load(path)
+    assert rec.task == "base" and rec.frameworks[0].outputs["last_hidden_state"].shape == (1, 4, 8)
+
+
+def _npz(path, members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> None:
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    (dict(frameworks=[]), "frameworks"), (dict(frameworks={"torch": 5}), "frameworks.torch"),
+    (dict(task=5), "task"), (dict(config=[1]), "config"), (dict(inputs=[1]), "inputs"),
+    (dict(frameworks={"torch": {"device": "cpu", "device_name": "cpu", "versions": "x", "weights_file": "w"}}),
+     "versions"),
+    (dict(frameworks={}), "empty"),
+])
+def test_recording_bad_metadata_refused(tmp_path, change, fragment):
+    path = str(tmp_path / "rec.npz")
+    good_recording(path, **change)
+    with pytest.raises(DebertaXfError) as info:
+        load(path)
+    assert path in str(info.value) and fragment in str(info.value)
+
+
+@pytest.mark.parametrize("members", [
+    {},
+    {"metadata.npy": _npy(np.asarray("[" * 100000 + "]" * 100000))},
+    {"metadata.npy": _npy(np.array([1, 2]))},
+    {"metadata.npy": _npy(np.array([{"a": 1}], dtype=object))},        # a pickle: never loaded
+    {"metadata.npy": b"not an npy file"},
+    {"notnpy.txt": b"x"},
+], ids=["empty", "deep", "list-metadata", "pickle", "garbage", "not-npy"])
+def test_recording_hostile_members_refused(tmp_path, members):
+    path = str(tmp_path / "rec.npz")
+    _npz(path, members)
+    with pytest.raises(DebertaXfError, match="rec.npz"):
+        load(path)
+
+
+def test_recording_unknown_dtype_refused(tmp_path):
+    path = str(tmp_path / "rec.npz")
+    good_recording(path)
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: z.read(i.filename) for i in z.infolist()}
+    members["outputs.torch.last_hidden_state.npy"] = _npy(np.zeros(3, dtype="datetime64[ns]"))
+    _npz(path, members)
+    with pytest.raises(DebertaXfError, match="outputs.torch.last_hidden_state.*datetime64"):
+        load(path)
+
+
+def test_recording_zip_bomb_refused_without_inflating(tmp_path, monkeypatch):
+    from deberta_xf.parity import recording
+
+    monkeypatch.setattr(recording, "MAX_RECORDING_BYTES", 2**20)  # the same check as at 4 GiB, on a small file
+    path = str(tmp_path / "rec.npz")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("outputs.torch.x.npy", bytes(8 * 2**20))  # 8 MiB of zeros, 8 KB on disk
+    assert os.path.getsize(path) < 2**16
+    with pytest.raises(DebertaXfError, match="inflate"):
+        load(path)
+
+
+def test_tf_h5_unlisted_dataset_is_reported_not_ignored(tf_file):
+    import h5py
+
+    path, _ = tf_file
+    with h5py.File(path, "r+") as f:
+        f.create_dataset("stray/extra", data=np.ones(3, np.float32))
+    with open_weights(path) as reader:
+        assert "stray/extra" in reader.keys()
+    from deberta_xf import schema
+    from deberta_xf.configuration import DebertaV2Config
+
+    config = DebertaV2Config.from_json_file(os.path.join(FIXTURE, "config.json"))
+    with open_weights(path) as reader:
+        _, report = schema.match_checkpoint(config, "base", reader.shapes())
+    assert "stray/extra" in report.unexpected

@@ -329,7 +329,8 @@ class TFH5Reader(TensorReader):
                                   f"attribute{hint}")
         import h5py
 
-        scan_links(self._file, path)
+        links = scan_links(self._file, path)
+        listed: set[str] = set()
         self._entries: dict[str, tuple[str, TensorInfo]] = {}  # canonical name -> (dataset path, info)
         self._datasets: dict[str, object] = {}
         for layer in layer_names:
@@ -344,6 +345,7 @@ class TFH5Reader(TensorReader):
             for weight_name in weight_names:
                 location = f"{layer}/{weight_name}"
                 dataset = lookup(self._file, location, path, f"variable {weight_name!r} of layer {layer!r}")
+                listed.add(location)
                 name = canonical_name(weight_name)
                 if name in self._entries:  # the MLM head's group repeats the embedding layer's variables
                     continue
@@ -351,6 +353,16 @@ class TFH5Reader(TensorReader):
                 info = TensorInfo(_canonical_shape(name, stored.shape), stored.dtype)
                 self._entries[name] = (location, info)
                 self._datasets[name] = dataset
+        # A dataset no layer lists is not ignored silently: it is a tensor under its path in the file, which the
+        # schema then reports as unexpected.
+        for location, _ in links:
+            if location in listed or location in self._entries:
+                continue
+            dataset = self._file[location]
+            if isinstance(dataset, h5py.Dataset):
+                stored, _ = dataset_info(path, location, dataset, file_size)
+                self._entries[location] = (location, stored)
+                self._datasets[location] = dataset
 
     def infos(self) -> dict[str, TensorInfo]:
         return {k: v[1] for k, v in self._entries.items()}
