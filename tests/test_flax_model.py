@@ -1,4 +1,7 @@
-"""Flax (NNX) implementation against the reference fixtures (transformers 4.57.6 PyTorch outputs)."""
+"""Flax-specific checks: jit and NNX state, dropout streams, compute dtype, configurations the fixtures do not
+cover (against our PyTorch port), the loss functions, abstract building, and flax_model.msgpack as Flax itself
+writes and reads it. The contract every framework keeps (loading every weights format, round trips, every head
+against the reference fixtures, masks, inputs, losses, bad checkpoints) is tests/test_contract.py."""
 
 from __future__ import annotations
 
@@ -14,18 +17,27 @@ nnx = pytest.importorskip("flax.nnx")
 import jax.numpy as jnp  # noqa: E402
 
 import deberta_xf  # noqa: E402
-from deberta_xf.formats import open_weights, write_arrays  # noqa: E402
+from deberta_xf.formats import open_weights  # noqa: E402
 from deberta_xf.errors import CheckpointError  # noqa: E402
 from deberta_xf.flax import modeling_flax_deberta_v2 as flax_deberta  # noqa: E402
 from deberta_xf.flax.modeling_flax_deberta_v2 import MODEL_CLASSES  # noqa: E402
 from deberta_xf.schema import expected_shapes  # noqa: E402
+from deberta_xf.frameworks import REGISTRY  # noqa: E402
 from deberta_xf.compare import flatten_outputs  # noqa: E402
-from reference_cases import CASES, assert_matches, load_case  # noqa: E402
+from reference_cases import FIXTURE_FRACTION, KERNEL_FRACTION, assert_matches, load_case  # noqa: E402
 
-# Same reference, different framework: fp32 rounding differs (XLA vs ATen kernels), so the outputs are not bit-equal
-# as our PyTorch port's are; they stay well inside DESIGN §5 (measured: ~2e-6 on hidden states and pooled/token
-# logits, ~1.5e-5 on masked-LM logits reaching +-24). TIGHT is the fraction of the §5 thresholds enforced here.
-TIGHT = 0.25
+# Our Flax against our PyTorch port, both live on this machine, on random configurations: fp32 rounding differs
+# (XLA vs ATen kernels), so the outputs are not bit-equal; measured ~2e-6 on hidden states and pooled/token logits.
+# PORT_FRACTION is the fraction of the DESIGN §5 tolerances enforced there.
+PORT_FRACTION = 0.25
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pinned_precision():
+    """The registry's full-fp32 matmul pin, as in the contract suite and the parity harness: full precision on any
+    device, and (the pin being part of JAX's compilation keys) the kernels the contract suite compiled."""
+    with REGISTRY["flax"].precision():
+        yield
 
 
 def run(model, inputs, jit=False, **extra):
@@ -43,37 +55,6 @@ def saved_as_msgpack(case, tmp_path) -> str:
     model = MODEL_CLASSES[case.task].from_pretrained(case.directory)
     model.save_pretrained(tmp_path / "flax")
     return str(tmp_path / "flax")
-
-
-WEIGHTS = ["model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"]
-FORMAT_CASES = [(v, t, w) for (v, t) in CASES for w in WEIGHTS
-                if w != "tf_model.h5" or os.path.exists(os.path.join(load_case(v, t).directory, w))]
-
-
-@pytest.mark.parametrize(("variant", "task", "weights"), FORMAT_CASES,
-                         ids=[f"{v}/{t}/{w}" for v, t, w in FORMAT_CASES])
-def test_matches_reference(variant, task, weights, tmp_path):
-    case = load_case(variant, task)
-    if weights == "flax_model.msgpack":
-        path, config = saved_as_msgpack(case, tmp_path), None
-    else:
-        path, config = os.path.join(case.directory, weights), os.path.join(case.directory, "config.json")
-    model = MODEL_CLASSES[task].from_pretrained(path, config=config)
-    assert model.weights_path.endswith(weights)
-    assert model.loading_report.ok and not model.loading_report.unexpected
-    assert in_eval_mode(model)
-    outputs = run(model, case.inputs)
-    assert ("loss" in outputs) == (task != "base") and "hidden_states.0" in outputs
-    assert_matches(case.pt, outputs, task, case.attention_mask, f"{variant}/{task} from {weights}", scale=TIGHT)
-
-
-def test_directory_prefers_flax_msgpack(tmp_path):
-    case = load_case("v3", "token-classification")
-    saved = saved_as_msgpack(case, tmp_path)
-    for name in ("model.safetensors", "pytorch_model.bin"):  # beside the msgpack, as a converted checkpoint
-        shutil.copy(os.path.join(case.directory, name), saved)
-    model = deberta_xf.FlaxDebertaV2ForTokenClassification.from_pretrained(saved)
-    assert model.weights_path.endswith("flax_model.msgpack")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -103,10 +84,9 @@ def test_jit_matches_eager_and_compiles_once_per_shape(variant, task, monkeypatc
     jitted = run(model, case.inputs, jit=True)
     assert len(traces) == 1
     assert set(jitted) == set(eager)
-    for name in eager:  # 1e-5, scaled for outputs wider than +-10 (masked-LM logits reach +-24 here)
-        atol = 1e-5 * max(1.0, np.abs(eager[name]).max() / 10)
-        assert np.abs(jitted[name] - eager[name]).max() <= atol, name
-    assert_matches(case.pt, jitted, task, case.attention_mask, f"{variant}/{task} jit", scale=TIGHT)
+    # jit (fused XLA kernels) vs eager (one kernel per op): KERNEL_FRACTION, padding positions included
+    assert_matches(eager, jitted, task, None, f"{variant}/{task} jit vs eager", scale=KERNEL_FRACTION)
+    assert_matches(case.pt, jitted, task, case.attention_mask, f"{variant}/{task} jit", scale=FIXTURE_FRACTION)
 
     # the same shapes again, as numpy or as jax arrays: no new trace
     run(model, case.inputs, jit=True)
@@ -133,12 +113,14 @@ def test_user_jit_over_split_state():
     out = forward(state, case.inputs)
     assert isinstance(out, deberta_xf.ModelOutput)
     assert set(out) == {"loss", "start_logits", "end_logits", "hidden_states"}
-    assert_matches(case.pt, flatten_outputs(out), case.task, case.attention_mask, scale=TIGHT)
+    assert_matches(case.pt, flatten_outputs(out), case.task, case.attention_mask, scale=FIXTURE_FRACTION)
 
 
 def test_training_mode_enables_dropout():
     case = load_case("v3", "base")
     model = deberta_xf.FlaxDebertaV2Model.from_pretrained(case.directory)
+    assert in_eval_mode(model)  # from_pretrained and create_model return eval-mode models
+    assert in_eval_mode(deberta_xf.create_model("flax", "masked-lm", checkpoint=load_case("v3", "masked-lm").directory))
     model.train()
     a = np.asarray(model(**case.model_inputs).last_hidden_state)
     b = np.asarray(model(**case.model_inputs).last_hidden_state)
@@ -188,54 +170,26 @@ def test_other_configs_match_the_pytorch_port(fields):
         want = flatten_outputs(torch_model(**inputs, output_hidden_states=True, output_attentions=True))
     got = run(flax_model, inputs)
     assert got["attentions.1"].max() > 10 / seq  # far from uniform
-    assert_matches(want, got, "sequence-classification", mask, scale=TIGHT)
+    assert_matches(want, got, "sequence-classification", mask, scale=PORT_FRACTION)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs
-def test_three_dimensional_attention_mask():
-    case = load_case("v3", "base")
-    model = deberta_xf.FlaxDebertaV2Model.from_pretrained(case.directory)
-    mask2 = case.inputs["attention_mask"]
-    outer = mask2[:, None, :] * mask2[:, :, None]  # the 2-D mask as a 3-D mask: the same computation
-    out3 = np.asarray(model(input_ids=case.inputs["input_ids"], attention_mask=outer).last_hidden_state)
-    out2 = np.asarray(model(input_ids=case.inputs["input_ids"], attention_mask=mask2).last_hidden_state)
-    np.testing.assert_array_equal(out3, out2)
-    causal = case.extra["inputs3d.attention_mask"]  # against the reference encoder run with the same mask
-    got = np.asarray(model(input_ids=case.inputs["input_ids"], attention_mask=causal).last_hidden_state)
-    keep = mask2.astype(bool)
-    assert np.abs(got - case.extra["pt3d.last_hidden_state"])[keep].max() <= 1e-5
-    assert np.abs(got - out2)[keep].max() > 1e-2  # the causal mask really changes the result
-
-
-def test_inputs_embeds_position_ids_and_defaults():
+def test_jax_arrays_as_inputs():
     case = load_case("abs-noshare", "base")
     model = deberta_xf.FlaxDebertaV2Model.from_pretrained(case.directory)
-    ids = case.inputs["input_ids"]
     ref = np.asarray(model(**case.model_inputs).last_hidden_state)
-    embeds = model.embeddings.word_embeddings(jnp.asarray(ids))
-    via_embeds = model(inputs_embeds=embeds, attention_mask=case.inputs["attention_mask"],
+    as_jax = model(**{k: jnp.asarray(v) for k, v in case.model_inputs.items()}).last_hidden_state
+    assert isinstance(as_jax, jax.Array)
+    np.testing.assert_array_equal(np.asarray(as_jax), ref)
+    embeds = model.embeddings.word_embeddings(jnp.asarray(case.inputs["input_ids"]))  # the module's own lookup
+    via_embeds = model(inputs_embeds=embeds, attention_mask=case.attention_mask,
                        token_type_ids=case.inputs["token_type_ids"]).last_hidden_state
-    positions = np.broadcast_to(np.arange(ids.shape[1])[None], ids.shape)
-    via_positions = model(**case.model_inputs, position_ids=positions).last_hidden_state
-    shifted = np.asarray(model(**case.model_inputs, position_ids=positions + 1).last_hidden_state)
     np.testing.assert_array_equal(np.asarray(via_embeds), ref)
-    np.testing.assert_array_equal(np.asarray(via_positions), ref)
-    assert np.abs(shifted - ref).max() > 1e-2  # absolute positions matter in this variant
-    # token types matter too (type_vocab_size 2), and omitted ones are zeros
-    no_types = np.asarray(model(input_ids=ids, attention_mask=case.inputs["attention_mask"]).last_hidden_state)
-    zeros = np.asarray(model(input_ids=ids, attention_mask=case.inputs["attention_mask"],
-                             token_type_ids=np.zeros_like(ids)).last_hidden_state)
-    np.testing.assert_array_equal(no_types, zeros)
-    assert np.abs(no_types - ref).max() > 1e-2
-    with pytest.raises(ValueError, match="both input_ids and inputs_embeds"):
-        model(input_ids=ids, inputs_embeds=embeds)
-    with pytest.raises(ValueError, match="2-D.*3-D"):
-        model(input_ids=ids, attention_mask=np.ones((1,) + ids.shape + (1,)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Losses: the same rules as our PyTorch implementation (itself checked against the reference above)
+# Losses: the loss functions follow our PyTorch port's (itself bit-exact with the reference)
 def test_losses_follow_the_pytorch_rules():
     torch = pytest.importorskip("torch")
     from deberta_xf.torch import modeling_deberta_v2 as torch_deberta
@@ -276,31 +230,6 @@ def test_losses_follow_the_pytorch_rules():
     assert np.isnan(float(flax_deberta.cross_entropy(jnp.asarray(logits), jnp.full(5, -100))))
 
 
-def test_task_losses_with_ignored_positions():
-    """Token classification (-100 labels) and QA (positions beyond the sequence are clamped and ignored)."""
-    case = load_case("v3", "question-answering")
-    model = deberta_xf.FlaxDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
-    seq = case.inputs["input_ids"].shape[1]
-    out = model(**case.model_inputs, start_positions=np.array([3, seq + 5, 1]), end_positions=np.array([4, 2, 99]))
-    start, end = np.asarray(out.start_logits, np.float64), np.asarray(out.end_logits, np.float64)
-
-    def nll(logits, rows, labels):
-        logp = logits[rows] - np.log(np.exp(logits[rows]).sum(-1, keepdims=True))
-        return -logp[np.arange(len(rows)), labels].mean()
-
-    expected = (nll(start, [0, 2], [3, 1]) + nll(end, [0, 1], [4, 2])) / 2
-    assert float(out.loss) == pytest.approx(expected, abs=1e-5)
-
-    tok_case = load_case("v3", "token-classification")
-    tok = deberta_xf.FlaxDebertaV2ForTokenClassification.from_pretrained(tok_case.directory)
-    labels = np.where(tok_case.attention_mask == 1, tok_case.inputs["labels"], -100)
-    out = tok(**tok_case.model_inputs, labels=labels)
-    logits = np.asarray(out.logits, np.float64).reshape(-1, tok.config.num_labels)
-    flat = labels.reshape(-1)
-    rows = np.flatnonzero(flat != -100)
-    assert float(out.loss) == pytest.approx(nll(logits, rows, flat[rows]), abs=1e-5)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # dtype
 def test_bfloat16_compute_with_float32_parameters():
@@ -318,34 +247,16 @@ def test_bfloat16_compute_with_float32_parameters():
 
 # ----------------------------------------------------------------------------------------------------------------
 # Saving and loading
-def test_save_load_round_trip_is_exact(tmp_path):
+def test_flax_model_msgpack_is_flax_serialization(tmp_path):
+    """flax_model.msgpack is flax serialization of the nested parameter dict, in flax names and layouts, byte for
+    byte what flax itself writes."""
     from flax import serialization
-    from safetensors import safe_open
 
     case = load_case("v2-conv", "masked-lm")
     model = deberta_xf.FlaxDebertaV2ForMaskedLM.from_pretrained(case.directory)
     state = model.canonical_state()
-    with open_weights(os.path.join(case.directory, "model.safetensors")) as reader:
-        assert set(state) == set(reader.keys())
-    fresh = deberta_xf.FlaxDebertaV2ForMaskedLM.from_config(model.config, seed=0)
-    fresh.load_canonical(state)  # in place, by canonical name
-    assert all(np.array_equal(fresh.canonical_state()[k], state[k]) for k in state)
-    for fmt, filename in (("msgpack", "flax_model.msgpack"), ("safetensors", "model.safetensors")):
-        model.save_pretrained(tmp_path / fmt, format=fmt)
-        assert sorted(os.listdir(tmp_path / fmt)) == ["config.json", filename]
-        reloaded = deberta_xf.FlaxDebertaV2ForMaskedLM.from_pretrained(tmp_path / fmt)
-        assert reloaded.config == model.config
-        again = reloaded.canonical_state()
-        assert set(again) == set(state)
-        for name in state:
-            np.testing.assert_array_equal(again[name], state[name], err_msg=f"{fmt}: {name}")
-    with safe_open(str(tmp_path / "safetensors" / "model.safetensors"), framework="np") as f:
-        assert f.metadata() == {"format": "pt"}
-        assert set(f.keys()) == set(state)
-        np.testing.assert_array_equal(f.get_tensor("deberta.encoder.conv.conv.weight"),
-                                      state["deberta.encoder.conv.conv.weight"])
-    # flax_model.msgpack is flax serialization of the nested parameter dict, flax names and layouts
-    raw = (tmp_path / "msgpack" / "flax_model.msgpack").read_bytes()
+    model.save_pretrained(tmp_path)
+    raw = (tmp_path / "flax_model.msgpack").read_bytes()
     tree = serialization.msgpack_restore(raw)
     query = tree["deberta"]["encoder"]["layer"]["0"]["attention"]["self"]["query_proj"]
     np.testing.assert_array_equal(query["kernel"], state["deberta.encoder.layer.0.attention.self.query_proj.weight"].T)
@@ -366,7 +277,10 @@ def test_loads_msgpack_written_by_flax_itself(tmp_path):
     shutil.copy(os.path.join(case.directory, "config.json"), tmp_path)
     reloaded = deberta_xf.FlaxDebertaV2ForSequenceClassification.from_pretrained(tmp_path)
     assert reloaded.weights_path.endswith("flax_model.msgpack")
-    assert_matches(case.pt, run(reloaded, case.inputs), case.task, case.attention_mask, scale=TIGHT)
+    state, again = model.canonical_state(), reloaded.canonical_state()  # the weights that match the reference
+    assert set(again) == set(state)
+    for name in state:
+        np.testing.assert_array_equal(again[name], state[name], err_msg=name)
     with open_weights(str(tmp_path / "flax_model.msgpack")) as reader:  # readable without a model
         with open_weights(os.path.join(case.directory, "model.safetensors")) as reference:
             assert reader.shapes() == reference.shapes()
@@ -398,40 +312,6 @@ def test_abstract_build_when_loading(monkeypatch):
     assert calls and not any(calls)
 
 
-def test_head_model_from_base_checkpoint_and_both_mlm_layouts(caplog):
-    case = load_case("v3", "base")
-    with caplog.at_level("WARNING", logger="deberta_xf"):
-        model = deberta_xf.FlaxDebertaV2ForSequenceClassification.from_pretrained(case.directory)
-    assert "freshly initialised" in caplog.text
-    assert set(model.loading_report.missing) == {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight",
-                                                 "classifier.bias"}
-    kernel = np.asarray(model.classifier.kernel[...])
-    assert 0.005 < kernel.std() < 0.05 and not np.asarray(model.classifier.bias[...]).any()
-    hidden = np.asarray(model.deberta(**case.model_inputs).last_hidden_state)
-    assert np.abs(hidden - case.pt["last_hidden_state"])[case.attention_mask.astype(bool)].max() <= 1e-5
-    # lm_predictions.lm_head.* into a legacy model, and cls.predictions.* into a legacy=False one
-    for variant, legacy in (("v3-lmpred", True), ("v3", False)):
-        mlm = load_case(variant, "masked-lm")
-        config = deberta_xf.DebertaV2Config.from_pretrained(mlm.directory, legacy=legacy)
-        model = deberta_xf.FlaxDebertaV2ForMaskedLM.from_pretrained(mlm.directory, config=config)
-        assert model.loading_report.renamed
-        assert_matches(mlm.pt, run(model, mlm.inputs), mlm.task, mlm.attention_mask, scale=TIGHT)
-
-
-def test_create_model_for_every_task():
-    config = deberta_xf.DebertaV2Config.from_pretrained(load_case("emb-proj", "base").directory)
-    for task, cls in MODEL_CLASSES.items():
-        variant = "v3-lmpred" if task == "masked-lm" else "v3"
-        case = load_case(variant, task)
-        loaded = deberta_xf.create_model("flax", task, checkpoint=case.directory)
-        assert type(loaded) is cls and in_eval_mode(loaded)
-        assert_matches(case.pt, run(loaded, case.inputs), task, case.attention_mask, scale=TIGHT)
-        fresh = deberta_xf.create_model("flax", task, config=config, num_labels=3)
-        assert type(fresh) is cls and fresh.config.num_labels == 3
-        shapes = {k: v.shape for k, v in fresh.canonical_state().items()}
-        assert shapes == expected_shapes(fresh.config, task)
-
-
 def test_random_init_follows_the_reference():
     config = deberta_xf.DebertaV2Config(vocab_size=500, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                                    intermediate_size=128, pad_token_id=3, relative_attention=True,
@@ -455,24 +335,8 @@ def _msgpack_checkpoint(tmp_path, variant="v3", task="base") -> str:
     return saved_as_msgpack(load_case(variant, task), tmp_path)
 
 
-def test_missing_key_is_named(tmp_path):
-    directory = _msgpack_checkpoint(tmp_path)
-    path = os.path.join(directory, "flax_model.msgpack")
-    with open_weights(path) as reader:
-        arrays = reader.read_all()
-    del arrays["encoder.layer.1.attention.self.key_proj.bias"]
-    write_arrays(path, arrays)
-    with pytest.raises(CheckpointError, match=r"(?s)flax_model\.msgpack.*missing 1 required tensor\(s\): "
-                                              r"encoder\.layer\.1\.attention\.self\.key_proj\.bias"):
-        deberta_xf.FlaxDebertaV2Model.from_pretrained(directory)
-
-
-def test_wrong_shape_is_named(tmp_path):
-    directory = _msgpack_checkpoint(tmp_path)
-    config = deberta_xf.DebertaV2Config.from_pretrained(directory, vocab_size=300)
-    with pytest.raises(CheckpointError, match=r"embeddings\.word_embeddings\.weight.*\[211, 32\].*\[300, 32\]"):
-        deberta_xf.FlaxDebertaV2Model.from_pretrained(directory, config=config)
-    model = deberta_xf.FlaxDebertaV2Model.from_pretrained(directory)
+def test_load_canonical_names_a_misshapen_tensor(tmp_path):
+    model = deberta_xf.FlaxDebertaV2Model.from_pretrained(_msgpack_checkpoint(tmp_path))
     with pytest.raises(CheckpointError, match=r"'encoder\.rel_embeddings\.weight' of shape \[5, 32\]"):
         model.load_canonical({"encoder.rel_embeddings.weight": np.zeros((5, 32), np.float32)})
 

@@ -1,4 +1,6 @@
-"""TensorFlow (Keras 3) implementation against the reference fixtures (transformers 4.57.6), and its weight files."""
+"""TensorFlow-specific checks: graph mode, XLA and dynamic shapes, dropout and dtypes, the Keras variable tree and
+the two Keras weight files. The contract every framework keeps (loading every weights format, round trips, every
+head against the reference fixtures, masks, inputs, losses, bad checkpoints) is tests/test_contract.py."""
 
 from __future__ import annotations
 
@@ -15,18 +17,19 @@ h5py = pytest.importorskip("h5py")
 import deberta_xf  # noqa: E402
 from deberta_xf import schema  # noqa: E402
 from deberta_xf.tasks import TASKS  # noqa: E402
+from deberta_xf.compare import BF16_THRESHOLDS  # noqa: E402
 from deberta_xf.errors import CheckpointError  # noqa: E402
+from deberta_xf.frameworks import REGISTRY  # noqa: E402
 from deberta_xf.tf.modeling_tf_deberta_v2 import MODEL_CLASSES, relative_position_indices  # noqa: E402
 from deberta_xf.compare import flatten_outputs  # noqa: E402
-from reference_cases import CASES, assert_matches, load_case, load_default_case  # noqa: E402
-
-# (variant, task, weights file) for every fixture case and every file it has
-LOADS = [(v, t, w) for v, t in CASES for w in ("model.safetensors", "pytorch_model.bin", "tf_model.h5")
-         if os.path.exists(os.path.join(load_case(v, t).directory, w))]
+from reference_cases import FIXTURE_FRACTION, KERNEL_FRACTION, assert_matches, load_case  # noqa: E402
 
 
-def run(model, case, **extra):
-    return flatten_outputs(model(**case.inputs, output_hidden_states=True, output_attentions=True, **extra))
+@pytest.fixture(scope="module", autouse=True)
+def pinned_precision():
+    """The registry's full-fp32 matmul pin (TF32 off on GPU), as in the contract suite and the parity harness."""
+    with REGISTRY["tf"].precision():
+        yield
 
 
 def canonical_equal(a, b) -> None:
@@ -37,88 +40,18 @@ def canonical_equal(a, b) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Numbers against the reference
-@pytest.mark.parametrize(("variant", "task", "weights"), LOADS, ids=[f"{v}/{t}/{w}" for v, t, w in LOADS])
-def test_matches_reference(variant, task, weights):
-    case = load_case(variant, task)
-    model = MODEL_CLASSES[task].from_pretrained(os.path.join(case.directory, weights),
-                                                config=os.path.join(case.directory, "config.json"))
-    assert model.weights_path.endswith(weights)
-    outputs = run(model, case)
-    assert ("loss" in outputs) == (task != "base") and "hidden_states.0" in outputs
-    assert_matches(case.pt, outputs, task, case.attention_mask, f"{variant}/{task} vs reference PyTorch")
-    if case.tf:  # the reference TF port, where it can represent the config
-        assert_matches(case.tf, outputs, task, case.attention_mask, f"{variant}/{task} vs reference TF")
-
-
-def test_checkpoint_directory_prefers_tf_model_h5(tmp_path):
-    case = load_case("v3", "question-answering")
-    model = deberta_xf.TFDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
-    assert os.path.basename(model.weights_path) == "tf_model.h5"
-    dst = tmp_path / "ckpt"
-    shutil.copytree(case.directory, dst)
-    os.remove(dst / "tf_model.h5")
-    model.save_pretrained(tmp_path / "keras", format="keras_h5")
-    shutil.copy(tmp_path / "keras" / "model.weights.h5", dst)
-    assert os.path.basename(deberta_xf.TFDebertaV2ForQuestionAnswering.from_pretrained(dst).weights_path) == \
-        "model.weights.h5"
-    os.remove(dst / "model.weights.h5")
-    again = deberta_xf.TFDebertaV2ForQuestionAnswering.from_pretrained(dst)
-    assert os.path.basename(again.weights_path) == "model.safetensors"
-    assert_matches(case.pt, run(again, case), case.task, case.attention_mask)
-
-
-def test_default_checkpoint_matches_reference():
-    case = load_default_case()
-    model = deberta_xf.TFDebertaV2ForSequenceClassification.from_pretrained(case.directory)
-    outputs = run(model, case)
-    assert_matches(case.pt, outputs, case.task, case.attention_mask, "tiny-deberta-v3 vs PyTorch")
-    assert_matches(case.tf, outputs, case.task, case.attention_mask, "tiny-deberta-v3 vs TF")
-
-
-def test_three_dimensional_attention_mask():
-    case = load_case("v3", "base")
-    model = deberta_xf.TFDebertaV2Model.from_pretrained(case.directory)
-    ids, mask2 = case.inputs["input_ids"], case.inputs["attention_mask"]
-    outer = mask2[:, None, :] * mask2[:, :, None]
-    out3 = model(input_ids=ids, attention_mask=outer).last_hidden_state.numpy()
-    out2 = model(input_ids=ids, attention_mask=mask2).last_hidden_state.numpy()
-    np.testing.assert_array_equal(out3, out2)
-    causal = case.extra["inputs3d.attention_mask"]
-    got = model(input_ids=ids, attention_mask=causal).last_hidden_state.numpy()
-    keep = mask2.astype(bool)
-    assert np.abs(got - case.extra["pt3d.last_hidden_state"])[keep].max() <= 5e-5
-    assert np.abs(got - out2)[keep].max() > 1e-2  # the causal mask really changes the result
-
-
-def test_inputs_embeds_position_ids_and_tf_tensors():
+# TF inputs and classes
+def test_tf_tensors_as_inputs_and_keras_classes():
     case = load_case("abs-noshare", "base")
     model = deberta_xf.TFDebertaV2Model.from_pretrained(case.directory)
-    ids = case.inputs["input_ids"]
     ref = model(**case.model_inputs).last_hidden_state.numpy()
-    embeds = tf.gather(model.embeddings.word_embeddings.embeddings, ids)
-    via_embeds = model(inputs_embeds=embeds, attention_mask=case.inputs["attention_mask"],
-                       token_type_ids=case.inputs["token_type_ids"]).last_hidden_state.numpy()
-    positions = np.broadcast_to(np.arange(ids.shape[1])[None], ids.shape)
-    via_positions = model(**case.model_inputs, position_ids=positions).last_hidden_state.numpy()
-    shifted = model(**case.model_inputs, position_ids=positions + 1).last_hidden_state.numpy()
     as_tensors = model(**{k: tf.constant(v) for k, v in case.model_inputs.items()}).last_hidden_state.numpy()
-    np.testing.assert_array_equal(via_embeds, ref)
-    np.testing.assert_array_equal(via_positions, ref)
     np.testing.assert_array_equal(as_tensors, ref)
-    assert np.abs(shifted - ref).max() > 1e-2  # absolute positions matter in this variant
-    with pytest.raises(ValueError, match="either input_ids or inputs_embeds"):
-        model(attention_mask=case.inputs["attention_mask"])
-
-
-def test_multiple_choice_inputs_embeds():
-    case = load_case("v2-conv", "multiple-choice")
-    model = deberta_xf.TFDebertaV2ForMultipleChoice.from_pretrained(case.directory)
-    embeds = tf.gather(model.deberta.embeddings.word_embeddings.embeddings, case.inputs["input_ids"])  # [B, C, L, E]
-    out = model(inputs_embeds=embeds, attention_mask=case.inputs["attention_mask"], labels=case.inputs["labels"])
-    assert tuple(out.logits.shape) == case.pt["logits"].shape
-    np.testing.assert_allclose(out.logits.numpy(), case.pt["logits"], atol=5e-5, rtol=0)
-    np.testing.assert_allclose(float(out.loss), float(case.pt["loss"]), atol=5e-5, rtol=0)
+    embeds = tf.gather(model.embeddings.word_embeddings.embeddings, case.inputs["input_ids"])  # a tf.Tensor
+    via_embeds = model(inputs_embeds=embeds, attention_mask=case.attention_mask,
+                       token_type_ids=case.inputs["token_type_ids"]).last_hidden_state.numpy()
+    np.testing.assert_array_equal(via_embeds, ref)
+    assert all(issubclass(MODEL_CLASSES[task], keras.Model) for task in TASKS)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,9 +65,11 @@ def test_xla_equals_eager(variant, task):
     compiled = tf.function(lambda **kw: model(**kw, output_hidden_states=True), jit_compile=True)
     xla = flatten_outputs(compiled(**case.inputs))
     assert set(xla) == set(eager)
-    for name in eager:  # MLM logits reach ~25 in magnitude: within 1e-5 relative there, 1e-5 absolute elsewhere
-        np.testing.assert_allclose(xla[name], eager[name], rtol=1e-5, atol=1e-5, err_msg=name)
-    assert_matches(case.pt, xla, task, case.attention_mask, f"{variant}/{task} XLA vs reference")
+    # XLA and eager are different kernels (measured up to 0.27 of the tolerance, on masked-LM logits reaching +-25):
+    # KERNEL_FRACTION of the documented tolerance, padding positions included
+    assert_matches(eager, xla, task, None, f"{variant}/{task} XLA vs eager", scale=KERNEL_FRACTION)
+    assert_matches(case.pt, xla, task, case.attention_mask, f"{variant}/{task} XLA vs reference",
+                   scale=FIXTURE_FRACTION)
     compiled(**case.inputs)
     assert compiled.experimental_get_tracing_count() == 1
 
@@ -146,11 +81,12 @@ def test_tf_function_two_shapes_without_retracing():
     ids, mask = case.inputs["input_ids"], case.inputs["attention_mask"]
     short_ids, short_mask = ids[:2, :11], mask[:2, :11]
     for a, m in ((ids, mask), (short_ids, short_mask), (ids, mask), (short_ids, short_mask)):
-        np.testing.assert_allclose(fn(a, m).numpy(), model(input_ids=a, attention_mask=m).logits.numpy(),
-                                   atol=1e-5, rtol=0)
+        # graph and eager may run different (fused) kernels: KERNEL_FRACTION, padding positions included
+        assert_matches({"logits": model(input_ids=a, attention_mask=m).logits.numpy()}, {"logits": fn(a, m).numpy()},
+                       case.task, None, "tf.function vs eager", scale=KERNEL_FRACTION)
     assert fn.experimental_get_tracing_count() == 2
-    keep = mask.astype(bool)
-    assert np.abs(fn(ids, mask).numpy() - case.pt["logits"])[keep].max() <= 5e-5
+    assert_matches({"logits": case.pt["logits"]}, {"logits": fn(ids, mask).numpy()}, case.task, mask,
+                   "tf.function vs reference", scale=FIXTURE_FRACTION)
 
 
 @pytest.mark.parametrize("variant", ["v3", "abs-noshare", "emb-proj"])
@@ -164,13 +100,13 @@ def test_dynamic_batch_and_length(variant):
     ids, mask = case.inputs["input_ids"], case.inputs["attention_mask"]
     types = case.inputs.get("token_type_ids", np.zeros_like(ids))
     got = fn(ids, mask, types).numpy()
-    keep = mask.astype(bool)
-    assert np.abs(got - case.pt["last_hidden_state"])[keep].max() <= 5e-5
+    assert_matches({"last_hidden_state": case.pt["last_hidden_state"]}, {"last_hidden_state": got}, "base", mask,
+                   f"{variant} dynamic shapes vs reference", scale=FIXTURE_FRACTION)
     for rows, length in ((1, 1), (2, 9)):
         a, m, t = ids[:rows, :length], mask[:rows, :length], types[:rows, :length]
-        np.testing.assert_allclose(fn(a, m, t).numpy(),
-                                   model(input_ids=a, attention_mask=m, token_type_ids=t).last_hidden_state.numpy(),
-                                   atol=1e-5, rtol=0)
+        eager = model(input_ids=a, attention_mask=m, token_type_ids=t).last_hidden_state.numpy()
+        assert_matches({"last_hidden_state": eager}, {"last_hidden_state": fn(a, m, t).numpy()}, "base", None,
+                       f"{variant} [{rows}, {length}] graph vs eager", scale=KERNEL_FRACTION)
     assert fn.experimental_get_tracing_count() == 1
 
 
@@ -192,54 +128,7 @@ def test_dynamic_position_index_equals_static(variant):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Losses, dropout, dtype, factory
-def _log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def test_losses_follow_reference_rules():
-    case = load_case("v3", "sequence-classification")
-    model = deberta_xf.TFDebertaV2ForSequenceClassification.from_pretrained(case.directory)
-    inputs = case.model_inputs
-    logits = model(**inputs).logits.numpy().astype(np.float64)
-    loss = float(model(**inputs, labels=np.array([-1, 1, -5])).loss)  # rows with a negative label are ignored
-    assert loss == pytest.approx(-_log_softmax(logits[1:2])[0, 1], abs=1e-5)
-    assert float(model(**inputs, labels=np.array([-1, -1, -1])).loss) == 0.0
-    soft = np.array([[0.5, 0.5], [1.0, 0.0], [0.2, 0.8]], dtype=np.float32)
-    assert float(model(**inputs, labels=soft).loss) == pytest.approx(
-        -(_log_softmax(logits) * soft).sum(-1).mean(), abs=1e-5)
-    regression = deberta_xf.TFDebertaV2ForSequenceClassification.from_config(
-        deberta_xf.DebertaV2Config.from_pretrained(case.directory, num_labels=1), seed=0)
-    target = np.array([0.5, -1.0, 2.0], dtype=np.float32)
-    out = regression(**inputs, labels=target)
-    assert float(out.loss) == pytest.approx(((out.logits.numpy()[:, 0] - target) ** 2).mean(), abs=1e-6)
-    multi = deberta_xf.TFDebertaV2ForSequenceClassification.from_pretrained(
-        case.directory, problem_type="multi_label_classification")
-    labels = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
-    x = multi(**inputs).logits.numpy().astype(np.float64)
-    bce = np.mean(np.maximum(x, 0) - x * labels + np.log1p(np.exp(-np.abs(x))))
-    assert float(multi(**inputs, labels=labels).loss) == pytest.approx(bce, abs=1e-6)
-
-
-def test_question_answering_and_token_losses():
-    case = load_case("abs-noshare", "question-answering")  # one start position is beyond the sequence: ignored
-    model = deberta_xf.TFDebertaV2ForQuestionAnswering.from_pretrained(case.directory)
-    out = model(**case.inputs)
-    start, end = out.start_logits.numpy(), out.end_logits.numpy()
-    s, e = case.inputs["start_positions"], case.inputs["end_positions"]
-    kept = s < start.shape[1]
-    expected = (-_log_softmax(start)[kept, s[kept]].mean() - _log_softmax(end)[np.arange(3), e].mean()) / 2
-    assert float(out.loss) == pytest.approx(expected, abs=1e-5)
-    tok = load_case("v3", "token-classification")
-    model = deberta_xf.TFDebertaV2ForTokenClassification.from_pretrained(tok.directory)
-    out = model(**tok.inputs)
-    labels = tok.inputs["labels"].reshape(-1)
-    logp = _log_softmax(out.logits.numpy().reshape(labels.size, -1))
-    kept = labels != -100
-    assert float(out.loss) == pytest.approx(-logp[kept, labels[kept]].mean(), abs=1e-5)
-
-
+# Dropout, dtype
 def test_training_mode_enables_dropout():
     case = load_case("v2-conv", "base")
     model = deberta_xf.TFDebertaV2Model.from_pretrained(case.directory)
@@ -259,18 +148,7 @@ def test_bfloat16_dtype():
     assert out.dtype == tf.bfloat16
     keep = case.attention_mask.astype(bool)
     err = np.abs(out.numpy().astype(np.float32) - case.pt["last_hidden_state"])[keep].max()
-    assert 0 < err < 0.5
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_create_model(task):
-    case = load_case("v2-conv", task)
-    model = deberta_xf.create_model("tf", task, checkpoint=case.directory)
-    assert isinstance(model, MODEL_CLASSES[task]) and isinstance(model, keras.Model)
-    assert_matches(case.pt, run(model, case), task, case.attention_mask, f"create_model tf {task}")
-    fresh = deberta_xf.create_model("tf", task, config=os.path.join(case.directory, "config.json"))
-    assert isinstance(fresh, MODEL_CLASSES[task])
-    assert set(fresh.canonical_state()) == set(schema.expected_shapes(fresh.config, task))
+    assert 0 < err < BF16_THRESHOLDS["hidden"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,22 +165,6 @@ def test_variable_paths_mirror_canonical_names():
         assert tuple(variable.shape) == schema.framework_shape(name, expected[name], "tf")
     base = deberta_xf.TFDebertaV2Model.from_pretrained(load_case("v2-conv", "base").directory)
     assert "tf_deberta_v2_model/encoder/conv/conv/kernel" in {v.path for v in base.weights}
-
-
-@pytest.mark.parametrize(("variant", "task"), [("emb-proj", "sequence-classification"), ("abs-noshare", "masked-lm"),
-                                               ("v3-lmpred", "masked-lm")])
-def test_save_load_round_trip_is_exact(tmp_path, variant, task):
-    case = load_case(variant, task)
-    model = MODEL_CLASSES[task].from_pretrained(case.directory)
-    model.save_pretrained(tmp_path / "h5")
-    assert sorted(os.listdir(tmp_path / "h5")) == ["config.json", "tf_model.h5"]
-    model.save_pretrained(tmp_path / "keras", format="keras_h5")
-    assert sorted(os.listdir(tmp_path / "keras")) == ["config.json", "model.weights.h5"]
-    for directory in ("h5", "keras"):
-        again = MODEL_CLASSES[task].from_pretrained(tmp_path / directory)
-        assert again.config == model.config
-        canonical_equal(model, again)
-        assert_matches(case.pt, run(again, case), task, case.attention_mask)
 
 
 def test_tf_model_h5_layout(tmp_path):
@@ -413,7 +275,7 @@ def test_tf_h5_listed_but_not_stored(tmp_path):
         name = next(n for n in group.attrs["weight_names"] if n.endswith("rel_embeddings.weight:0"))
         del group[name]
     with pytest.raises(CheckpointError, match=r"(?s)tf_model\.h5: variable '.*rel_embeddings\.weight:0' of layer "
-                                              r"'deberta' is listed in 'weight_names' but not stored"):
+                                              r"'deberta' is listed (in 'weight_names' )?but not stored"):
         deberta_xf.TFDebertaV2Model.from_pretrained(dst)
 
 
