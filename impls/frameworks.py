@@ -30,6 +30,8 @@ from deberta_xf.errors import DebertaXfError
 # optax default differently, e.g. keras weight_decay=0.004, optax eps=1e-8 / weight_decay=1e-4).
 ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 GRAD_PREFIX = "grad/"  # output name of a parameter's gradient: grad/<canonical name>
+TRAIN_LOSS_PREFIX = "train_loss."  # train_loss.<step>: the loss before optimizer step <step>
+WEIGHTS_PREFIX = "weights/"  # weights/<canonical name>: a parameter after the last optimizer step
 
 
 @dataclasses.dataclass
@@ -158,6 +160,30 @@ class Framework(abc.ABC):
         outputs.update({GRAD_PREFIX + name: grads[name] for name in sorted(grads)})
         weights = getattr(model, "weights_path", "") or ""
         return Execution(outputs, os.fspath(weights), device, time.perf_counter() - start)
+
+    @abc.abstractmethod
+    def optimizer(self, model, name: str, lr: float):
+        """The framework's own optimizer over every parameter: ``"sgd"`` (plain, no momentum) or ``"adamw"``
+        (:data:`ADAMW` hyper-parameters)."""
+
+    @abc.abstractmethod
+    def train_step(self, model, optimizer, inputs: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                   device: Device | None = None) -> float:
+        """One optimizer step on the task loss (dropout off); the loss before the step."""
+
+    def train(self, checkpoint: str, task: str, dtype: str, inputs: dict[str, np.ndarray],
+              labels: dict[str, np.ndarray], device: Device, steps: int, optimizer: str, lr: float) -> Execution:
+        """``steps`` optimizer steps on the same batch from the checkpoint's weights; the outputs are the loss
+        before each step (``train_loss.<i>``) and the final weights (``weights/<canonical name>``)."""
+        start = time.perf_counter()
+        with self.precision(dtype), self.device_scope(device):
+            model = self.load(checkpoint, task, dtype, device)
+            opt = self.optimizer(model, optimizer, lr)
+            losses = [self.train_step(model, opt, inputs, labels, device) for _ in range(steps)]
+            state = model.canonical_state()
+        outputs = {f"{TRAIN_LOSS_PREFIX}{i}": np.asarray(v, np.float32) for i, v in enumerate(losses)}
+        outputs.update({WEIGHTS_PREFIX + name: np.asarray(state[name], np.float32) for name in sorted(state)})
+        return Execution(outputs, "", device, time.perf_counter() - start)
 
     def run(self, checkpoint: str, task: str, dtype: str, inputs: dict[str, np.ndarray], device: Device,
             attentions: bool = False) -> Execution:

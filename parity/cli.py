@@ -89,6 +89,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "thresholds, {grad:.0e}; masked-LM {mlm:.0e})".format(
                                  grad=FP32_GRAD_THRESHOLDS["grad"], mlm=FP32_GRAD_THRESHOLDS["grad_mlm"]).replace(
                                      "%", "%%"))
+    parser.add_argument("--train-steps", type=int, default=0, metavar="N",
+                        help="also run N optimizer steps on the batch (dropout off) in each framework and compare the "
+                             "loss curve and the final weights (float32 only)")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                        help="with --train-steps: torch.optim / keras.optimizers / optax SGD or AdamW (default: sgd)")
+    parser.add_argument("--lr", type=_positive_float("--lr"), default=1e-3, metavar="X",
+                        help="with --train-steps: learning rate (default: 1e-3)")
+    parser.add_argument("--atol-train", type=_positive_float("--atol-train"), metavar="T",
+                        help="with --train-steps: max abs tolerance of the loss curve and the final weights "
+                             "(default: measured fp32 thresholds, docs/tolerances.md)")
     parser.add_argument("--json", metavar="F", help="write the machine-readable report (JSON)")
     parser.add_argument("--markdown", metavar="F", help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
     parser.add_argument("--junit", metavar="F", help="write JUnit XML, one testcase per check")
@@ -138,10 +148,14 @@ def options_from_args(args: argparse.Namespace):
                                           ("mlm_logits", args.atol_mlm)) if value is not None}
     if getattr(args, "atol_grad", None) is not None:
         atol.update(grad=args.atol_grad, grad_mlm=args.atol_grad)
+    if getattr(args, "atol_train", None) is not None:
+        atol.update(train_loss=args.atol_train, weights=args.atol_train)
     return ParityOptions(checkpoint=args.checkpoint, frameworks=frameworks, device=args.device, dtype=args.dtype,
                          texts=args.texts, task=args.task, atol=atol, attentions=args.attentions,
                          save_outputs=args.save_outputs, compare_to=args.compare_to,
-                         backward=getattr(args, "backward", False), labels=getattr(args, "labels", None))
+                         backward=getattr(args, "backward", False), labels=getattr(args, "labels", None),
+                         train_steps=getattr(args, "train_steps", 0), optimizer=getattr(args, "optimizer", "sgd"),
+                         lr=getattr(args, "lr", 1e-3))
 
 
 class Progress:

@@ -32,13 +32,14 @@ from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
 from deberta_xf.errors import DebertaXfError
 from deberta_xf.tasks import TASKS, infer_task
 from deberta_xf.parity import inputs as parity_inputs
-from deberta_xf.compare import (FP32_GRAD_THRESHOLDS, THRESHOLD_KEYS, Comparison, compare_outputs,
+from deberta_xf.compare import (FP32_GRAD_THRESHOLDS, FP32_TRAIN_THRESHOLDS, THRESHOLD_KEYS, Comparison, compare_outputs,
                                 divergence, thresholds_for)
 from deberta_xf.frameworks import FRAMEWORKS, REGISTRY
 from deberta_xf.parity.recording import Recording, config_differences, load_recording, save_recording
 
 SCHEMA_VERSION = 1
 DTYPES = ("float32", "bfloat16", "float16")
+OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "gpu")
 MATMUL_PRECISION = ("full fp32 matmuls pinned: torch allow_tf32=False + float32_matmul_precision 'highest'; "
                     "TF enable_tensor_float_32_execution(False); JAX default_matmul_precision 'highest'")
@@ -58,6 +59,9 @@ class ParityOptions:
     compare_to: str | None = None
     backward: bool = False        # also the task loss and its gradient w.r.t. every parameter (dropout off)
     labels: str | None = None     # --labels FILE.npz for --backward (default: parity_inputs.builtin_labels)
+    train_steps: int = 0          # --train-steps N: N optimizer steps on the batch, loss curve + final weights
+    optimizer: str = "sgd"        # sgd | adamw (each framework's own: torch.optim, keras.optimizers, optax)
+    lr: float = 1e-3
 
 
 @dataclasses.dataclass
@@ -242,17 +246,30 @@ def _check_options(opts: ParityOptions) -> DebertaV2Config:
         raise DebertaXfError(f"--device {opts.device!r}: expected one of {', '.join(DEVICES)}")
     if opts.task is not None and opts.task not in TASKS:
         raise DebertaXfError(f"--task {opts.task!r}: expected one of {', '.join(TASKS)}")
+    training = opts.backward or opts.train_steps
+    if opts.train_steps < 0 or opts.train_steps > 1000:
+        raise DebertaXfError(f"--train-steps {opts.train_steps}: expected 1 to 1000")
+    if opts.optimizer not in OPTIMIZERS:
+        raise DebertaXfError(f"--optimizer {opts.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise DebertaXfError(f"--lr {opts.lr!r}: expected a positive number")
+    if opts.train_steps and opts.dtype != "float32":
+        raise DebertaXfError(f"--train-steps --dtype {opts.dtype}: training is compared in float32 only")
+    if opts.train_steps and (opts.compare_to or opts.save_outputs):
+        raise DebertaXfError("--train-steps with --compare-to / --save-outputs: recordings hold forward outputs only")
     if opts.backward and opts.dtype != "float32":
         raise DebertaXfError(f"--backward --dtype {opts.dtype}: gradients are checked in float32 only (the gradient "
                              f"tolerances are measured for float32; docs/tolerances.md)")
     if opts.backward and (opts.compare_to or opts.save_outputs):
         raise DebertaXfError("--backward with --compare-to / --save-outputs: recordings hold forward outputs only")
-    if opts.labels is not None and not opts.backward:
-        raise DebertaXfError("--labels FILE: only with --backward")
+    if opts.labels is not None and not training:
+        raise DebertaXfError("--labels FILE: only with --backward or --train-steps")
     for key, value in opts.atol.items():
         if key in FP32_GRAD_THRESHOLDS and not opts.backward:
             raise DebertaXfError("--atol-grad: only with --backward")
-        if key not in THRESHOLD_KEYS and key not in FP32_GRAD_THRESHOLDS:
+        if key in FP32_TRAIN_THRESHOLDS and not opts.train_steps:
+            raise DebertaXfError("--atol-train: only with --train-steps")
+        if key not in THRESHOLD_KEYS and key not in FP32_GRAD_THRESHOLDS and key not in FP32_TRAIN_THRESHOLDS:
             raise DebertaXfError(f"unknown tolerance {key!r}; expected {', '.join(THRESHOLD_KEYS)}")
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise DebertaXfError(f"--atol-{key.replace('mlm_logits', 'mlm')} {value!r}: expected a positive number")
@@ -364,6 +381,8 @@ def _tolerances(opts: ParityOptions, recording: Recording | None) -> dict[str, A
     if overrides:
         description += "; overridden: " + ", ".join(f"{k}={v:.1e}" for k, v in overrides.items())
     grads = dict(FP32_GRAD_THRESHOLDS) if opts.backward else {}
+    if opts.train_steps:
+        grads.update(FP32_TRAIN_THRESHOLDS)
     return {"dtype": opts.dtype if len(dtypes) == 1 else "+".join(dtypes), **base, **grads, **overrides,
             "source": description}
 
@@ -371,8 +390,8 @@ def _tolerances(opts: ParityOptions, recording: Recording | None) -> dict[str, A
 # === Running and comparing ===
 
 def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.ndarray],
-                    progress: Callable[[str], None], labels: dict[str, np.ndarray] | None = None
-                    ) -> list[FrameworkStatus]:
+                    progress: Callable[[str], None], labels: dict[str, np.ndarray] | None = None,
+                    train_labels: dict[str, np.ndarray] | None = None) -> list[FrameworkStatus]:
     statuses: list[FrameworkStatus] = []
     plan = []
     for framework in opts.frameworks:
@@ -404,6 +423,12 @@ def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.n
                 backward = runner.backward(opts.checkpoint, task, opts.dtype, model_inputs, labels, device)
                 execution.outputs.update(backward.outputs)
                 execution.seconds += backward.seconds
+            if train_labels is not None:
+                progress(f"[{i}/{len(plan)}] {status.framework}: {opts.train_steps} {opts.optimizer} steps")
+                trained = runner.train(opts.checkpoint, task, opts.dtype, model_inputs, train_labels, device,
+                                       opts.train_steps, opts.optimizer, opts.lr)
+                execution.outputs.update(trained.outputs)
+                execution.seconds += trained.seconds
         except Exception as err:  # a framework that cannot load or run the checkpoint is a failed check
             status.status = "failed"
             status.note = _one_line(f"{type(err).__name__}: {err}")
@@ -512,15 +537,29 @@ def run_parity(opts: ParityOptions, progress: Callable[[str], None] | None = Non
 
     model_inputs, inputs_info, tokenizer = _model_inputs(opts, config, task, recording, progress)
     tolerances = _tolerances(opts, recording)
-    thresholds = {k: tolerances[k] for k in THRESHOLD_KEYS + tuple(FP32_GRAD_THRESHOLDS) if k in tolerances}
+    thresholds = {k: tolerances[k] for k in THRESHOLD_KEYS + tuple(FP32_GRAD_THRESHOLDS) + tuple(FP32_TRAIN_THRESHOLDS)
+                  if k in tolerances}
     labels = None
-    if opts.backward:
+    if opts.train_steps and task == "base":
+        raise DebertaXfError("--train-steps: the base model has no task loss; pass --task with a head "
+                             "(--backward alone uses a surrogate loss for the base model)")
+    if opts.backward or opts.train_steps:
         labels, inputs_info["labels"] = _labels(opts, config, task, model_inputs)
+    if opts.train_steps:
+        inputs_info["training"] = {"steps": opts.train_steps, "optimizer": opts.optimizer, "lr": opts.lr}
+        notes.append(f"--train-steps {opts.train_steps}: {opts.optimizer} (lr {opts.lr:g}; each framework's own: "
+                     f"torch.optim, keras.optimizers, optax"
+                     + ("; AdamW betas (0.9, 0.999), eps 1e-8, weight decay 0.01 in all three"
+                        if opts.optimizer == "adamw" else "; no momentum")
+                     + ") on the same batch, dropout off, from the checkpoint's weights; compared: the loss before "
+                       "each step (train_loss.i) and every weight after the last step (weights/<name>)")
+    if opts.backward:
         notes.append("--backward: dropout off; gradients compared per parameter by canonical name (a tied "
                      "parameter once: the legacy MLM decoder's gradient is accumulated on the word embeddings, as "
                      "the reference does); a failing pair names the loss and the first diverging gradient in "
                      "backward order (head, last layer, ..., embeddings)")
-    statuses = _run_frameworks(opts, task, model_inputs, progress, labels)
+    statuses = _run_frameworks(opts, task, model_inputs, progress, labels if opts.backward else None,
+                               labels if opts.train_steps else None)
     recorded = _recorded_statuses(recording) if recording is not None else []
     pairs = _compare(opts, task, statuses, recorded, model_inputs["attention_mask"], thresholds, progress)
 

@@ -32,6 +32,8 @@ def _shape(shape: list[int]) -> str:
 def _tolerance_line(report: dict[str, Any]) -> str:
     tol = report["tolerances"]
     grads = (f", gradients {tol['grad']:.1e} (masked-LM {tol['grad_mlm']:.1e})" if "grad" in tol else "")
+    if "weights" in tol:
+        grads += f", training loss {tol['train_loss']:.1e}, final weights {tol['weights']:.1e}"
     return (f"tolerances ({tol['dtype']}): hidden {tol['hidden']:.1e}, logits {tol['logits']:.1e}, "
             f"masked-LM logits {tol['mlm_logits']:.1e}{grads}  [{tol['source']}]")
 
