@@ -10,6 +10,13 @@ Formats (DESIGN §3):
   ``tf_h5``        the reference's Keras-2 tf_model.h5                                (convert/tf_h5.py)
   ``keras_h5``     Keras 3 model.weights.h5 of our TF implementation                  (convert/keras_h5.py)
   ``msgpack``      flax_model.msgpack (flax serialization of the nested parameter dict) (convert/flax_msgpack.py)
+
+Hostile files (issue 12): every reader checks a file's structure before it reads any tensor data or allocates an
+array (header types, shapes of non-negative ints, byte ranges inside the file, no overlap, no duplicate names,
+bounded nesting, links, byte order) and hands out only the dtypes :func:`check_dtype` allows (parameters are
+float16/32/64 or bfloat16, little-endian; refused with the tensor's name otherwise). A reader either returns
+exactly the stored numbers or raises :class:`CheckpointError` naming the file: the public methods of every reader
+(``__init__``, ``infos``, ``read``, ``metadata``) are guarded so that no foreign exception escapes them.
 """
 
 from __future__ import annotations
