@@ -51,7 +51,8 @@ FP32_GRAD_THRESHOLDS = {"grad": 1e-5, "grad_mlm": 5e-5}
 # embeddings). Threshold = 10 x that, rounded up. keras.optimizers.AdamW is NOT the same update: its epsilon is
 # Kingma & Ba's "epsilon hat" (added to the bias-uncorrected sqrt(v)), so parameters whose gradient is near epsilon
 # move differently; torch/flax vs tf with --optimizer adamw differ by up to 4.5e-3 in the weights after 5 steps at
-# lr 1e-3, and the report says so (docs/tolerances.md).
+# lr 1e-3, and the report says so (docs/tolerances.md). With AdamW a parameter whose start gradient is zero within
+# the gradient tolerance (QA's qa_outputs.bias: 5.9e-3 torch vs flax) is held to 2 x lr x steps by the harness.
 FP32_TRAIN_THRESHOLDS = {"train_loss": 5e-4, "weights": 2e-5}
 GRAD_PREFIX = "grad/"
 TRAIN_LOSS_PREFIX = "train_loss."
