@@ -387,10 +387,14 @@ def test_both_mlm_layouts_convert(tmp_path):
     got = tensors(str(tmp_path / "a" / "pytorch_model.bin"))
     assert "lm_predictions.lm_head.dense.weight" in got
     assert_identical(got, tensors(os.path.join(src, "model.safetensors")), "lm_predictions layout")
-    # the same tensors under a legacy=True config (as published configs without "legacy" read): renamed to
-    # cls.predictions.*, with a note, and verified
-    config = {**load_config(src), "legacy": True}
+    # the same tensors under a legacy=True config with tied embeddings (as published configs, which name neither,
+    # read): renamed to cls.predictions.*, with a note, and verified
+    config = {**{k: v for k, v in load_config(src).items() if k != "tie_word_embeddings"}, "legacy": True}
     original = tensors(os.path.join(src, "model.safetensors"))
+    # (untied, the legacy head needs its own decoder, which these tensors lack: refused, naming it)
+    untied = make_checkpoint(str(tmp_path / "untied-src"), original, {**config, "tie_word_embeddings": False})
+    code, out, err = cli(untied, str(tmp_path / "c"), "--to", "torch")
+    assert code == 2 and "cls.predictions.decoder.weight" in err
     legacy_src = make_checkpoint(str(tmp_path / "legacy-src"), original, config)
     code, out, err = cli(legacy_src, str(tmp_path / "b"), "--to", "torch")
     assert code == 0, out + err
