@@ -55,10 +55,33 @@ class LoadedCheckpoint:
     report: schema.LoadReport
     missing_head: list[str]              # head tensors absent from the checkpoint (freshly initialised)
     weights_path: str
+    stored_dtype: str | None = None      # the checkpoint's floating dtype (for dtype="auto")
 
 
 def is_floating(array: np.ndarray) -> bool:
     return array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+
+
+_DTYPE_NAMES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32",
+                "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
+
+
+def dtype_name(dtype: Any) -> str | None:
+    """One spelling of a parameter dtype for every framework: None stays None, ``"auto"`` stays ``"auto"``;
+    strings (``"float16"``, ``"fp16"``, ``"torch.float16"``), numpy dtypes and types, and torch / TF / JAX dtype
+    objects become ``"float32"``, ``"float16"`` or ``"bfloat16"``."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return dtype
+    name = getattr(dtype, "name", None)  # numpy / tf / jax dtypes
+    if not isinstance(name, str):
+        try:
+            name = np.dtype(dtype).name  # numpy scalar types (np.float16), ml_dtypes.bfloat16
+        except TypeError:
+            name = str(dtype)  # torch.float16 -> "torch.float16"
+    name = name.rsplit(".", 1)[-1].lower()
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected float32, float16, bfloat16 or 'auto'")
+    return _DTYPE_NAMES[name]
 
 
 def weights_path_for(path: str, framework: str) -> str:
@@ -71,30 +94,41 @@ def weights_path_for(path: str, framework: str) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, task: str, framework: str, config: Any = None,
-                    dtype: Any = np.float32) -> LoadedCheckpoint:
+                    dtype: Any = np.float32, ignore_mismatched_sizes: bool = False) -> LoadedCheckpoint:
     """Read a checkpoint for ``task`` in ``framework``: its config and canonical arrays, checked by the schema.
 
     Floating-point tensors are cast to ``dtype`` (numpy dtype; fp32 by default, as the reference loads hub
-    checkpoints stored in fp16). Missing backbone tensors and shape mismatches raise :class:`CheckpointError`;
-    missing head tensors are returned (the head keeps its fresh initialisation, with a warning).
+    checkpoints stored in fp16); ``stored_dtype`` says what the checkpoint held. Missing backbone tensors and
+    shape mismatches raise :class:`CheckpointError`; missing head tensors are returned (the head keeps its fresh
+    initialisation, with a warning). With ``ignore_mismatched_sizes``, head tensors whose shape differs (a
+    classifier with another ``num_labels``) are skipped too: returned with the missing ones, listed in
+    ``report.reinitialized`` and in a warning; a backbone mismatch still fails.
     """
     cfg = resolve_config(path, config)
     weights = weights_path_for(os.fspath(path), framework)
+    stored_dtype = None
     with open_weights(weights) as reader:
         mapping, report = schema.match_checkpoint(cfg, task, reader.shapes())
-        missing_head = schema.check_report(report, cfg, task, weights)
+        missing_head = schema.check_report(report, cfg, task, weights, ignore_mismatched_sizes=ignore_mismatched_sizes)
         arrays = {}
         for name, ckpt_name in mapping.items():
             array = reader.read(ckpt_name)
-            if dtype is not None and is_floating(array):
-                array = array.astype(dtype, copy=False)
+            if is_floating(array):
+                stored_dtype = stored_dtype or array.dtype.name
+                if dtype is not None:
+                    array = array.astype(dtype, copy=False)
             arrays[name] = array
     if missing_head:
         logger.warning("%s: no weights for the %s head (%s); it is freshly initialised and needs training",
                        weights, task, ", ".join(missing_head))
+    if report.reinitialized:
+        logger.warning("%s: head tensors re-initialised because their shapes differ from the checkpoint's "
+                       "(ignore_mismatched_sizes=True): %s", weights, ", ".join(
+                           f"{n} (checkpoint {list(got)}, model {list(want)})"
+                           for n, got, want in report.mismatched))
     if report.unexpected:
         logger.warning("%s: unused weights not part of the %s model: %s", weights, task, ", ".join(report.unexpected))
-    return LoadedCheckpoint(cfg, arrays, report, missing_head, weights)
+    return LoadedCheckpoint(cfg, arrays, report, missing_head + report.reinitialized, weights, stored_dtype)
 
 
 def save_checkpoint(save_directory: str | os.PathLike, config: DebertaV2Config, task: str, framework: str,

@@ -35,3 +35,23 @@ class ModelOutput(dict):
 
         inner = ", ".join(f"{k}={describe(v)}" for k, v in self.items())
         return f"ModelOutput({inner})"
+
+
+def output_flags(config: Any, output_attentions: Any = None, output_hidden_states: Any = None,
+                 return_dict: Any = None) -> tuple[bool, bool, bool]:
+    """The call's ``output_attentions`` / ``output_hidden_states`` / ``return_dict``, each defaulting to the config's
+    value when not passed (None), as the reference does (``return_dict`` from ``config.use_return_dict``)."""
+    if output_attentions is None:
+        output_attentions = getattr(config, "output_attentions", False)
+    if output_hidden_states is None:
+        output_hidden_states = getattr(config, "output_hidden_states", False)
+    if return_dict is None:
+        return_dict = getattr(config, "use_return_dict", None)
+        if return_dict is None:
+            return_dict = getattr(config, "return_dict", True) and not getattr(config, "torchscript", False)
+    return bool(output_attentions), bool(output_hidden_states), bool(return_dict)
+
+
+def finish(output: ModelOutput, return_dict: bool) -> ModelOutput | tuple:
+    """The output object, or with ``return_dict=False`` the reference's tuple: its fields in order, None dropped."""
+    return output if return_dict else output.to_tuple()

@@ -255,10 +255,12 @@ class LoadReport:
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
     renamed: dict[str, str] = dataclasses.field(default_factory=dict)  # checkpoint name -> canonical name
+    # head tensors re-initialised because their shape mismatched (ignore_mismatched_sizes=True), canonical names
+    reinitialized: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.mismatched)
+        return not (self.missing or (self.mismatched and not self.reinitialized))
 
     def summary(self) -> str:
         lines = []
@@ -271,6 +273,8 @@ class LoadReport:
             lines.append(f"unexpected ({len(self.unexpected)}): " + ", ".join(self.unexpected))
         if self.ignored:
             lines.append(f"ignored ({len(self.ignored)}): " + ", ".join(self.ignored))
+        if self.reinitialized:
+            lines.append(f"re-initialised ({len(self.reinitialized)}): " + ", ".join(self.reinitialized))
         return "\n".join(lines) if lines else "all weights matched"
 
 
@@ -346,17 +350,24 @@ def match_checkpoint(
 
 
 def check_report(report: LoadReport, config: DebertaV2Config, task: str, source: str,
-                 allow_missing_head: bool = True) -> list[str]:
+                 allow_missing_head: bool = True, ignore_mismatched_sizes: bool = False) -> list[str]:
     """Raise CheckpointError for shape mismatches and missing backbone weights; return missing head keys.
 
     A task model loaded from a backbone-only checkpoint gets a freshly initialised head, as in the reference
-    (the caller warns); a missing backbone tensor is an error.
+    (the caller warns); a missing backbone tensor is an error. With ``ignore_mismatched_sizes``, a head tensor of
+    another shape (e.g. a classifier for another ``num_labels``) is not an error: its canonical name goes to
+    ``report.reinitialized`` (the model keeps its fresh initialisation); backbone mismatches still fail.
     """
     problems = []
+    head_names = set(head_shapes(config, task))
     for ckpt_name, got, want in report.mismatched:
+        name = report.renamed.get(ckpt_name, ckpt_name)
+        if ignore_mismatched_sizes and name in head_names:
+            if name not in report.reinitialized:
+                report.reinitialized.append(name)
+            continue
         problems.append(f"tensor {ckpt_name!r} has shape {list(got)} but the config expects {list(want)}"
                         f"{_shape_hint(ckpt_name, got, want, config)}")
-    head_names = set(head_shapes(config, task))
     missing_backbone = [n for n in report.missing if n not in head_names]
     missing_head = [n for n in report.missing if n in head_names]
     if missing_backbone:

@@ -32,8 +32,8 @@ from flax import nnx
 from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
 from deberta_xf.errors import CheckpointError
-from deberta_xf.loading import load_checkpoint, resolve_config, save_arrays
-from deberta_xf.outputs import ModelOutput
+from deberta_xf.loading import dtype_name, load_checkpoint, resolve_config, save_arrays
+from deberta_xf.outputs import ModelOutput, finish, output_flags
 from deberta_xf.relative_position import attention_distance_window
 
 FRAMEWORK = "flax"
@@ -348,6 +348,14 @@ class FlaxConvLayer(nnx.Module):
         return self.LayerNorm(residual_states + out) * keep
 
 
+def _layer(layer, hidden_states, attention_mask, rel_embeddings, position_index, output_attentions):
+    return layer(hidden_states, attention_mask, rel_embeddings, position_index, output_attentions)
+
+
+# The same call under nnx.remat (gradient checkpointing): activations are recomputed in the backward pass.
+_remat_layer = nnx.remat(_layer, static_argnums=(5,))
+
+
 class FlaxDebertaV2Encoder(nnx.Module):
     def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
         self._config = Static(config)
@@ -360,6 +368,7 @@ class FlaxDebertaV2Encoder(nnx.Module):
         if config.rel_embeddings_layer_norm:
             self.LayerNorm = layer_norm(config, config.hidden_size, dtype, rngs)
         self.conv = FlaxConvLayer(config, dtype=dtype, rngs=rngs) if config.conv_kernel_size > 0 else None
+        self.gradient_checkpointing = False  # nnx.remat around each layer: recomputed in the backward pass
 
     def get_rel_embedding(self) -> Optional[jax.Array]:
         if not self.relative_attention:
@@ -380,8 +389,9 @@ class FlaxDebertaV2Encoder(nnx.Module):
         all_attentions = [] if output_attentions else None
         embedding_output = hidden_states
         for i, layer in enumerate(self.layer):
-            hidden_states, probs = layer(hidden_states, attention_mask, rel_embeddings, position_index,
-                                         output_attentions)
+            call = _remat_layer if self.gradient_checkpointing else _layer
+            hidden_states, probs = call(layer, hidden_states, attention_mask, rel_embeddings, position_index,
+                                        output_attentions)
             if i == 0 and self.conv is not None:
                 hidden_states = self.conv(embedding_output, hidden_states, input_mask)
             if output_hidden_states:
@@ -419,11 +429,9 @@ _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16
 
 def compute_dtype(dtype: Any):
     """None / "float32" / "bfloat16" / "float16" / a numpy or JAX dtype -> the compute dtype (None = float32)."""
-    if dtype is None:
+    name = dtype_name(dtype)  # strings, numpy / JAX / torch / TF dtype objects
+    if name is None or name == "auto":  # "auto" is resolved by from_pretrained
         return None
-    name = str(getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or dtype)
-    if name not in _DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; expected float32, float16 or bfloat16")
     return None if _DTYPES[name] == jnp.float32 else _DTYPES[name]
 
 
@@ -449,6 +457,33 @@ def _initial_value(name: str, shape: tuple[int, ...], config: DebertaV2Config, k
     if kind == "layer_norm_scale":
         return jnp.ones(shape, jnp.float32)
     return jnp.zeros(shape, jnp.float32)
+
+
+def _resized_rows(old: np.ndarray, new_rows: int, std: float, mean_resizing: bool,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``old`` with ``new_rows`` rows: the first ones kept, new ones as the reference's ``resize_token_embeddings``
+    draws them (around the old rows' mean with 1e-9 x their covariance, or normal(0, std); a bias: its mean, or 0)."""
+    n = min(old.shape[0], new_rows)
+    out = np.zeros((new_rows, *old.shape[1:]), np.float32)
+    out[:n] = old[:n]
+    added = new_rows - n
+    if added <= 0:
+        return out
+    source = old.astype(np.float64)
+    if old.ndim == 1:
+        out[n:] = source.mean() if mean_resizing else 0.0
+    elif not mean_resizing:
+        out[n:] = rng.normal(0.0, std, (added, *old.shape[1:]))
+    else:
+        mean = source.mean(0)
+        centered = source - mean
+        covariance = 1e-9 * centered.T @ centered / source.shape[0]
+        try:
+            np.linalg.cholesky(covariance)
+            out[n:] = rng.multivariate_normal(mean, covariance, added)
+        except np.linalg.LinAlgError:  # not positive definite: the mean, as the reference
+            out[n:] = mean
+    return out
 
 
 @functools.partial(nnx.jit, static_argnames=("output_hidden_states", "output_attentions"))
@@ -491,18 +526,23 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
-                        dtype: Any = None, seed: int = 0, **config_overrides: Any):
+                        dtype: Any = None, seed: int = 0, ignore_mismatched_sizes: bool = False,
+                        **config_overrides: Any):
         """Load a checkpoint directory (``config.json`` + any supported weights file, ``flax_model.msgpack``
         first) or a weights file (then ``config`` is required).
 
         The model is built abstractly (``nnx.eval_shape``, no parameter is initialised) and filled from the
         checkpoint; a head missing from it is freshly initialised (with a warning). Parameters are float32,
-        ``dtype`` is the compute dtype. The model is returned in eval mode.
+        ``dtype`` is the compute dtype (``"auto"``: the checkpoint's stored floating dtype).
+        ``ignore_mismatched_sizes=True`` re-initialises head tensors of another shape. Returned in eval mode.
         """
         cfg = resolve_config(pretrained_model_name_or_path, config)
         if config_overrides:
             cfg = DebertaV2Config.from_dict({**cfg.to_dict(), **config_overrides})
-        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, FRAMEWORK, config=cfg)
+        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, FRAMEWORK, config=cfg,
+                                 ignore_mismatched_sizes=ignore_mismatched_sizes)
+        if dtype_name(dtype) == "auto":
+            dtype = loaded.stored_dtype
         model = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed)))
         model._assign(loaded.arrays, init_seed=seed)  # every parameter becomes concrete
         nnx.reseed(model, dropout=seed)  # and so do the dropout streams' keys and counts
@@ -550,6 +590,70 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
         save_arrays(save_directory, self.config, self.task, FRAMEWORK, self.canonical_state(), format)
 
     # ---------------------------------------------------------------------------------------------------------
+    # The reference's model methods: embeddings, parameter counts, gradient checkpointing
+    def get_input_embeddings(self) -> nnx.Embed:
+        return getattr(self, self.base_model_prefix, self).embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nnx.Embed) -> None:
+        getattr(self, self.base_model_prefix, self).embeddings.word_embeddings = value
+
+    def get_output_embeddings(self):
+        """The masked-LM decoder: the untied legacy head's own ``decoder``, else the word embeddings it is tied to;
+        None for the other models."""
+        if self.task != "masked-lm":
+            return None
+        if self.config.legacy and self.cls.predictions.decoder is not None:
+            return self.cls.predictions.decoder
+        return self.get_input_embeddings()
+
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
+                                mean_resizing: bool = True, seed: int = 0) -> nnx.Embed:
+        """Resize the word embeddings (and the masked-LM bias, and an untied decoder) to ``new_num_tokens`` rows and
+        set ``config.vocab_size``, as the PyTorch model and the reference: the first rows are kept; new rows are drawn
+        around the old rows' mean (``mean_resizing``) or normal(0, initializer_range), from ``seed``."""
+        old = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        table = np.asarray(old.embedding[...])
+        new_num_tokens = table.shape[0] if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of is not None:
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        rng = np.random.default_rng(seed)
+        std = self.config.initializer_range
+        new = nnx.eval_shape(lambda: embedding(self.config, new_num_tokens, table.shape[1], self.dtype, nnx.Rngs(0)))
+        new.embedding = nnx.Param(jnp.asarray(_resized_rows(table, new_num_tokens, std, mean_resizing, rng)))
+        self.set_input_embeddings(new)
+        if self.task == "masked-lm":
+            head = self.cls.predictions if self.config.legacy else self.lm_predictions.lm_head
+            head.bias = nnx.Param(jnp.asarray(_resized_rows(np.asarray(head.bias[...]), new_num_tokens, 0.0,
+                                                            mean_resizing, rng)))
+            decoder = head.decoder if self.config.legacy else None
+            if decoder is not None:  # kernel [E, V] (flax layout): rows of the canonical [V, E]
+                kernel = _resized_rows(np.asarray(decoder.kernel[...]).T, new_num_tokens, std, mean_resizing, rng)
+                decoder.kernel = nnx.Param(jnp.asarray(kernel.T))
+                decoder.out_features = new_num_tokens
+        self.config.vocab_size = new_num_tokens
+        return new
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (every nnx.Param is trainable); ``exclude_embeddings`` leaves out the embedding
+        tables, as the reference."""
+        names = flax_names(self.config, self.task)
+        return int(sum(np.prod(variable.shape) for path, variable in nnx.to_flat_state(nnx.state(self, nnx.Param))
+                       if not (exclude_embeddings and schema.param_kind(names[_path_key(path)]) == "embedding")))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        """Recompute each encoder layer in the backward pass (``nnx.remat``): the same gradients, less memory."""
+        getattr(self, self.base_model_prefix, self).encoder.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        getattr(self, self.base_model_prefix, self).encoder.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return getattr(self, self.base_model_prefix, self).encoder.gradient_checkpointing
+
+    # ---------------------------------------------------------------------------------------------------------
     def jit_call(self, output_hidden_states: bool = False, output_attentions: bool = False, **inputs: Any):
         """The same call as ``model(**inputs)``, compiled with ``nnx.jit``: one compile per model structure (and
         train/eval mode), input shapes and dtypes, set of given inputs and output flags."""
@@ -576,17 +680,16 @@ class FlaxDebertaV2Model(FlaxDebertaV2PreTrainedModel):
         self.embeddings = FlaxDebertaV2Embeddings(config, dtype=self.dtype, rngs=rngs)
         self.encoder = FlaxDebertaV2Encoder(config, dtype=self.dtype, rngs=rngs)
 
-    def get_input_embeddings(self) -> nnx.Embed:
-        return self.embeddings.word_embeddings
-
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, output_attentions=False, output_hidden_states=False, return_dict=True):
+                 inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = self._prepare(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         pair_mask, input_mask = attention_masks(attention_mask)
         embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, input_mask, inputs_embeds)
-        return self.encoder(embedding_output, pair_mask, input_mask, bool(output_hidden_states),
-                            bool(output_attentions))
+        return finish(self.encoder(embedding_output, pair_mask, input_mask, output_hidden_states, output_attentions),
+                      return_dict)
 
 
 # =============================================================================================================
@@ -730,17 +833,19 @@ class FlaxDebertaV2ForMaskedLM(FlaxDebertaV2PreTrainedModel):
             self.lm_predictions = FlaxDebertaV2OnlyMLMHead(config, dtype=self.dtype, rngs=rngs)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
-                 return_dict=True):
+                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                 return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               output_attentions, output_hidden_states)
+                               output_attentions, output_hidden_states, return_dict=True)
         word_embeddings = self.deberta.embeddings.word_embeddings.embedding[...]
         head = self.cls if self.config.legacy else self.lm_predictions
         logits = head(outputs.last_hidden_state, word_embeddings)
         loss = None
         if labels is not None:
             loss = cross_entropy(logits.reshape(-1, self.config.vocab_size), _as_array(labels).reshape(-1))
-        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
 class FlaxDebertaV2ForSequenceClassification(FlaxDebertaV2PreTrainedModel):
@@ -756,15 +861,17 @@ class FlaxDebertaV2ForSequenceClassification(FlaxDebertaV2PreTrainedModel):
         self.dropout = dropout(config.classifier_dropout, rngs)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
-                 return_dict=True):
+                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                 return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               output_attentions, output_hidden_states)
+                               output_attentions, output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
         loss = None
         if labels is not None:
             loss = sequence_classification_loss(self.num_labels, self.problem_type, logits, _as_array(labels))
-        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
 class FlaxDebertaV2ForTokenClassification(FlaxDebertaV2PreTrainedModel):
@@ -778,15 +885,17 @@ class FlaxDebertaV2ForTokenClassification(FlaxDebertaV2PreTrainedModel):
         self.classifier = linear(config, config.hidden_size, config.num_labels, self.dtype, rngs)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
-                 return_dict=True):
+                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                 return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               output_attentions, output_hidden_states)
+                               output_attentions, output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
             loss = cross_entropy(logits.reshape(-1, self.num_labels), _as_array(labels).reshape(-1))
-        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
 class FlaxDebertaV2ForQuestionAnswering(FlaxDebertaV2PreTrainedModel):
@@ -799,10 +908,12 @@ class FlaxDebertaV2ForQuestionAnswering(FlaxDebertaV2PreTrainedModel):
         self.qa_outputs = linear(config, config.hidden_size, config.num_labels, self.dtype, rngs)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=False,
-                 output_hidden_states=False, return_dict=True):
+                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                 output_hidden_states=None, return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               output_attentions, output_hidden_states)
+                               output_attentions, output_hidden_states, return_dict=True)
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = logits[..., 0], logits[..., 1]
         loss = None
@@ -812,7 +923,8 @@ class FlaxDebertaV2ForQuestionAnswering(FlaxDebertaV2PreTrainedModel):
             end = jnp.clip(_as_array(end_positions).reshape(-1), 0, ignored_index)
             loss = (cross_entropy(start_logits, start, ignore_index=ignored_index)
                     + cross_entropy(end_logits, end, ignore_index=ignored_index)) / 2
-        return _with_encoder_outputs(outputs, loss=loss, start_logits=start_logits, end_logits=end_logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, start_logits=start_logits,
+                                            end_logits=end_logits), return_dict)
 
 
 class FlaxDebertaV2ForMultipleChoice(FlaxDebertaV2PreTrainedModel):
@@ -826,9 +938,11 @@ class FlaxDebertaV2ForMultipleChoice(FlaxDebertaV2PreTrainedModel):
         self.dropout = dropout(config.classifier_dropout, rngs)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
-                 return_dict=True):
+                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                 return_dict=None):
         """Inputs are [batch, num_choices, seq] ([batch, num_choices, seq, E] for inputs_embeds)."""
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         ref = input_ids if input_ids is not None else inputs_embeds
         num_choices = ref.shape[1]
 
@@ -838,13 +952,13 @@ class FlaxDebertaV2ForMultipleChoice(FlaxDebertaV2PreTrainedModel):
         mask_tail = 2 if attention_mask is not None and np.ndim(attention_mask) == 4 else 1
         outputs = self.deberta(flat(input_ids), flat(attention_mask, mask_tail), flat(token_type_ids),
                                flat(position_ids), flat(inputs_embeds, 2), output_attentions,
-                               output_hidden_states)
+                               output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
         reshaped_logits = logits.reshape(-1, num_choices)
         loss = None
         if labels is not None:
             loss = cross_entropy(reshaped_logits, _as_array(labels).reshape(-1))
-        return _with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits), return_dict)
 
 
 MODEL_CLASSES = {cls.task: cls for cls in (

@@ -27,8 +27,10 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import inspect
 import math
 import os
+from collections.abc import Mapping
 from typing import Any, Optional
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -40,8 +42,8 @@ import tensorflow as tf  # noqa: E402
 from deberta_xf import schema  # noqa: E402
 from deberta_xf.configuration import DebertaV2Config  # noqa: E402
 from deberta_xf.formats import TensorInfo  # noqa: E402
-from deberta_xf.loading import load_checkpoint, resolve_config, save_checkpoint  # noqa: E402
-from deberta_xf.outputs import ModelOutput  # noqa: E402
+from deberta_xf.loading import dtype_name, load_checkpoint, resolve_config, save_checkpoint  # noqa: E402
+from deberta_xf.outputs import ModelOutput, finish, output_flags  # noqa: E402
 from deberta_xf.relative_position import attention_distance_window, c2p_index, make_log_bucket_position, \
     p2c_index  # noqa: E402
 
@@ -540,13 +542,39 @@ _CANONICAL_LEAF = {"kernel": "weight", "embeddings": "weight", "gamma": "weight"
 
 
 def dtype_policy(dtype: Any) -> str:
-    """None / "float32" / "bfloat16" / "float16" (numpy, tf or string spellings) -> a Keras dtype policy name."""
-    if dtype is None:
-        return "float32"
-    name = str(getattr(dtype, "name", dtype)).replace("tf.", "").replace("torch.", "")
-    if name not in _DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; expected float32, float16 or bfloat16")
-    return _DTYPES[name]
+    """None / a string / a numpy, TF, torch or JAX dtype -> a Keras dtype policy name ("float32" for None)."""
+    return dtype_name(dtype) or "float32"
+
+
+def _is_nested_numbers(x) -> bool:
+    """A (nested) Python list of numbers: token ids, not a list of inputs."""
+    while isinstance(x, (list, tuple)) and x:
+        x = x[0]
+    return isinstance(x, (int, float, np.integer, np.floating))
+
+
+def unpack_inputs(model, call, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The reference TF's calling conventions: the inputs as keywords, or as a dict, or as a list/tuple in the
+    signature's (the reference's) order given as the first argument (how Keras ``fit``/``predict`` pass them).
+    Returns the positional and keyword arguments for ``call``."""
+    if not args or not isinstance(args[0], (Mapping, list, tuple)) or _is_nested_numbers(args[0]):
+        return args, kwargs
+    names = [n for n in inspect.signature(call).parameters if n != "self"]
+    first, rest = args[0], args[1:]
+    if isinstance(first, Mapping):
+        given = dict(first)
+    else:
+        if len(first) > len(names):
+            raise ValueError(f"{type(model).__name__} takes at most {len(names)} inputs, got {len(first)}")
+        given = dict(zip(names, first))
+    given.update(zip(names[1:], rest))  # further positional arguments follow the signature
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(f"{type(model).__name__} got unexpected inputs {unknown}; expected some of {names}")
+    both = sorted(set(given) & set(kwargs))
+    if both:
+        raise ValueError(f"{type(model).__name__} got {both} both in the inputs and as keywords")
+    return (), {**given, **kwargs}
 
 
 def _as_tensor(x, dtype=None):
@@ -570,31 +598,112 @@ class TFDebertaV2PreTrainedModel(keras.Model):
     def __init__(self, config: DebertaV2Config, dtype: Any = None, name: Optional[str] = None, **kwargs):
         super().__init__(name=name or _snake_case(type(self).__name__), dtype=dtype_policy(dtype), **kwargs)
         self.config = config
+        self._allow_non_tensor_positional_args = True  # a list of inputs may hold None and flags (reference order)
+
+    def __call__(self, *args, **kwargs):
+        """Keras' call, after unpacking a dict or list/tuple of inputs (:func:`unpack_inputs`)."""
+        args, kwargs = unpack_inputs(self, self.call, args, kwargs)
+        return super().__call__(*args, **kwargs)
 
     # ---------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: DebertaV2Config, dtype: Any = None, seed: Optional[int] = None):
-        """A randomly initialised model (normal(0, initializer_range) weights, as the reference)."""
-        if isinstance(config, dict):  # keras.Model.from_config(dict) convention
+    def from_config(cls, config: DebertaV2Config | dict, dtype: Any = None, seed: Optional[int] = None):
+        """A randomly initialised model (normal(0, initializer_range) weights, as the reference). ``config`` may be
+        a DebertaV2Config, its dict, or what :meth:`get_config` returned (the Keras convention)."""
+        name = None
+        if isinstance(config, dict) and "deberta_config" in config:  # from get_config (Keras serialization)
+            dtype = config.get("dtype") if dtype is None else dtype
+            dtype = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+            name, config = config.get("name"), config["deberta_config"]
+        if isinstance(config, dict):
             config = DebertaV2Config.from_dict(config)
         if seed is not None:
             keras.utils.set_random_seed(seed)
-        return cls(config, dtype=dtype)
+        return cls(config, dtype=dtype, name=name)
+
+    def get_config(self) -> dict:
+        """Keras serialization (``.keras`` files, ``keras.models.clone_model``): the DeBERTa config, the dtype policy
+        and the name; :meth:`from_config` rebuilds the model from it."""
+        return {"name": self.name, "dtype": self.dtype_policy.name, "trainable": self.trainable,
+                "deberta_config": self.config.to_dict()}
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Keras training: compile(optimizer) without a loss trains on the model's own loss, labels given in the input
+    # dict or as ``y`` (a dict of label names, or the one label array), as the reference TF models do.
+    def _label_names(self) -> list[str]:
+        names = inspect.signature(self.call).parameters
+        return [n for n in ("labels", "start_positions", "end_positions") if n in names]
+
+    def _uses_own_loss(self) -> bool:
+        return getattr(self, "_compile_loss", None) is None
+
+    def _labels_into_inputs(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self._uses_own_loss() and y is not None and isinstance(x, Mapping):
+            names = self._label_names()
+            if isinstance(y, Mapping):
+                x, y = {**x, **{k: v for k, v in y.items() if k in names}}, None
+            elif len(names) == 1:
+                x, y = {**x, names[0]: y}, None
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+    def train_step(self, data):
+        return super().train_step(self._labels_into_inputs(data))
+
+    def test_step(self, data):
+        return super().test_step(self._labels_into_inputs(data))
+
+    def predict_step(self, data):
+        out = super().predict_step(data)
+        return dict(out) if isinstance(out, ModelOutput) else out  # a plain dict: Keras concatenates the batches
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self._uses_own_loss() and isinstance(y_pred, Mapping) and y_pred.get("loss") is not None:
+            loss = tf.reduce_mean(tf.cast(y_pred["loss"], tf.float32))
+            for extra in self.losses:
+                loss = loss + tf.cast(extra, tf.float32)
+            return loss
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
-                        dtype: Any = None, **config_overrides: Any):
+                        dtype: Any = None, ignore_mismatched_sizes: bool = False, **config_overrides: Any):
         """Load a checkpoint directory (``config.json`` + weights: ``tf_model.h5`` first, then any other supported
-        file) or a weights file (then ``config`` is required)."""
+        file) or a weights file (then ``config`` is required). ``dtype`` is the variables' dtype (``"auto"``: the
+        checkpoint's); ``ignore_mismatched_sizes=True`` re-initialises head tensors of another shape."""
         cfg = resolve_config(pretrained_model_name_or_path, config)
         if config_overrides:
             cfg = DebertaV2Config.from_dict({**cfg.to_dict(), **config_overrides})
-        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "tf", config=cfg)
+        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "tf", config=cfg,
+                                 ignore_mismatched_sizes=ignore_mismatched_sizes)
+        dtype = dtype_name(dtype)
+        if dtype == "auto":
+            dtype = loaded.stored_dtype
         model = cls(cfg, dtype=dtype)
         model.load_canonical(loaded.arrays)
         model.loading_report = loaded.report
         model.weights_path = loaded.weights_path
         return model
+
+    # ---------------------------------------------------------------------------------------------------------
+    # The reference's model methods: embeddings and parameter counts (``.dtype`` is Keras' own: the variables')
+    def get_input_embeddings(self) -> Embedding:
+        return getattr(self, self.base_model_prefix, self).embeddings.word_embeddings
+
+    def get_output_embeddings(self):
+        """The masked-LM decoder: the untied legacy head's own ``decoder``, else the word embeddings it is tied to;
+        None for the other models."""
+        if self.task != "masked-lm":
+            return None
+        if self.config.legacy and self.cls.predictions.decoder is not None:
+            return self.cls.predictions.decoder
+        return self.get_input_embeddings()
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters; ``exclude_embeddings`` leaves out the embedding tables, as the reference."""
+        return int(sum(np.prod(v.shape) for name, v in self.canonical_variables().items()
+                       if not (exclude_embeddings and schema.param_kind(name) == "embedding")
+                       and (v.trainable or not only_trainable)))
 
     # ---------------------------------------------------------------------------------------------------------
     def canonical_variables(self) -> dict[str, Any]:
@@ -672,7 +781,9 @@ class TFDebertaV2Model(TFDebertaV2PreTrainedModel):
         self.built = True
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             output_attentions=False, output_hidden_states=False, training=None):
+             output_attentions=None, output_hidden_states=None, return_dict=None, training=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         training = bool(training)
         input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = self._prepare(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
@@ -680,8 +791,8 @@ class TFDebertaV2Model(TFDebertaV2PreTrainedModel):
         embedding_output = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
                                            position_ids=position_ids, input_mask=input_mask,
                                            inputs_embeds=inputs_embeds, training=training)
-        return self.encoder(embedding_output, pair_mask, input_mask, output_hidden_states=bool(output_hidden_states),
-                            output_attentions=bool(output_attentions), training=training)
+        return finish(self.encoder(embedding_output, pair_mask, input_mask, output_hidden_states=output_hidden_states,
+                                   output_attentions=output_attentions, training=training), return_dict)
 
 
 class _TaskModel(TFDebertaV2PreTrainedModel, abc.ABC):
@@ -703,7 +814,7 @@ class _TaskModel(TFDebertaV2PreTrainedModel, abc.ABC):
         return self.deberta(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds,
                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                            training=training)
+                            return_dict=True, training=training)
 
 
 # =============================================================================================================
@@ -868,7 +979,9 @@ class TFDebertaV2ForMaskedLM(_TaskModel):
             self.lm_predictions = TFDebertaV2OnlyMLMHead(config, name="lm_predictions", dtype=dt)
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, output_attentions=False, output_hidden_states=False, training=None):
+             output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, training)
         word_embeddings = tf.convert_to_tensor(self.deberta.embeddings.word_embeddings.embeddings)
@@ -878,7 +991,7 @@ class TFDebertaV2ForMaskedLM(_TaskModel):
         if labels is not None:
             loss = cross_entropy(tf.reshape(logits, [-1, self.config.vocab_size]), tf.reshape(_as_tensor(labels), [-1]))
             loss = _loss_dtype(loss, logits)
-        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
 class TFDebertaV2ForSequenceClassification(_TaskModel):
@@ -891,7 +1004,9 @@ class TFDebertaV2ForSequenceClassification(_TaskModel):
         self.dropout_rate = config.classifier_dropout
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, output_attentions=False, output_hidden_states=False, training=None):
+             output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         training = bool(training)
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, training)
@@ -900,7 +1015,7 @@ class TFDebertaV2ForSequenceClassification(_TaskModel):
         loss = None
         if labels is not None:
             loss = _loss_dtype(sequence_classification_loss(self.config, logits, _as_tensor(labels)), logits)
-        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
 class TFDebertaV2ForTokenClassification(_TaskModel):
@@ -912,7 +1027,9 @@ class TFDebertaV2ForTokenClassification(_TaskModel):
         self.dropout_rate = config.hidden_dropout_prob
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, output_attentions=False, output_hidden_states=False, training=None):
+             output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         training = bool(training)
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, training)
@@ -921,7 +1038,7 @@ class TFDebertaV2ForTokenClassification(_TaskModel):
         if labels is not None:
             loss = cross_entropy(tf.reshape(logits, [-1, self.config.num_labels]), tf.reshape(_as_tensor(labels), [-1]))
             loss = _loss_dtype(loss, logits)
-        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
 class TFDebertaV2ForQuestionAnswering(_TaskModel):
@@ -932,8 +1049,10 @@ class TFDebertaV2ForQuestionAnswering(_TaskModel):
                                 name="qa_outputs", dtype=dt)
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             start_positions=None, end_positions=None, output_attentions=False, output_hidden_states=False,
-             training=None):
+             output_attentions=None, output_hidden_states=None, return_dict=None, start_positions=None,
+             end_positions=None, training=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, training)
         logits = self.qa_outputs(outputs.last_hidden_state)
@@ -949,7 +1068,8 @@ class TFDebertaV2ForQuestionAnswering(_TaskModel):
 
             loss = _loss_dtype((span_loss(start_logits, start_positions) + span_loss(end_logits, end_positions)) / 2,
                                logits)
-        return _with_encoder_outputs(outputs, loss=loss, start_logits=start_logits, end_logits=end_logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, start_logits=start_logits,
+                                            end_logits=end_logits), return_dict)
 
 
 class TFDebertaV2ForMultipleChoice(_TaskModel):
@@ -961,7 +1081,9 @@ class TFDebertaV2ForMultipleChoice(_TaskModel):
         self.dropout_rate = config.classifier_dropout
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-             labels=None, output_attentions=False, output_hidden_states=False, training=None):
+             output_attentions=None, output_hidden_states=None, return_dict=None, labels=None, training=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         """Inputs are [batch, num_choices, seq] ([batch, num_choices, seq, E] for inputs_embeds)."""
         training = bool(training)
         input_ids, inputs_embeds = _as_tensor(input_ids), _as_tensor(inputs_embeds, self.compute_dtype) \
@@ -985,8 +1107,12 @@ class TFDebertaV2ForMultipleChoice(_TaskModel):
         loss = None
         if labels is not None:
             loss = _loss_dtype(cross_entropy(reshaped_logits, tf.reshape(_as_tensor(labels), [-1])), logits)
-        return _with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits), return_dict)
 
+
+for _cls in (TFDebertaV2Model, TFDebertaV2ForMaskedLM, TFDebertaV2ForSequenceClassification,
+             TFDebertaV2ForTokenClassification, TFDebertaV2ForQuestionAnswering, TFDebertaV2ForMultipleChoice):
+    keras.saving.register_keras_serializable(package="deberta_xf")(_cls)  # .keras files name them
 
 MODEL_CLASSES = {cls.task: cls for cls in (
     TFDebertaV2Model, TFDebertaV2ForMaskedLM, TFDebertaV2ForSequenceClassification,

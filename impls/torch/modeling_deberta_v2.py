@@ -15,12 +15,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
-from deberta_xf.loading import load_checkpoint, resolve_config, save_arrays
-from deberta_xf.outputs import ModelOutput
+from deberta_xf.loading import dtype_name, load_checkpoint, resolve_config, save_arrays
+from deberta_xf.outputs import ModelOutput, finish, output_flags
 from deberta_xf.relative_position import DistanceTable, distance_table
 
 logger = logging.getLogger("deberta_xf")
@@ -264,6 +265,7 @@ class DebertaV2Encoder(nn.Module):
         if config.rel_embeddings_layer_norm:
             self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.conv = ConvLayer(config) if config.conv_kernel_size > 0 else None
+        self.gradient_checkpointing = False  # recompute each layer in the backward pass (training mode only)
 
     def get_rel_embedding(self) -> Optional[torch.Tensor]:
         if not self.config.relative_attention:
@@ -285,8 +287,13 @@ class DebertaV2Encoder(nn.Module):
         all_attentions = [] if output_attentions else None
         embedding_output = hidden_states
         for i, layer in enumerate(self.layer):
-            hidden_states, probs = layer(hidden_states, attention_mask, rel_embeddings, position_index,
-                                         output_attentions)
+            if self.gradient_checkpointing and self.training:
+                hidden_states, probs = torch.utils.checkpoint.checkpoint(
+                    layer, hidden_states, attention_mask, rel_embeddings, position_index, output_attentions,
+                    use_reentrant=False)
+            else:
+                hidden_states, probs = layer(hidden_states, attention_mask, rel_embeddings, position_index,
+                                             output_attentions)
             if i == 0 and self.conv is not None:
                 hidden_states = self.conv(embedding_output, hidden_states, input_mask)
             if output_hidden_states:
@@ -329,12 +336,38 @@ _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 
 
 def torch_dtype(dtype: Any) -> Optional[torch.dtype]:
+    """None / a string / a numpy, torch or other framework's dtype -> a torch dtype (``"auto"`` is resolved by
+    ``from_pretrained`` before this)."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    name = getattr(dtype, "name", dtype)
-    if str(name) not in _TORCH_DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; expected float32, float16 or bfloat16")
-    return _TORCH_DTYPES[str(name)]
+    return _TORCH_DTYPES[dtype_name(dtype)]
+
+
+def _resized_rows(old: torch.Tensor, new_rows: int, std: float, mean_resizing: bool) -> torch.Tensor:
+    """``old`` ([rows, ...] or [rows]) with ``new_rows`` rows: the first ones kept, new ones drawn as the reference's
+    ``resize_token_embeddings`` does (around the old mean, or normal(0, std); a bias: its mean, or 0)."""
+    n = min(old.shape[0], new_rows)
+    out = torch.empty((new_rows, *old.shape[1:]), dtype=old.dtype, device=old.device)
+    out[:n] = old[:n]
+    added = new_rows - n
+    if added <= 0:
+        return out
+    source = old.float()
+    if old.dim() == 1:
+        out[n:] = source.mean() if mean_resizing else 0
+        return out
+    if not mean_resizing:
+        out[n:] = torch.randn((added, *old.shape[1:]), device=old.device).mul(std).to(old.dtype)
+        return out
+    mean = source.mean(0)
+    centered = source - mean
+    covariance = centered.T @ centered / source.shape[0]
+    try:
+        sample = torch.distributions.MultivariateNormal(mean, covariance_matrix=1e-9 * covariance).sample((added,))
+    except (ValueError, RuntimeError):  # covariance not positive definite: the mean, as the reference
+        sample = mean.expand(added, -1)
+    out[n:] = sample.to(old.dtype)
+    return out
 
 
 class DebertaV2PreTrainedModel(nn.Module):
@@ -379,19 +412,25 @@ class DebertaV2PreTrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
-                        dtype: Any = None, **config_overrides: Any):
+                        dtype: Any = None, ignore_mismatched_sizes: bool = False, **config_overrides: Any):
         """Load a checkpoint directory (``config.json`` + any supported weights file) or a weights file.
 
-        The model is built in float32 (or ``dtype``) and is returned in eval mode.
+        The parameters are float32, or ``dtype`` (``"auto"``: the checkpoint's stored floating dtype; a string,
+        numpy or torch dtype). ``ignore_mismatched_sizes=True`` re-initialises head tensors whose shape differs
+        from the checkpoint's (listed in ``model.loading_report.reinitialized``). Returned in eval mode.
         """
         cfg = resolve_config(pretrained_model_name_or_path, config)
         if config_overrides:
             cfg = DebertaV2Config.from_dict({**cfg.to_dict(), **config_overrides})
-        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "torch", config=cfg)
+        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "torch", config=cfg,
+                                 ignore_mismatched_sizes=ignore_mismatched_sizes)
         model = cls(cfg)
         model.load_canonical(loaded.arrays)
         model.loading_report = loaded.report
         model.weights_path = loaded.weights_path
+        dtype = dtype_name(dtype)
+        if dtype == "auto":
+            dtype = loaded.stored_dtype
         if dtype is not None:
             model.to(torch_dtype(dtype))
         return model.eval()
@@ -420,6 +459,73 @@ class DebertaV2PreTrainedModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' floating dtype."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    # ---------------------------------------------------------------------------------------------------------
+    # The reference's model methods: embeddings, resizing, parameter counts, gradient checkpointing
+    def get_input_embeddings(self) -> nn.Embedding:
+        return getattr(self, self.base_model_prefix, self).embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        getattr(self, self.base_model_prefix, self).embeddings.word_embeddings = value
+
+    def get_output_embeddings(self) -> Optional[nn.Module]:
+        return None  # the masked-LM model overrides this
+
+    def _resize_output(self, new_num_tokens: int, mean_resizing: bool) -> None:
+        """Resize the head's vocabulary-sized tensors (the masked-LM model overrides this)."""
+
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Resize the word embeddings (and the masked-LM bias, and an untied decoder) to ``new_num_tokens`` rows and
+        set ``config.vocab_size``, as the reference: the first rows are kept; new rows are drawn around the old
+        rows' mean with their covariance scaled by 1e-9 (``mean_resizing``, the reference's default) or
+        normal(0, initializer_range). Returns the new input embeddings."""
+        old = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        new_num_tokens = old.weight.shape[0] if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of is not None:
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        padding_idx = old.padding_idx if old.padding_idx is not None and old.padding_idx < new_num_tokens else None
+        new = nn.Embedding(new_num_tokens, old.weight.shape[1], padding_idx=padding_idx,
+                           device=old.weight.device, dtype=old.weight.dtype)
+        new.weight.data = _resized_rows(old.weight.data, new_num_tokens, self.config.initializer_range,
+                                        mean_resizing)
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self.set_input_embeddings(new)
+        self._resize_output(new_num_tokens, mean_resizing)
+        self.config.vocab_size = new_num_tokens
+        return new
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of (distinct) parameters; ``exclude_embeddings`` leaves out every embedding table's, as the
+        reference."""
+        embeddings = {f"{name}.weight" for name, module in self.named_modules() if isinstance(module, nn.Embedding)}
+        return sum(p.numel() for name, p in self.named_parameters()
+                   if not (exclude_embeddings and name in embeddings) and (p.requires_grad or not only_trainable))
+
+    supports_gradient_checkpointing = True
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        """Recompute each encoder layer in the backward pass (``torch.utils.checkpoint``, non-reentrant) when
+        training: less activation memory, the same gradients."""
+        for module in self.modules():
+            if isinstance(module, DebertaV2Encoder):
+                module.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if isinstance(module, DebertaV2Encoder):
+                module.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules() if isinstance(m, DebertaV2Encoder))
+
     def _prepare(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
@@ -447,17 +553,16 @@ class DebertaV2Model(DebertaV2PreTrainedModel):
         self.encoder = DebertaV2Encoder(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings.word_embeddings
-
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, output_attentions=False, output_hidden_states=False, return_dict=True):
+                inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = self._prepare(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         pair_mask, input_mask = attention_masks(attention_mask)
         embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, input_mask, inputs_embeds)
-        return self.encoder(embedding_output, pair_mask, input_mask, bool(output_hidden_states),
-                            bool(output_attentions))
+        return finish(self.encoder(embedding_output, pair_mask, input_mask, output_hidden_states, output_attentions),
+                      return_dict)
 
 
 # =============================================================================================================
@@ -574,11 +679,55 @@ class DebertaV2ForMaskedLM(DebertaV2PreTrainedModel):
             self.lm_predictions = DebertaV2OnlyMLMHead(config)
         self.post_init()
 
+    def get_output_embeddings(self) -> nn.Linear:
+        """As the reference: the legacy head's decoder (tied: a Linear whose weight *is* the word embeddings' and
+        whose bias is ``cls.predictions.bias``), else ``lm_predictions.lm_head.dense``."""
+        if not self.config.legacy:
+            return self.lm_predictions.lm_head.dense
+        predictions = self.cls.predictions
+        if predictions.decoder is not None:
+            return predictions.decoder
+        weight = self.get_input_embeddings().weight
+        decoder = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        decoder.weight, decoder.bias = weight, predictions.bias
+        return decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        """As the reference. Setting the word embeddings' own weight keeps the decoder tied; any other Linear
+        unties it (``config.tie_word_embeddings = False``)."""
+        if not self.config.legacy:
+            self.lm_predictions.lm_head.dense = new_embeddings
+            if new_embeddings.bias is not None and new_embeddings.bias.shape == self.lm_predictions.lm_head.bias.shape:
+                self.lm_predictions.lm_head.bias = new_embeddings.bias
+            return
+        predictions = self.cls.predictions
+        if new_embeddings.bias is not None:
+            predictions.bias = new_embeddings.bias
+        if new_embeddings.weight is self.get_input_embeddings().weight:
+            predictions.decoder = None
+            return
+        new_embeddings.bias = None
+        predictions.decoder = new_embeddings
+        self.config.tie_word_embeddings = False
+
+    def _resize_output(self, new_num_tokens: int, mean_resizing: bool) -> None:
+        head = self.cls.predictions if self.config.legacy else self.lm_predictions.lm_head
+        head.bias = nn.Parameter(_resized_rows(head.bias.data, new_num_tokens, 0.0, mean_resizing))
+        decoder = head.decoder if self.config.legacy else None
+        if decoder is not None:
+            new = nn.Linear(decoder.in_features, new_num_tokens, bias=False, device=decoder.weight.device,
+                            dtype=decoder.weight.dtype)
+            new.weight.data = _resized_rows(decoder.weight.data, new_num_tokens, self.config.initializer_range,
+                                            mean_resizing)
+            head.decoder = new
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
-                return_dict=True):
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               output_attentions, output_hidden_states)
+                               output_attentions, output_hidden_states, return_dict=True)
         word_embeddings = self.deberta.embeddings.word_embeddings.weight
         head = self.cls if self.config.legacy else self.lm_predictions
         logits = head(outputs.last_hidden_state, word_embeddings)
@@ -586,7 +735,7 @@ class DebertaV2ForMaskedLM(DebertaV2PreTrainedModel):
         if labels is not None:
             labels = _as_tensor(labels, torch.long).to(logits.device)
             loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1))
-        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
 class DebertaV2ForSequenceClassification(DebertaV2PreTrainedModel):
@@ -602,15 +751,17 @@ class DebertaV2ForSequenceClassification(DebertaV2PreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
-                return_dict=True):
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               output_attentions, output_hidden_states)
+                               output_attentions, output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
         loss = None
         if labels is not None:
             loss = sequence_classification_loss(self.config, logits, _as_tensor(labels).to(logits.device))
-        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
 class DebertaV2ForTokenClassification(DebertaV2PreTrainedModel):
@@ -625,16 +776,18 @@ class DebertaV2ForTokenClassification(DebertaV2PreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
-                return_dict=True):
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               output_attentions, output_hidden_states)
+                               output_attentions, output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
             labels = _as_tensor(labels, torch.long).to(logits.device)
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        return _with_encoder_outputs(outputs, loss=loss, logits=logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
 class DebertaV2ForQuestionAnswering(DebertaV2PreTrainedModel):
@@ -648,10 +801,12 @@ class DebertaV2ForQuestionAnswering(DebertaV2PreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=False,
-                output_hidden_states=False, return_dict=True):
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         outputs = self.deberta(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                               output_attentions, output_hidden_states)
+                               output_attentions, output_hidden_states, return_dict=True)
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
@@ -661,7 +816,8 @@ class DebertaV2ForQuestionAnswering(DebertaV2PreTrainedModel):
             end = _as_tensor(end_positions, torch.long).to(logits.device).view(-1).clamp(0, ignored_index)
             loss = (F.cross_entropy(start_logits, start, ignore_index=ignored_index)
                     + F.cross_entropy(end_logits, end, ignore_index=ignored_index)) / 2
-        return _with_encoder_outputs(outputs, loss=loss, start_logits=start_logits, end_logits=end_logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, start_logits=start_logits, end_logits=end_logits),
+                      return_dict)
 
 
 class DebertaV2ForMultipleChoice(DebertaV2PreTrainedModel):
@@ -676,9 +832,11 @@ class DebertaV2ForMultipleChoice(DebertaV2PreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_attentions=False, output_hidden_states=False,
-                return_dict=True):
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
         """Inputs are [batch, num_choices, seq] ([batch, num_choices, seq, E] for inputs_embeds)."""
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         ref = input_ids if input_ids is not None else inputs_embeds
         num_choices = ref.shape[1]
 
@@ -688,13 +846,13 @@ class DebertaV2ForMultipleChoice(DebertaV2PreTrainedModel):
         mask_tail = 2 if attention_mask is not None and _as_tensor(attention_mask).dim() == 4 else 1
         outputs = self.deberta(flat(input_ids), flat(attention_mask, mask_tail), flat(token_type_ids),
                                flat(position_ids), flat(inputs_embeds, 2), output_attentions,
-                               output_hidden_states)
+                               output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
         reshaped_logits = logits.view(-1, num_choices)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(reshaped_logits, _as_tensor(labels, torch.long).to(logits.device).view(-1))
-        return _with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits)
+        return finish(_with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits), return_dict)
 
 
 MODEL_CLASSES = {cls.task: cls for cls in (
