@@ -2,8 +2,8 @@
 
 Parametrized over :data:`deberta_xf.frameworks.FRAMEWORKS` (a framework whose ``available()`` says why it cannot
 run is skipped) and the reference fixture cases (tests/reference_cases.py). Nothing here names a framework: it
-goes through the registry entry (``model_class``, ``precision``, ``outputs``, ``formats``, ``search_order``) and the
-model API all implementations share (``from_pretrained``, ``from_config``, ``save_pretrained``,
+goes through the registry entry (``model_class``, ``precision``, ``run``, ``default_format``, ``formats``,
+``search_order``) and the model API all implementations share (``from_pretrained``, ``from_config``, ``save_pretrained``,
 ``canonical_state``, ``config``, ``weights_path``, ``loading_report``, and calls with numpy inputs returning a
 ``ModelOutput``), so a fourth framework needs only its registry entry to be held to all of it.
 
@@ -381,8 +381,10 @@ def test_inputs_embeds_position_and_token_type_ids(fw):
     np.testing.assert_array_equal(no_types, hidden(input_ids=ids, attention_mask=mask,
                                                    token_type_ids=np.zeros_like(ids)))  # omitted = zeros
     assert np.abs(no_types - ref).max() > 1e-2  # token types matter
-    no_mask = hidden(input_ids=ids[:1, :5])  # omitted mask = all ones
-    np.testing.assert_array_equal(no_mask, hidden(input_ids=ids[:1, :5], attention_mask=np.ones((1, 5), np.int64)))
+    no_mask = hidden(input_ids=ids, token_type_ids=types)  # omitted mask = all ones
+    ones = np.ones_like(ids)
+    np.testing.assert_array_equal(no_mask, hidden(input_ids=ids, token_type_ids=types, attention_mask=ones))
+    assert np.abs(no_mask - ref)[mask.astype(bool)].max() > 1e-3  # the padding is attended to now
     with pytest.raises(ValueError, match="both input_ids and inputs_embeds"):
         call(model, input_ids=ids, inputs_embeds=embeds)
     with pytest.raises(ValueError, match="either input_ids or inputs_embeds"):
