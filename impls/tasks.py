@@ -101,6 +101,18 @@ def _architectures(config: Any) -> list[str]:
     return [str(a) for a in (values or [])]
 
 
+def _num_labels(config: Any) -> int | None:
+    """``num_labels`` of a config object or of a config.json dict (from ``id2label`` when not given, as the
+    reference derives it)."""
+    if config is None:
+        return None
+    if not isinstance(config, Mapping):
+        return getattr(config, "num_labels", None)
+    if config.get("num_labels") is not None:
+        return int(config["num_labels"])
+    return len(config["id2label"]) if isinstance(config.get("id2label"), Mapping) else 2
+
+
 def infer_task(shapes: Mapping[str, Iterable[int]], config: Any = None) -> tuple[str, str]:
     """The task of a checkpoint and how it was decided, from its tensors' names and shapes and its config.
 
@@ -127,7 +139,7 @@ def infer_task(shapes: Mapping[str, Iterable[int]], config: Any = None) -> tuple
     note = "" if not architectures else f' (config "architectures" {architectures} names no DeBERTa-v2 class)'
     if family == _POOLED:
         rows = tuple(shapes.get("classifier.weight", (None,)))[0]
-        num_labels = getattr(config, "num_labels", None) if not isinstance(config, Mapping) else None
+        num_labels = _num_labels(config)
         if rows == 1 and num_labels is not None and num_labels != 1:
             return "multiple-choice", (f"from its pooler.* tensors and a one-row classifier.weight (config "
                                        f"num_labels={num_labels}){note}")

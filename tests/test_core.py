@@ -285,6 +285,11 @@ def test_infer_task_without_architectures_tells_multiple_choice_from_the_one_row
     task, reason = infer_task(shapes, cfg)
     assert task == "multiple-choice", reason
     assert "one-row classifier" in reason and "num_labels=2" in reason
+    # the same answer from the config.json dict itself (num_labels given, or derived from id2label)
+    assert infer_task(shapes, config)[0] == "multiple-choice"
+    labels_only = {k: v for k, v in config.items() if k != "num_labels"}
+    assert infer_task(shapes, {**labels_only, "id2label": {"0": "a", "1": "b", "2": "c"}})[0] == "multiple-choice"
+    assert infer_task(shapes, {**labels_only, "id2label": {"0": "score"}})[0] == "sequence-classification"
     # the same head with num_labels=1 is a one-label (regression) sequence classifier
     assert infer_task(shapes, DebertaV2Config.from_dict({**config, "num_labels": 1}))[0] == "sequence-classification"
     seq_shapes, seq_config = _case_shapes_and_config("v3", "sequence-classification")
