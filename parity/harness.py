@@ -120,6 +120,9 @@ class PairResult:
                                                      "atol": worst.atol},
                 "max_abs": _finite(max((t.max_abs for t in self.tensors), default=0.0)),
                 "weights_diff": self.weights_diff,
+                # only in --backward / --train-steps reports (the forward report's schema is unchanged)
+                **{key: summary for key, prefix in (("gradients", GRAD_PREFIX), ("final_weights", WEIGHTS_PREFIX))
+                   if (summary := _summary(self.tensors, prefix)) is not None},
                 "tensors": [_tensor_dict(t) for t in self.tensors]}
 
 
@@ -222,6 +225,17 @@ class ParityReport:
             "passed": self.passed,
             "exit_code": self.exit_code,
         }
+
+
+def _summary(tensors: list[Comparison], prefix: str) -> dict[str, Any] | None:
+    """--backward / --train-steps: how many gradients (final weights) were compared, failed, and the worst."""
+    group = [t for t in tensors if t.name.startswith(prefix)]
+    if not group:
+        return None
+    worst = max(group, key=lambda t: t.max_abs)
+    return {"compared": len(group), "failed": sum(not t.passed for t in group), "max_abs": _finite(worst.max_abs),
+            "worst": worst.name[len(prefix):],
+            "max_rel": _finite(max(t.max_rel for t in group))}
 
 
 def _finite(x: float) -> float | None:

@@ -202,6 +202,13 @@ def format_markdown(report: dict[str, Any]) -> str:
                       f"{_num(p['max_abs'])} | `{worst}` | {p['first_diverging_layer'] or '-'} |")
             for line in _weights_diff_lines(p.get("weights_diff")):
                 md.append(f"| | | | | | {_md_cell(line.strip())} |")
+    summaries = [(p, kind, p.get(key)) for p in report["comparisons"]
+                 for kind, key in (("gradients", "gradients"), ("final weights", "final_weights")) if p.get(key)]
+    if summaries:
+        md += ["", "| pair | compared | tensors | failed | worst max abs | worst parameter | max rel |",
+               "|---|---|---|---|---|---|---|"]
+        md += [f"| {p['pair']} | {kind} | {g['compared']} | {g['failed']} | {_num(g['max_abs'])} | `{g['worst']}` | "
+               f"{_num(g['max_rel'])} |" for p, kind, g in summaries]
     failed = [c for c in report["checks"] if c["status"] == "failed"]
     if failed:
         md += ["", f"**{len(failed)} failed check(s)**", ""]

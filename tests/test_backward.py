@@ -112,6 +112,8 @@ def test_backward_report_clean(tmp_path):
     config = DebertaV2Config.from_json_file(os.path.join(case, "config.json"))
     assert {GRAD_PREFIX + n for n in expected_shapes(config, "token-classification")} <= names
     assert "loss" in names and "hidden_states.0" in names  # the forward is compared too
+    assert pair["gradients"]["compared"] == len(expected_shapes(config, "token-classification"))
+    assert pair["gradients"]["failed"] == 0 and "final_weights" not in pair
     assert all(t["atol"] == FP32_GRAD_THRESHOLDS["grad"] for t in pair["tensors"] if t["name"].startswith(GRAD_PREFIX))
     assert "grad/classifier.weight" in (tmp_path / "r.md").read_text()
     assert 'name="grad/deberta.embeddings.word_embeddings.weight"' in (tmp_path / "r.xml").read_text()
