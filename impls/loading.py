@@ -84,6 +84,33 @@ def dtype_name(dtype: Any) -> str | None:
     return _DTYPE_NAMES[name]
 
 
+def resized_rows(old: np.ndarray, new_rows: int, std: float, mean_resizing: bool,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``old`` with ``new_rows`` rows: the first ones kept, new ones as the reference's ``resize_token_embeddings``
+    draws them (around the old rows' mean with 1e-9 x their covariance, or normal(0, std); a bias: its mean, or 0)."""
+    n = min(old.shape[0], new_rows)
+    out = np.zeros((new_rows, *old.shape[1:]), np.float32)
+    out[:n] = old[:n]
+    added = new_rows - n
+    if added <= 0:
+        return out
+    source = old.astype(np.float64)
+    if old.ndim == 1:
+        out[n:] = source.mean() if mean_resizing else 0.0
+    elif not mean_resizing:
+        out[n:] = rng.normal(0.0, std, (added, *old.shape[1:]))
+    else:
+        mean = source.mean(0)
+        centered = source - mean
+        covariance = 1e-9 * centered.T @ centered / source.shape[0]
+        try:
+            np.linalg.cholesky(covariance)
+            out[n:] = rng.multivariate_normal(mean, covariance, added)
+        except np.linalg.LinAlgError:  # not positive definite: the mean, as the reference
+            out[n:] = mean
+    return out
+
+
 def weights_path_for(path: str, framework: str) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):

@@ -32,7 +32,7 @@ from flax import nnx
 from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
 from deberta_xf.errors import CheckpointError
-from deberta_xf.loading import dtype_name, load_checkpoint, resolve_config, save_arrays
+from deberta_xf.loading import dtype_name, load_checkpoint, resized_rows, resolve_config, save_arrays
 from deberta_xf.outputs import ModelOutput, finish, output_flags
 from deberta_xf.relative_position import attention_distance_window
 
@@ -459,33 +459,6 @@ def _initial_value(name: str, shape: tuple[int, ...], config: DebertaV2Config, k
     return jnp.zeros(shape, jnp.float32)
 
 
-def _resized_rows(old: np.ndarray, new_rows: int, std: float, mean_resizing: bool,
-                  rng: np.random.Generator) -> np.ndarray:
-    """``old`` with ``new_rows`` rows: the first ones kept, new ones as the reference's ``resize_token_embeddings``
-    draws them (around the old rows' mean with 1e-9 x their covariance, or normal(0, std); a bias: its mean, or 0)."""
-    n = min(old.shape[0], new_rows)
-    out = np.zeros((new_rows, *old.shape[1:]), np.float32)
-    out[:n] = old[:n]
-    added = new_rows - n
-    if added <= 0:
-        return out
-    source = old.astype(np.float64)
-    if old.ndim == 1:
-        out[n:] = source.mean() if mean_resizing else 0.0
-    elif not mean_resizing:
-        out[n:] = rng.normal(0.0, std, (added, *old.shape[1:]))
-    else:
-        mean = source.mean(0)
-        centered = source - mean
-        covariance = 1e-9 * centered.T @ centered / source.shape[0]
-        try:
-            np.linalg.cholesky(covariance)
-            out[n:] = rng.multivariate_normal(mean, covariance, added)
-        except np.linalg.LinAlgError:  # not positive definite: the mean, as the reference
-            out[n:] = mean
-    return out
-
-
 @functools.partial(nnx.jit, static_argnames=("output_hidden_states", "output_attentions"))
 def _jit_forward(model, inputs: dict, output_hidden_states: bool, output_attentions: bool):
     return model(**inputs, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
@@ -621,15 +594,15 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
         rng = np.random.default_rng(seed)
         std = self.config.initializer_range
         new = nnx.eval_shape(lambda: embedding(self.config, new_num_tokens, table.shape[1], self.dtype, nnx.Rngs(0)))
-        new.embedding = nnx.Param(jnp.asarray(_resized_rows(table, new_num_tokens, std, mean_resizing, rng)))
+        new.embedding = nnx.Param(jnp.asarray(resized_rows(table, new_num_tokens, std, mean_resizing, rng)))
         self.set_input_embeddings(new)
         if self.task == "masked-lm":
             head = self.cls.predictions if self.config.legacy else self.lm_predictions.lm_head
-            head.bias = nnx.Param(jnp.asarray(_resized_rows(np.asarray(head.bias[...]), new_num_tokens, 0.0,
+            head.bias = nnx.Param(jnp.asarray(resized_rows(np.asarray(head.bias[...]), new_num_tokens, 0.0,
                                                             mean_resizing, rng)))
             decoder = head.decoder if self.config.legacy else None
             if decoder is not None:  # kernel [E, V] (flax layout): rows of the canonical [V, E]
-                kernel = _resized_rows(np.asarray(decoder.kernel[...]).T, new_num_tokens, std, mean_resizing, rng)
+                kernel = resized_rows(np.asarray(decoder.kernel[...]).T, new_num_tokens, std, mean_resizing, rng)
                 decoder.kernel = nnx.Param(jnp.asarray(kernel.T))
                 decoder.out_features = new_num_tokens
         self.config.vocab_size = new_num_tokens

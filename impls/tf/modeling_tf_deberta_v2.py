@@ -25,6 +25,7 @@ Behaviour:
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -42,7 +43,8 @@ import tensorflow as tf  # noqa: E402
 from deberta_xf import schema  # noqa: E402
 from deberta_xf.configuration import DebertaV2Config  # noqa: E402
 from deberta_xf.formats import TensorInfo  # noqa: E402
-from deberta_xf.loading import dtype_name, load_checkpoint, resolve_config, save_checkpoint  # noqa: E402
+from deberta_xf.loading import dtype_name, load_checkpoint, resized_rows, resolve_config, \
+    save_checkpoint  # noqa: E402
 from deberta_xf.outputs import ModelOutput, finish, output_flags  # noqa: E402
 from deberta_xf.relative_position import attention_distance_window, c2p_index, make_log_bucket_position, \
     p2c_index  # noqa: E402
@@ -585,6 +587,25 @@ def _as_tensor(x, dtype=None):
     return tf.convert_to_tensor(x, dtype=dtype) if not tf.is_tensor(x) else (x if dtype is None else tf.cast(x, dtype))
 
 
+def _as_float32(variable) -> np.ndarray:
+    return np.asarray(tf.cast(tf.convert_to_tensor(variable), tf.float32).numpy())
+
+
+def _replace_variable(layer: keras.layers.Layer, attribute: str, values: np.ndarray) -> None:
+    """Give ``layer.<attribute>`` a variable of another shape, at the same Keras path and in the same place of the
+    layer's variables (Keras variables cannot change shape)."""
+    old = getattr(layer, attribute)
+    with contextlib.ExitStack() as scopes:
+        for part in old.path.split("/")[:-1]:
+            scopes.enter_context(keras.name_scope(part))
+        new = keras.Variable(values.astype(np.float32), name=old.name, dtype=old.dtype, trainable=old.trainable)
+    variables = layer._trainable_variables if old.trainable else layer._non_trainable_variables
+    index = next(i for i, v in enumerate(variables) if v is old)
+    setattr(layer, attribute, new)  # Keras tracks the new variable (appended) ...
+    del variables[next(i for i, v in enumerate(variables) if v is new)]  # (by identity: == is elementwise)
+    variables[index] = new  # ... which takes the old one's place
+
+
 def _snake_case(name: str) -> str:
     return keras.src.utils.naming.to_snake_case(name)
 
@@ -698,6 +719,32 @@ class TFDebertaV2PreTrainedModel(keras.Model):
         if self.config.legacy and self.cls.predictions.decoder is not None:
             return self.cls.predictions.decoder
         return self.get_input_embeddings()
+
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
+                                mean_resizing: bool = True, seed: int = 0) -> Embedding:
+        """Resize the word embeddings (and the masked-LM bias, and an untied decoder) to ``new_num_tokens`` rows and
+        set ``config.vocab_size``, as the PyTorch model and the reference: the first rows are kept; new rows are drawn
+        around the old rows' mean (``mean_resizing``) or normal(0, initializer_range), from ``seed``. The resized
+        variables keep their paths (so saving and ``canonical_variables`` follow)."""
+        layer = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return layer
+        table = _as_float32(layer.embeddings)
+        new_num_tokens = table.shape[0] if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of is not None:
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        rng, std = np.random.default_rng(seed), self.config.initializer_range
+        _replace_variable(layer, "embeddings", resized_rows(table, new_num_tokens, std, mean_resizing, rng))
+        if self.task == "masked-lm":
+            head = self.cls.predictions if self.config.legacy else self.lm_predictions.lm_head
+            _replace_variable(head, "bias", resized_rows(_as_float32(head.bias), new_num_tokens, 0.0, mean_resizing,
+                                                         rng))
+            decoder = head.decoder if self.config.legacy else None
+            if decoder is not None:  # kernel [E, V]: rows of the canonical [V, E]
+                kernel = resized_rows(_as_float32(decoder.kernel).T, new_num_tokens, std, mean_resizing, rng)
+                _replace_variable(decoder, "kernel", np.ascontiguousarray(kernel.T))
+        self.config.vocab_size = new_num_tokens
+        return layer
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Number of parameters; ``exclude_embeddings`` leaves out the embedding tables, as the reference."""
