@@ -38,7 +38,7 @@ def case_params():
     for variant, task in CASES:
         for framework in FRAMEWORKS:
             marks = [pytest.mark.skipif(not installed(framework), reason=f"{framework} not installed")]
-            if (variant, task) not in FAST_CASES:
+            if (variant, task) not in FAST_CASES or (task == "masked-lm" and framework == "flax"):  # ~9 s trace
                 marks.append(pytest.mark.slow)
             params.append(pytest.param(variant, task, framework, marks=marks, id=f"{variant}/{task}/{framework}"))
     return params
@@ -214,6 +214,7 @@ def test_train_steps_bad_usage(tmp_path):
     assert cli.main([case, "--train-steps", "2", "--lr", "0"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not installed("flax"), reason="flax not installed")
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_train_steps_torch_flax(tmp_path, optimizer):
