@@ -98,6 +98,7 @@ def other_framework() -> str:
     return next((f for f in ("flax", "tf") if installed(f)), "flax")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not installed(other_framework()), reason="a second framework is needed")
 def test_backward_report_clean(tmp_path):
     other = other_framework()
@@ -148,6 +149,7 @@ def test_backward_finds_a_loss_without_the_ignore_mask(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "cross_entropy", original)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not installed("flax"), reason="flax not installed")
 def test_backward_finds_a_gradient_only_fault(tmp_path, monkeypatch):
     """Same outputs, same loss, wrong gradients: Flax's LayerNorm scales get no gradient (y + stop(xhat) *

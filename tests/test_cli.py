@@ -311,6 +311,7 @@ def test_python_m_deberta_xf_convert_to_tf_no_native_logs(tmp_path):
     assert done.stderr == ""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (installed("torch") and installed("tf")), reason="needs torch and tf")
 def test_verified_convert_to_tf_imports_tensorflow_without_native_logs(tmp_path):
     """Verification loads the result in TensorFlow: its import-time log lines must not reach stderr."""

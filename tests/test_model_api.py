@@ -388,6 +388,7 @@ def test_input_and_output_embeddings_in_every_framework(fw):
     assert fw.model_class("token-classification").from_config(tiny_config()).get_output_embeddings() is None
 
 
+@pytest.mark.slow
 def test_flax_gradient_checkpointing_keeps_gradients():
     if _unavailable("flax"):
         pytest.skip("flax implementation unavailable")

@@ -374,6 +374,7 @@ def test_record_and_compare_round_trip(tmp_path):
     assert worst["passed"] is False and worst["max_abs"] == pytest.approx(1e-3, rel=0.05)
 
 
+@pytest.mark.slow
 @needs("torch", "flax")
 def test_bfloat16_uses_measured_thresholds(tmp_path):
     code, report = parity(tmp_path, DEFAULT_CHECKPOINT, "--frameworks", "torch,flax", "--dtype", "bfloat16")

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.reference
+pytestmark = [pytest.mark.reference, pytest.mark.slow]  # the reference TF runs in a subprocess
 pytest.importorskip("transformers")
 pytest.importorskip("tf_keras")
 tf = pytest.importorskip("tensorflow")

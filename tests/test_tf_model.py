@@ -190,6 +190,7 @@ def test_tf_model_h5_layout(tmp_path):
         assert list(ours["top_level_model_weights"].attrs["weight_names"]) == []
 
 
+@pytest.mark.slow
 def test_long_weight_names_are_chunked(tmp_path):
     config = deberta_xf.DebertaV2Config(vocab_size=50, hidden_size=8, num_hidden_layers=40, num_attention_heads=2,
                                    intermediate_size=8, max_position_embeddings=16, relative_attention=True,
