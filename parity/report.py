@@ -84,14 +84,7 @@ def format_text(report: dict[str, Any], verbose: bool = True) -> str:
     if report["comparisons"]:
         lines += ["", "pairs:"]
         for pair in report["comparisons"]:
-            verdict = "PASS" if pair["passed"] else "FAIL"
-            line = f"  {verdict}  {pair['pair']}: worst max abs {_num(pair['max_abs'])}"
-            if pair["worst"]:
-                line += f" ({pair['worst']['name']})"
-            if pair["first_diverging_layer"]:
-                line += f"; first diverging layer: {pair['first_diverging_layer']}"
-            lines.append(line)
-            lines += ["        " + s for s in _weights_diff_lines(pair.get("weights_diff"))]
+            lines += _pair_lines(pair)
     for t in (t for p in report["comparisons"] for t in p["tensors"] if t["note"]):
         lines.append(f"  note: {t['name']}: {t['note']}")
     failed = [c for c in report["checks"] if c["status"] == "failed"]
@@ -142,18 +135,22 @@ def format_quiet(report: dict[str, Any]) -> str:
     for pair in report["comparisons"]:
         if pair["passed"]:
             continue
-        line = f"  FAIL  {pair['pair']}: worst max abs {_num(pair['max_abs'])}"
-        if pair["worst"]:
-            line += f" ({pair['worst']['name']})"
-        if pair["first_diverging_layer"]:
-            line += f"; first diverging layer: {pair['first_diverging_layer']}"
-        lines.append(line)
-        lines += ["        " + s for s in _weights_diff_lines(pair.get("weights_diff"))]
+        lines += _pair_lines(pair)
         lines += [f"        note: {t['name']}: {t['note']}" for t in pair["tensors"] if t["note"] and not t["passed"]]
     compared = {pair["pair"] for pair in report["comparisons"]}
     lines += _failed_check_lines([c for c in report["checks"]
                                   if c["status"] == "failed" and c["suite"] not in compared])
     return "\n".join(lines) + "\n"
+
+
+def _pair_lines(pair: dict[str, Any]) -> list[str]:
+    """A pair's verdict line (worst tensor, first diverging layer) and the weights that differ between its files."""
+    line = f"  {'PASS' if pair['passed'] else 'FAIL'}  {pair['pair']}: worst max abs {_num(pair['max_abs'])}"
+    if pair["worst"]:
+        line += f" ({pair['worst']['name']})"
+    if pair["first_diverging_layer"]:
+        line += f"; first diverging layer: {pair['first_diverging_layer']}"
+    return [line] + ["        " + s for s in _weights_diff_lines(pair.get("weights_diff"))]
 
 
 def _weights_diff_lines(diff: dict[str, Any] | None) -> list[str]:

@@ -31,10 +31,8 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-import numpy as np
-
-from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, produce
-from deberta_xf.formats.tf_h5 import dataset_info, read_dataset, scan_links, write_dataset
+from deberta_xf.formats import Producer, TensorInfo, TensorReader, produce
+from deberta_xf.formats.tf_h5 import H5Reader, dataset_info, scan_links, write_dataset
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
 from deberta_xf.fileio import atomic_path
@@ -122,24 +120,10 @@ def _canonical_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(shape)
 
 
-class KerasH5Reader(TensorReader):
+class KerasH5Reader(H5Reader):
     """A Keras 3 ``model.weights.h5`` of our TF model, with canonical names and layouts, read lazily."""
 
     format = "keras_h5"
-
-    def __init__(self, path: str):
-        import h5py
-
-        super().__init__(path)
-        try:
-            self._file = h5py.File(path, "r")
-        except OSError as err:
-            raise CheckpointError(f"{path}: not a readable HDF5 file ({err})") from None
-        try:
-            self._open(path)
-        except BaseException:
-            self._file.close()
-            raise
 
     def _open(self, path: str) -> None:
         import os
@@ -150,8 +134,6 @@ class KerasH5Reader(TensorReader):
             raise CheckpointError(f"{path}: this is a Keras-2 / transformers TF weights file (it has 'layer_names'), "
                                   "not a Keras 3 .weights.h5: name it tf_model.h5")
         file_size = os.path.getsize(path)
-        self._entries: dict[str, tuple[str, TensorInfo]] = {}
-        self._datasets: dict[str, object] = {}
         for location, link in scan_links(self._file, path):  # refuses external, dangling and group soft links
             dataset = self._file[location]
             if not isinstance(dataset, h5py.Dataset):
@@ -165,24 +147,6 @@ class KerasH5Reader(TensorReader):
             self._datasets[name] = dataset
         if not self._entries:
             raise CheckpointError(f"{path}: no weights in this file (expected Keras 3 '<layer>/vars/<i>' datasets)")
-
-    def infos(self) -> dict[str, TensorInfo]:
-        return {k: v[1] for k, v in self._entries.items()}
-
-    def read(self, name: str) -> np.ndarray:
-        if name not in self._entries:
-            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
-        location, info = self._entries[name]
-        dataset = self._datasets[name]
-        array = read_dataset(dataset, TensorInfo(tuple(dataset.shape), info.dtype))
-        try:
-            return schema.from_framework(name, array, "tf")
-        except KeyError:
-            return array
-
-    def close(self) -> None:
-        if self._file:
-            self._file.close()
 
 
 def open_reader(path: str) -> TensorReader:

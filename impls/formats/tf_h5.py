@@ -27,6 +27,7 @@ positions (the reference TF sizes that table by hidden_size).
 
 from __future__ import annotations
 
+import abc
 from typing import Mapping
 
 import numpy as np
@@ -303,19 +304,48 @@ def write_dataset(group, key: str, array: np.ndarray):
     return group.create_dataset(key, data=array)
 
 
-class TFH5Reader(TensorReader):
-    """A reference ``tf_model.h5`` with canonical names and layouts, read lazily."""
-
-    format = "tf_h5"
+class H5Reader(TensorReader):
+    """An HDF5 weights file read lazily: a subclass's ``_open`` indexes its datasets into ``_entries`` (canonical
+    name -> (location, stored info)) and ``_datasets``; reads convert the TF layout to the canonical one."""
 
     def __init__(self, path: str):
         super().__init__(path)
         self._file = _open_h5(path)
+        self._entries: dict[str, tuple[str, TensorInfo]] = {}
+        self._datasets: dict[str, object] = {}
         try:
             self._open(path)
         except BaseException:
             self._file.close()
             raise
+
+    @abc.abstractmethod
+    def _open(self, path: str) -> None:
+        """Index the file's datasets into ``_entries`` and ``_datasets`` (validating them)."""
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {k: v[1] for k, v in self._entries.items()}
+
+    def read(self, name: str) -> np.ndarray:
+        if name not in self._entries:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        location, info = self._entries[name]
+        dataset = self._datasets[name]
+        array = read_dataset(dataset, TensorInfo(tuple(dataset.shape), info.dtype))
+        try:
+            return schema.from_framework(name, array, "tf")
+        except KeyError:
+            return array
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+
+
+class TFH5Reader(H5Reader):
+    """A reference ``tf_model.h5`` with canonical names and layouts, read lazily."""
+
+    format = "tf_h5"
 
     def _open(self, path: str) -> None:
         import os
@@ -331,8 +361,6 @@ class TFH5Reader(TensorReader):
 
         links = scan_links(self._file, path)
         listed: set[str] = set()
-        self._entries: dict[str, tuple[str, TensorInfo]] = {}  # canonical name -> (dataset path, info)
-        self._datasets: dict[str, object] = {}
         for layer in layer_names:
             link = self._file.get(layer, getlink=True) if layer and "/" not in layer else None
             if link is None:
@@ -364,26 +392,8 @@ class TFH5Reader(TensorReader):
                 self._entries[location] = (location, stored)
                 self._datasets[location] = dataset
 
-    def infos(self) -> dict[str, TensorInfo]:
-        return {k: v[1] for k, v in self._entries.items()}
-
-    def read(self, name: str) -> np.ndarray:
-        if name not in self._entries:
-            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
-        location, info = self._entries[name]
-        dataset = self._datasets[name]
-        array = read_dataset(dataset, TensorInfo(tuple(dataset.shape), info.dtype))
-        try:
-            return schema.from_framework(name, array, "tf")
-        except KeyError:
-            return array
-
     def metadata(self) -> dict[str, str]:
         return {k: str(v) for k, v in self._file.attrs.items() if k in ("backend", "keras_version")}
-
-    def close(self) -> None:
-        if self._file:
-            self._file.close()
 
 
 def open_reader(path: str) -> TensorReader:
