@@ -23,6 +23,8 @@ MODEL_TYPE = "deberta-v2"
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "sigmoid", "silu", "swish", "linear")
 POS_ATT_TYPES = ("c2p", "p2c")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+# How the disentangled attention is computed (the reference's name for the choice; not written to config.json).
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
 
 # Constructor arguments of the reference, with its code defaults.
 _DEFAULTS: dict[str, Any] = {
@@ -175,6 +177,7 @@ class DebertaV2Config:
 
     def __init__(self, **kwargs: Any):
         kwargs.pop("model_type", None)  # checked by from_dict; constructing this class means deberta-v2
+        attn_implementation = kwargs.pop("attn_implementation", None)
         kwargs_given = dict(kwargs)
         values = {**_DEFAULTS, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DEFAULTS}}
         _check_types(values, kwargs)  # before anything below converts a value of the wrong type
@@ -199,7 +202,21 @@ class DebertaV2Config:
         )
         self.__dict__.update(values)
         self._extra: dict[str, Any] = dict(kwargs)  # unknown keys, kept for the round trip
+        self._attn_implementation = attn_implementation
         self.validate()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The attention implementation, as the reference keeps it: an attribute set by ``attn_implementation=`` (here,
+    # on from_pretrained or create_model), never written to config.json; None reads as "eager".
+    @property
+    def _attn_implementation(self) -> str:
+        return self.__dict__.get("_attn_implementation_internal") or "eager"
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str | None) -> None:
+        if value is not None and value not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(f"attn_implementation {value!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+        self.__dict__["_attn_implementation_internal"] = value
 
     # ----------------------------------------------------------------------------------------------------------
     # Derived quantities, computed the way the reference computes them.
