@@ -11,8 +11,9 @@ import argparse
 import os
 import sys
 
+from deberta_xf.compare import positive_float_arg
 from deberta_xf.formats import DEFAULT_FORMAT, FORMATS
-from deberta_xf.frameworks import FRAMEWORKS
+from deberta_xf.frameworks import FRAMEWORKS, parse_frameworks
 from deberta_xf.tasks import TASKS
 
 SUMMARY = "convert a checkpoint to another framework or weights format, verified by default"
@@ -64,6 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "only safetensors and bin can carry it")
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="convert weights that contain NaN or Inf instead of refusing them")
+    parser.add_argument("--atol", type=positive_float_arg("--atol"), default=None, metavar="X",
+                        help="verification: max abs difference allowed for every output (default: the documented "
+                             "float32 thresholds, or relative ones after a lossy --dtype)")
+    parser.add_argument("--rtol", type=positive_float_arg("--rtol"), default=None, metavar="R",
+                        help="verification: also allow R x max |source output| (added to the --atol threshold)")
+    parser.add_argument("--verify-frameworks", metavar="LIST", default=None,
+                        help="verification: the frameworks that load DST and are compared with the source's run, "
+                             "comma-separated (default: the --to framework)")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -101,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
     result = convert_checkpoint(
         args.source, args.destination, args.to, format=args.format, dtype=args.dtype, config=args.config,
         task=args.task, force=args.force, verify=args.verify, keep_rtd=args.keep_rtd,
-        allow_nonfinite=args.allow_nonfinite, progress=_progress_bar,
+        allow_nonfinite=args.allow_nonfinite, atol=args.atol, rtol=args.rtol,
+        verify_frameworks=(None if args.verify_frameworks is None
+                           else parse_frameworks(args.verify_frameworks, "--verify-frameworks")),
+        progress=_progress_bar,
         log=(lambda s: None) if quiet else (lambda s: print(s, flush=True)),
         status=lambda s: print(s, file=sys.stderr, flush=True) if os.isatty(2) else None)
     if result.verification is not None and not (quiet and result.kept):

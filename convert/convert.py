@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -415,6 +415,8 @@ class VerificationFailed(Exception):
 def convert_checkpoint(source: str, destination: str, to: str, *, format: str | None = None, dtype: str = "keep",
                        config: str | None = None, task: str | None = None, force: bool = False,
                        verify: bool = True, keep_rtd: bool = False, allow_nonfinite: bool = False,
+                       atol: float | None = None, rtol: float | None = None,
+                       verify_frameworks: Sequence[str] | None = None,
                        progress: Callable[[int, int], Callable[[int], None]] | None = None,
                        log: Callable[[str], None] = print,
                        status: Callable[[str], None] | None = None) -> ConversionResult:
@@ -423,6 +425,8 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
     Returns the result; ``result.kept`` is False when verification failed (DST then is as it was). Bad input
     raises a :class:`DebertaXfError` before anything is written. ``log`` gets the plan and the summary,
     ``status`` (optional) the steps of the verification as they start, ``progress`` see :func:`write_checkpoint`.
+    ``atol`` / ``rtol`` / ``verify_frameworks``: the verification's thresholds and the frameworks that load the
+    result (see :class:`deberta_xf.convert.verify.Verifier`).
     """
     plan = plan_conversion(source, destination, to, format=format, dtype=dtype, config=config, task=task,
                            force=force, keep_rtd=keep_rtd, allow_nonfinite=allow_nonfinite)
@@ -430,7 +434,7 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
     if verify:
         from deberta_xf.convert import verify as verify_module
 
-        verifier = verify_module.Verifier(plan)  # imports the frameworks now: a missing one fails before writing
+        verifier = verify_module.Verifier(plan, atol=atol, rtol=rtol, frameworks=verify_frameworks)  # imports the frameworks now: a missing one fails before writing
     log(describe_plan(plan))
     for stale in remove_stale_temporaries(destination):
         log(f"removed {stale}, left behind by an interrupted conversion")

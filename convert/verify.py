@@ -29,9 +29,10 @@ Thresholds (max abs difference):
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -163,12 +164,21 @@ def _without_loss(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class Verifier:
-    """Built before anything is written, so that a framework that is not installed is reported first."""
+    """Built before anything is written, so that a framework that is not installed is reported first.
 
-    def __init__(self, plan: ConversionPlan):
+    ``frameworks``: the frameworks that load the converted checkpoint and are compared with the source's run
+    (default: the target framework only). ``atol`` replaces every output's threshold; ``rtol`` adds
+    ``rtol x max |reference output|`` to it (see :meth:`tolerance`)."""
+
+    def __init__(self, plan: ConversionPlan, *, atol: float | None = None, rtol: float | None = None,
+                 frameworks: Sequence[str] | None = None):
         self.plan = plan
-        self.frameworks = {"source": get_framework(plan.source_framework), "target": get_framework(plan.to)}
-        for role, framework in self.frameworks.items():
+        self.atol, self.rtol = atol, rtol
+        names = list(dict.fromkeys(frameworks or [plan.to]))
+        self.frameworks = {"source": get_framework(plan.source_framework)}
+        self.targets = [get_framework(name) for name in names]  # get_framework names the known ones
+        checks = [("source", self.frameworks["source"])] + [("converted", fw) for fw in self.targets]
+        for role, framework in checks:
             try:
                 framework.model_class(plan.task)
             except ImportError as err:
@@ -180,6 +190,12 @@ class Verifier:
                 raise DebertaXfError(f"verification cannot read {fmt.name} files: {fmt.module} is missing")
 
     def tolerance(self) -> tuple[dict[str, float] | None, float | None, str]:
+        """(per-output max abs thresholds or None, relative factor or None, the sentence for the table)."""
+        if self.atol is not None or self.rtol is not None:
+            atol, rtol = self.atol or 0.0, self.rtol or 0.0
+            thresholds = {name: atol for name in FP32_THRESHOLDS} if self.atol is not None else FP32_THRESHOLDS
+            base = f"{atol:g} (--atol)" if self.atol is not None else "the float32 thresholds (docs/tolerances.md)"
+            return thresholds, rtol, f"max abs <= {base} + {rtol:g} (--rtol) x max |reference output|"
         lossy = self.plan.lossy_dtypes
         if not lossy:
             return FP32_THRESHOLDS, None, ("float32 (docs/tolerances.md): 5e-5 (hidden states, pooled/token/QA "
@@ -189,6 +205,13 @@ class Verifier:
         return None, rtol, (f"weights rounded to {names}, compared in float32 with the source: max abs <= "
                             f"{rtol:g} x max(1, max |reference output|)")
 
+    def _atol(self, name: str, reference: np.ndarray) -> float:
+        thresholds, rtol, _ = self.tolerance()
+        scale = float(np.abs(reference).max()) if reference.size else 0.0
+        if thresholds is None:  # a lossy cast: relative to the size of the output
+            return rtol * max(1.0, scale)
+        return threshold(name, self.plan.task, thresholds) + (rtol or 0.0) * scale
+
     def run(self, directory: str, status=None) -> VerificationReport:
         start = time.perf_counter()
         plan = self.plan
@@ -196,44 +219,50 @@ class Verifier:
         say(f"verifying: reading back {len(plan.names)} tensors")
         problems, identical = self.check_tensors(directory)
         inputs, input_note = make_inputs(plan.config, plan.task, plan.source_dir)
-        source, target = self.frameworks["source"], self.frameworks["target"]
+        source = self.frameworks["source"]
         say(f"verifying: loading and running the source in {plan.source_framework}")
         with source.precision("float32"):
             reference = _without_loss(source.outputs(source.load(plan.weights_path, plan.task, config=plan.config),
                                                      inputs))
-        say(f"verifying: loading and running the converted checkpoint in {plan.to}")
-        used, load_error = plan.weights_filename, ""
-        try:  # the source loaded, so a converted checkpoint that does not is a failed conversion (exit 1)
-            with target.precision("float32"):
-                target_model = target.load(directory, plan.task)
-                used = os.path.basename(getattr(target_model, "weights_path", "") or used)
-                candidate = _without_loss(target.outputs(target_model, inputs))
-            del target_model
-        except Exception as err:  # noqa: BLE001 - reported in the table, the result is not kept
-            candidate = {}
-            load_error = f"the converted checkpoint failed to load or run in {plan.to}: {type(err).__name__}: {err}"
-        thresholds, rtol, note = self.tolerance()
+        gc.collect()  # the source model is gone before the converted one is built
         mask = token_mask(inputs["attention_mask"])
-        comparisons = []
-        for name, ref in reference.items():
-            if rtol is None:
-                atol = threshold(name, plan.task, thresholds)
-            else:
-                atol = rtol * max(1.0, float(np.abs(ref).max()))
-            if name not in candidate:
-                comparisons.append(Comparison(name, tuple(ref.shape), float("inf"), float("inf"), float("inf"), atol,
-                                              0))
-                continue
-            comparisons.append(compare_arrays(name, ref, candidate[name], atol, mask))
-        for name in candidate:
-            if name not in reference:
-                comparisons.append(Comparison(name, tuple(candidate[name].shape), float("inf"), float("inf"),
-                                              float("inf"), 0.0, 0))
-        comparisons.sort(key=lambda c: output_order(c.name))
+        comparisons, labels, load_errors = [], [], []
+        prefix = len(self.targets) > 1  # several frameworks: each output row names its framework
+        for target in self.targets:
+            say(f"verifying: loading and running the converted checkpoint in {target.name}")
+            used, candidate = plan.weights_filename, {}
+            try:  # the source loaded, so a converted checkpoint that does not is a failed conversion (exit 1)
+                with target.precision("float32"):
+                    target_model = target.load(directory, plan.task)
+                    used = os.path.basename(getattr(target_model, "weights_path", "") or used)
+                    candidate = _without_loss(target.outputs(target_model, inputs))
+                del target_model
+            except Exception as err:  # noqa: BLE001 - reported in the table, the result is not kept
+                load_errors.append(f"the converted checkpoint failed to load or run in {target.name}: "
+                                   f"{type(err).__name__}: {err}")
+            gc.collect()
+            labels.append(f"{target.name} ({used} of DST)")
+            rows = []
+            for name, ref in reference.items():
+                atol = self._atol(name, ref)
+                if name not in candidate:
+                    rows.append(Comparison(name, tuple(ref.shape), float("inf"), float("inf"), float("inf"), atol, 0,
+                                           "missing"))
+                    continue
+                rows.append(compare_arrays(name, ref, candidate[name], atol, mask))
+            for name in candidate:
+                if name not in reference:
+                    rows.append(Comparison(name, tuple(candidate[name].shape), float("inf"), float("inf"),
+                                           float("inf"), 0.0, 0, "not in the source's outputs"))
+            rows.sort(key=lambda c: output_order(c.name))
+            if prefix:
+                rows = [dataclasses.replace(c, name=f"{target.name}: {c.name}") for c in rows]
+            comparisons += rows
+        _, _, note = self.tolerance()
         return VerificationReport(
             f"{plan.source_framework} ({os.path.basename(plan.weights_path)} of SRC)",
-            f"{plan.to} ({used} of DST)", input_note, note, comparisons, len(plan.names), identical, problems,
-            time.perf_counter() - start, load_error)
+            ", ".join(labels), input_note, note, comparisons, len(plan.names), identical, problems,
+            time.perf_counter() - start, "; ".join(load_errors))
 
     def check_tensors(self, directory: str) -> tuple[list[str], int]:
         """Read every tensor back from the written file; it must equal the (cast) source bit for bit.

@@ -313,3 +313,18 @@ def divergence(results: list[Comparison]) -> str | None:
         return None
     return f"head ({failing[0]}); every hidden state matches" if any(
         r.name.startswith("hidden_states.") for r in results) else failing[0]
+
+def positive_float_arg(flag: str):
+    """An argparse ``type`` for a tolerance or rate option: a positive finite number, or a usage error naming ``flag``."""
+    import argparse
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects a number, got {value!r}") from None
+        if not number > 0 or number == float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} expects a positive finite number, got {value!r}")
+        return number
+
+    return parse

@@ -491,16 +491,16 @@ def get_framework(name: str) -> Framework:
     return REGISTRY[name]
 
 
-def parse_frameworks(value: str) -> list[str]:
+def parse_frameworks(value: str, flag: str = "--frameworks") -> list[str]:
     """``--frameworks torch,tf,flax`` -> ["torch", "tf", "flax"]; unknown or repeated names are bad usage."""
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
-        raise DebertaXfError(f"--frameworks: empty; expected a comma-separated list of {', '.join(FRAMEWORKS)}")
+        raise DebertaXfError(f"{flag}: empty; expected a comma-separated list of {', '.join(FRAMEWORKS)}")
     unknown = [n for n in names if n not in FRAMEWORKS]
     if unknown:
-        raise DebertaXfError(f"--frameworks: unknown framework(s) {', '.join(map(repr, unknown))}; expected a "
+        raise DebertaXfError(f"{flag}: unknown framework(s) {', '.join(map(repr, unknown))}; expected a "
                              f"comma-separated list of {', '.join(FRAMEWORKS)}")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise DebertaXfError(f"--frameworks: {', '.join(repeated)} listed more than once")
+        raise DebertaXfError(f"{flag}: {', '.join(repeated)} listed more than once")
     return names

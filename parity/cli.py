@@ -13,7 +13,7 @@ import os
 import sys
 
 from deberta_xf.errors import DebertaXfError
-from deberta_xf.compare import FP32_GRAD_THRESHOLDS, FP32_THRESHOLDS
+from deberta_xf.compare import FP32_GRAD_THRESHOLDS, FP32_THRESHOLDS, positive_float_arg
 from deberta_xf.frameworks import FRAMEWORKS
 
 SUMMARY = "check that torch, tf and flax tokenize and compute the same outputs for a checkpoint"
@@ -42,17 +42,7 @@ exit codes: 0 every check passed; 1 a check failed; 2 bad usage or bad input; 13
            gmlm=FP32_GRAD_THRESHOLDS["grad_mlm"])
 
 
-def _positive_float(flag: str):
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number, got {value!r}") from None
-        if not number > 0 or number == float("inf"):
-            raise argparse.ArgumentTypeError(f"{flag} expects a positive finite number, got {value!r}")
-        return number
-
-    return parse
+_positive_float = positive_float_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

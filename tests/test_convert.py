@@ -288,6 +288,80 @@ def test_convert_verifies_and_prints_the_table(tmp_path, variant, task, to, fmt)
     assert f"({os.path.getsize(os.path.join(dst, filename))} bytes)" in summary[0]
 
 
+def _table_rows(out: str) -> dict[str, list[str]]:
+    """The verification table's rows by output name (``framework: name`` when several frameworks ran)."""
+    rows = {}
+    for line in out.splitlines():
+        if line.startswith("  ") and "  [" in line:  # "  name  [shape]  max abs  threshold  verdict"
+            name, _, rest = line.strip().partition("  [")
+            rows[name.strip()] = rest.split()
+    return rows
+
+
+@needs_flax
+@needs_tf
+def test_verify_frameworks_loads_the_result_in_each_listed_framework(tmp_path):
+    """--verify-frameworks flax,torch,tf: the flax checkpoint is loaded by all three and each is compared with the
+    source's torch run; the table names the framework of every row and the header lists what was compared."""
+    src, dst = case_dir("v3", "token-classification"), str(tmp_path / "out")
+    code, out, err = cli(src, dst, "--to", "flax", "--verify-frameworks", "flax,torch,tf")
+    assert code == 0, out + err
+    header = next(line for line in out.splitlines() if line.startswith("verification:"))
+    assert header == ("verification: torch (model.safetensors of SRC) vs flax (flax_model.msgpack of DST), "
+                      "torch (flax_model.msgpack of DST), tf (flax_model.msgpack of DST)")
+    rows = _table_rows(out)
+    config = DebertaV2Config.from_pretrained(src)
+    names = [f"hidden_states.{i}" for i in range(config.num_hidden_layers + 1)] + ["logits"]
+    assert sorted(rows) == sorted(f"{fw}: {n}" for fw in ("flax", "torch", "tf") for n in names)
+    for name, fields in rows.items():
+        max_abs, atol = float(fields[-3]), float(fields[-2])
+        assert fields[-1] == "ok" and max_abs <= atol
+        assert atol == 5e-5  # hidden states and token logits: DESIGN §5
+        if name.startswith("torch: "):
+            assert max_abs == 0.0  # the same framework and the same tensors: bit-identical
+
+
+@needs_flax
+def test_atol_and_rtol_set_the_verification_thresholds(tmp_path):
+    """--atol replaces every threshold (a threshold below the flax-vs-torch rounding differences fails the
+    verification: exit 1, nothing kept); --rtol adds R x max |source output| to it."""
+    src = case_dir("v3", "sequence-classification")
+    failing = str(tmp_path / "failing")
+    code, out, err = cli(src, failing, "--to", "flax", "--atol", "1e-12")
+    assert code == 1, out + err
+    assert not os.path.exists(failing) and leftovers(str(tmp_path)) == []
+    assert "thresholds: max abs <= 1e-12 (--atol) + 0 (--rtol)" in out
+    rows = _table_rows(out)
+    assert any(fields[-1] == "FAIL" for fields in rows.values()), out
+    assert all(float(fields[-2]) == 1e-12 for fields in rows.values())
+
+    passing = str(tmp_path / "passing")
+    code, out, err = cli(src, passing, "--to", "flax", "--atol", "1e-12", "--rtol", "1e-3")
+    assert code == 0, out + err
+    from deberta_xf.frameworks import get_framework
+    from deberta_xf.convert.verify import make_inputs
+
+    inputs, _ = make_inputs(DebertaV2Config.from_pretrained(src), "sequence-classification", src)
+    torch_fw = get_framework("torch")
+    reference = torch_fw.outputs(torch_fw.load(src, "sequence-classification"), inputs)
+    for name, fields in _table_rows(out).items():
+        assert float(fields[-2]) == pytest.approx(1e-12 + 1e-3 * float(np.abs(reference[name]).max()), rel=1e-3)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--verify-frameworks", "torch,jax"], "--verify-frameworks: unknown framework(s) 'jax'"),
+    (["--verify-frameworks", ""], "--verify-frameworks: empty"),
+    (["--verify-frameworks", "torch,torch"], "--verify-frameworks: torch listed more than once"),
+    (["--atol", "-1"], "--atol expects a positive finite number"),
+    (["--rtol", "nan"], "--rtol expects a positive finite number"),
+])
+def test_verification_options_are_checked(tmp_path, argv, message):
+    dst = str(tmp_path / "out")
+    code, out, err = cli(case_dir("v3", "base"), dst, "--to", "torch", *argv)
+    assert code == 2 and message in err, (code, out, err)
+    assert not os.path.exists(dst)
+
+
 @needs_tf
 def test_tf_source_verified_into_torch_with_the_checkpoint_tokenizer(tmp_path):
     """The real-vocab checkpoint with tokenizer files: torch -> tf -> torch, each leg verified on tokenized text;
