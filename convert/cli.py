@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "only safetensors and bin can carry it")
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="convert weights that contain NaN or Inf instead of refusing them")
+    parser.add_argument("--max-shard-size", metavar="SIZE", default=None,
+                        help="split safetensors / bin output into shards of at most SIZE (bytes, or '5GB', '500MiB') "
+                             "with the reference's *.index.json (default: one file)")
     parser.add_argument("--atol", type=positive_float_arg("--atol"), default=None, metavar="X",
                         help="verification: max abs difference allowed for every output (default: the documented "
                              "float32 thresholds, or relative ones after a lossy --dtype)")
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     result = convert_checkpoint(
         args.source, args.destination, args.to, format=args.format, dtype=args.dtype, config=args.config,
         task=args.task, force=args.force, verify=args.verify, keep_rtd=args.keep_rtd,
-        allow_nonfinite=args.allow_nonfinite, atol=args.atol, rtol=args.rtol,
+        allow_nonfinite=args.allow_nonfinite, max_shard_size=args.max_shard_size, atol=args.atol, rtol=args.rtol,
         verify_frameworks=(None if args.verify_frameworks is None
                            else parse_frameworks(args.verify_frameworks, "--verify-frameworks")),
         progress=_progress_bar,

@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from deberta_xf.formats import (DEFAULT_FORMAT, FORMATS, FRAMEWORK_FORMATS, Format, TensorInfo, cast_dtype,
-                                detect_format, find_weights, open_checked)
+                                detect_format, find_weights, open_checked, parse_shard_size, plan_shards,
+                                sharded_filename, write_sharded)
 from deberta_xf import schema
 from deberta_xf.tasks import TASK_TABLE, check_task, infer_task
 from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
@@ -108,14 +109,21 @@ class ConversionPlan:
     tokenizer_files: list[str] = dataclasses.field(default_factory=list)
     force: bool = False
     allow_nonfinite: bool = False
+    max_shard_size: int | None = None  # --max-shard-size in bytes (None: one file)
 
     @property
     def source_framework(self) -> str:
         return self.source_format.framework
 
     @property
+    def shards(self) -> list[list[str]]:
+        """The output tensor names per weights file (one list unless --max-shard-size splits them)."""
+        return plan_shards(self.infos, self.max_shard_size) if self.max_shard_size else [list(self.infos)]
+
+    @property
     def weights_filename(self) -> str:
-        return self.target_format.filenames[0]
+        """The weights file of DST a loader opens: the single file, or the index of the shards."""
+        return sharded_filename(self.target_format, len(self.shards))
 
     @property
     def total_bytes(self) -> int:
@@ -161,7 +169,8 @@ def _open_source(source: str, config: str | None) -> tuple[str | None, str, Form
 
 def plan_conversion(source: str, destination: str, to: str, *, format: str | None = None, dtype: str = "keep",
                     config: str | None = None, task: str | None = None, force: bool = False,
-                    keep_rtd: bool = False, allow_nonfinite: bool = False) -> ConversionPlan:
+                    keep_rtd: bool = False, allow_nonfinite: bool = False,
+                    max_shard_size: int | str | None = None) -> ConversionPlan:
     """Check everything that can be checked without reading tensor data; raise a DebertaXfError naming the
     file, tensor, shape or field at the first problem. Nothing is written."""
     if to not in FRAMEWORK_FORMATS:
@@ -172,6 +181,9 @@ def plan_conversion(source: str, destination: str, to: str, *, format: str | Non
     if fmt_name not in FRAMEWORK_FORMATS[to]:
         raise DebertaXfError(f"--to {to} writes {' or '.join(FRAMEWORK_FORMATS[to])}, not --format {fmt_name}")
     target_format = FORMATS[fmt_name]
+    if max_shard_size is not None and len(target_format.filenames) < 2:
+        raise DebertaXfError(f"--max-shard-size: the {fmt_name} format is one file; only safetensors and bin can be "
+                             f"sharded")
     cast = cast_dtype(dtype)
 
     source_dir, weights_path, source_format, cfg, config_path = _open_source(source, config)
@@ -253,7 +265,8 @@ def plan_conversion(source: str, destination: str, to: str, *, format: str | Non
     tokenizer_files = [f for f in TOKENIZER_FILES if source_dir and os.path.isfile(os.path.join(source_dir, f))]
     return ConversionPlan(source, source_dir, weights_path, source_format, cfg, config_path, task, reason,
                           destination, to, target_format, cast, names, infos, out_source_infos, notes,
-                          tokenizer_files, force, allow_nonfinite)
+                          tokenizer_files, force, allow_nonfinite,
+                          None if max_shard_size is None else parse_shard_size(max_shard_size))
 
 
 # What a checkpoint directory written by this tool (or by transformers) holds; --force replaces only such a directory.
@@ -318,8 +331,9 @@ class WriteSummary:
     tensors: int
     bytes: int
     seconds: float
-    filename: str           # the weights file, inside DST
+    filename: str           # the weights file, inside DST (the index of a sharded one)
     dtypes: dict[str, int]  # dtype name -> tensor count
+    files: int = 1          # weights files written (shards)
 
 
 def write_checkpoint(plan: ConversionPlan, directory: str,
@@ -329,7 +343,6 @@ def write_checkpoint(plan: ConversionPlan, directory: str,
     ``progress(total_tensors, total_bytes)`` returns a callback called with each tensor's byte count.
     """
     start = time.perf_counter()
-    path = os.path.join(directory, plan.weights_filename)
     tick = progress(len(plan.infos), plan.total_bytes) if progress else None
     with open_checked(plan.weights_path) as reader:
         def produce(name: str) -> np.ndarray:
@@ -364,15 +377,16 @@ def write_checkpoint(plan: ConversionPlan, directory: str,
             return array
 
         # the task: the layout of the task's class in the TF formats (multiple choice is not inferable from names)
-        plan.target_format.write(path, plan.infos, produce, task=plan.task)
+        files = write_sharded(directory, plan.target_format, plan.infos, produce,
+                              plan.max_shard_size or plan.total_bytes + 1, task=plan.task)
     write_config(plan, directory)
     for filename in plan.tokenizer_files:
         shutil.copyfile(os.path.join(plan.source_dir, filename), os.path.join(directory, filename))
     dtypes: dict[str, int] = {}
     for info in plan.infos.values():
         dtypes[dtype_name(info.dtype)] = dtypes.get(dtype_name(info.dtype), 0) + 1
-    return WriteSummary(len(plan.infos), os.path.getsize(path), time.perf_counter() - start,
-                        plan.weights_filename, dtypes)
+    return WriteSummary(len(plan.infos), sum(os.path.getsize(os.path.join(directory, f)) for f in files[1:] or files),
+                        time.perf_counter() - start, plan.weights_filename, dtypes, len(files[1:]) or 1)
 
 
 def write_config(plan: ConversionPlan, directory: str) -> None:
@@ -415,6 +429,7 @@ class VerificationFailed(Exception):
 def convert_checkpoint(source: str, destination: str, to: str, *, format: str | None = None, dtype: str = "keep",
                        config: str | None = None, task: str | None = None, force: bool = False,
                        verify: bool = True, keep_rtd: bool = False, allow_nonfinite: bool = False,
+                       max_shard_size: int | str | None = None,
                        atol: float | None = None, rtol: float | None = None,
                        verify_frameworks: Sequence[str] | None = None,
                        progress: Callable[[int, int], Callable[[int], None]] | None = None,
@@ -429,7 +444,8 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
     result (see :class:`deberta_xf.convert.verify.Verifier`).
     """
     plan = plan_conversion(source, destination, to, format=format, dtype=dtype, config=config, task=task,
-                           force=force, keep_rtd=keep_rtd, allow_nonfinite=allow_nonfinite)
+                           force=force, keep_rtd=keep_rtd, allow_nonfinite=allow_nonfinite,
+                           max_shard_size=max_shard_size)
     verifier = None
     if verify:
         from deberta_xf.convert import verify as verify_module
@@ -468,4 +484,6 @@ def describe_written(plan: ConversionPlan, written: WriteSummary) -> str:
     dtypes = ", ".join(f"{n} {d}" for d, n in sorted(written.dtypes.items()))
     extra = f"; copied {', '.join(plan.tokenizer_files)}" if plan.tokenizer_files else "; no tokenizer files in SRC"
     return (f"wrote {written.tensors} tensors ({dtypes}), {format_bytes(written.bytes)} ({written.bytes} bytes) "
-            f"to {plan.weights_filename} in {written.seconds:.1f} s, and {CONFIG_NAME}{extra}")
+            f"to {plan.weights_filename}"
+            + (f" and {written.files} shards (--max-shard-size {plan.max_shard_size} bytes)" if written.files > 1 else "")
+            + f" in {written.seconds:.1f} s, and {CONFIG_NAME}{extra}")

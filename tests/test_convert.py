@@ -868,3 +868,74 @@ def test_float_metadata_of_written_safetensors(tmp_path):
     with open_weights(str(tmp_path / "out" / "model.safetensors")) as reader:
         assert reader.metadata() == {"format": "pt"}
         assert all(i == TensorInfo(i.shape, np.dtype(np.float32)) for i in reader.infos().values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sharded output (--max-shard-size): the reference's shard rule, file names and index
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_max_shard_size_writes_the_reference_shards_and_index(tmp_path, fmt):
+    """Shards of at most SIZE (a larger tensor alone), named model-0000i-of-0000n.*, and an index whose weight_map
+    covers every tensor once and whose total_size is the tensors' bytes; the tensors read back bit-identical and the
+    result loads and verifies; --force may replace a sharded checkpoint."""
+    src = case_dir("v3", "masked-lm")
+    dst = str(tmp_path / "out")
+    code, out, err = cli(src, dst, "--to", "torch", "--format", fmt, "--max-shard-size", "20KB")
+    assert code == 0, out + err
+    single, index_name = FORMATS[fmt].filenames
+    with open(os.path.join(dst, index_name), encoding="utf-8") as f:
+        index = json.load(f)
+    shards = sorted(set(index["weight_map"].values()))
+    stem, ext = single.rsplit(".", 1)
+    assert shards == [f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}" for i in range(1, len(shards) + 1)]
+    assert len(shards) > 2
+    assert sorted(os.listdir(dst)) == sorted(["config.json", index_name] + shards)
+    want = tensors(os.path.join(src, "model.safetensors"))
+    assert sorted(index["weight_map"]) == sorted(want)
+    assert index["metadata"]["total_size"] == sum(a.nbytes for a in want.values())
+    for shard in shards:
+        held = tensors(os.path.join(dst, shard))
+        assert sum(a.nbytes for a in held.values()) <= 20_000 or len(held) == 1
+        assert all(index["weight_map"][name] == shard for name in held)
+    assert_identical(tensors(os.path.join(dst, index_name)), want, f"{fmt} shards")
+    assert f"and {len(shards)} shards (--max-shard-size 20000 bytes)" in out
+    assert "verification passed" in out
+    code, out, err = cli(src, dst, "--to", "torch", "--format", fmt, "--force")  # a sharded DST is a checkpoint
+    assert code == 0, out + err
+    assert sorted(os.listdir(dst)) == ["config.json", single]
+
+
+@pytest.mark.reference
+def test_shard_rule_matches_huggingface_hub():
+    """The shard plan equals huggingface_hub's split_torch_state_dict_into_shards (what the reference's
+    save_pretrained uses) for several sizes, including tensors larger than the limit, and so do the sizes it parses
+    (binary units, 'MiB', are ours alone)."""
+    hub = pytest.importorskip("huggingface_hub")
+    import torch
+
+    from deberta_xf.formats import parse_shard_size, plan_shards, shard_filenames
+
+    arrays = tensors(os.path.join(case_dir("v3", "masked-lm"), "model.safetensors"))
+    infos = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in arrays.items()}
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    assert parse_shard_size("1MiB") == 2**20 and parse_shard_size("2 kib") == 2048
+    for size in ("20KB", "100KB", 7_000, "1MB", "1GB"):
+        split = hub.split_torch_state_dict_into_shards(state, max_shard_size=size,
+                                                       filename_pattern="model{suffix}.safetensors")
+        ours = plan_shards(infos, parse_shard_size(size))
+        names = shard_filenames(FORMATS["safetensors"], len(ours)) if len(ours) > 1 else ["model.safetensors"]
+        assert {n: names[i] for i, group in enumerate(ours) for n in group} == split.tensor_to_filename, size
+        assert parse_shard_size(size) == (size if isinstance(size, int) else
+                                          hub.serialization._base.parse_size_to_int(size)), size
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--max-shard-size", "lots"], "max shard size 'lots': expected bytes or a size like '5GB'"),
+    (["--max-shard-size", "0"], "must be at least 1 byte"),
+    (["--to", "flax", "--max-shard-size", "1MB"], "--max-shard-size: the msgpack format is one file"),
+])
+def test_max_shard_size_is_checked(tmp_path, argv, message):
+    dst = str(tmp_path / "out")
+    to = [] if "--to" in argv else ["--to", "torch"]
+    code, out, err = cli(case_dir("v3", "base"), dst, *to, *argv)
+    assert code == 2 and message in err, (code, out, err)
+    assert not os.path.exists(dst)

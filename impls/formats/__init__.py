@@ -25,12 +25,14 @@ import abc
 import dataclasses
 import functools
 import importlib
+import json
 import os
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from deberta_xf.errors import CheckpointError, DebertaXfError
+from deberta_xf.fileio import atomic_write_text
 from deberta_xf.frameworks import REGISTRY
 
 try:
@@ -301,6 +303,82 @@ def write_weights(path: str, infos: Mapping[str, TensorInfo], get: Producer, for
     follow; inferred from the names when omitted) and ``progress``; safetensors also ``metadata``."""
     fmt = FORMATS[format] if format else detect_format(path)
     fmt.write(path, infos, get, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sharded output: the reference's ``max_shard_size`` rule and file names (``model-00001-of-00003.safetensors`` +
+# ``model.safetensors.index.json``), for the formats that have an index (safetensors, bin).
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_shard_size(value: int | str) -> int:
+    """``max_shard_size`` as the reference spells it: bytes as an int, or ``"5GB"`` (10**9) / ``"500MiB"`` (2**20)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        unit = next((u for u in sorted(_SIZE_UNITS, key=len, reverse=True) if text.endswith(u)), "")
+        try:
+            number = int(float(text[:len(text) - len(unit)]) * _SIZE_UNITS[unit or "B"])
+        except ValueError:
+            raise DebertaXfError(f"max shard size {value!r}: expected bytes or a size like '5GB', '500MiB'") from None
+    if number < 1:
+        raise DebertaXfError(f"max shard size {value!r}: must be at least 1 byte")
+    return number
+
+
+def plan_shards(infos: Mapping[str, TensorInfo], max_bytes: int) -> list[list[str]]:
+    """Tensor names per shard, in order: a shard is closed before the tensor that would take it past ``max_bytes``;
+    a tensor larger than ``max_bytes`` gets a shard of its own (the reference's rule)."""
+    shards: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for name, info in infos.items():
+        if info.nbytes > max_bytes:
+            shards.append([name])
+            continue
+        if current and size + info.nbytes > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += info.nbytes
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_filenames(fmt: Format, count: int) -> list[str]:
+    """``model-00001-of-00003.safetensors``, ... for ``fmt``'s single-file name ``model.safetensors``."""
+    stem, dot, ext = fmt.filenames[0].rpartition(".")
+    return [f"{stem}-{i:05d}-of-{count:05d}.{ext}" for i in range(1, count + 1)]
+
+
+def sharded_filename(fmt: Format, shards: int) -> str:
+    """What a loader opens: the single weights file, or the index of a sharded one."""
+    if shards > 1 and not any(f.endswith(".index.json") for f in fmt.filenames):
+        raise DebertaXfError(f"the {fmt.name} format cannot be sharded (only "
+                             f"{', '.join(n for n, f in FORMATS.items() if len(f.filenames) > 1)} have an index file)")
+    return fmt.filenames[1] if shards > 1 else fmt.filenames[0]
+
+
+def write_sharded(directory: str, fmt: Format, infos: Mapping[str, TensorInfo], get: Producer, max_bytes: int,
+                  **kwargs) -> list[str]:
+    """Write the tensors into ``directory`` as one file, or as shards of at most ``max_bytes`` plus the reference's
+    ``*.index.json`` (``{"metadata": {"total_size": N}, "weight_map": {name: shard}}``); each file atomically.
+    Returns the file names written, the file a loader opens first."""
+    groups = plan_shards(infos, max_bytes)
+    target = sharded_filename(fmt, len(groups))
+    if len(groups) == 1:
+        fmt.write(os.path.join(directory, target), infos, get, **kwargs)
+        return [target]
+    names = shard_filenames(fmt, len(groups))
+    for filename, group in zip(names, groups):
+        fmt.write(os.path.join(directory, filename), {n: infos[n] for n in group}, get, **kwargs)
+    index = {"metadata": {"total_size": sum(i.nbytes for i in infos.values())},
+             "weight_map": {n: filename for filename, group in zip(names, groups) for n in group}}
+    atomic_write_text(os.path.join(directory, target), json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return [target] + names
 
 
 def array_source(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, TensorInfo], Producer]:
