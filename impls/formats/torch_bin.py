@@ -6,6 +6,8 @@ that would run code is refused with a clear error instead of being executed.
 
 from __future__ import annotations
 
+import collections
+import io
 import os
 import pickle
 import struct
@@ -14,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, check_infos
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, check_infos, produce
 from deberta_xf.formats.safetensors_io import ShardedReader
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
@@ -156,10 +158,84 @@ def open_reader(path: str) -> TensorReader:
     return TorchBinReader(path)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Writing, streamed: torch.save needs every tensor at once, so the archive is written the way torch.save lays it out
+# (``data.pkl``, ``.format_version``, ``.storage_alignment``, ``byteorder``, then ``data/<key>`` per storage, through
+# torch's own zip writer), with the pickle made from the infos alone and each tensor's bytes written as it is
+# produced: about one tensor in memory. ``torch.load(weights_only=True)`` reads it as it reads torch.save's output.
+_STORAGE_TYPES = {"float16": "HalfStorage", "float32": "FloatStorage", "float64": "DoubleStorage",
+                  "bfloat16": "BFloat16Storage", "int8": "CharStorage", "int16": "ShortStorage", "int32": "IntStorage",
+                  "int64": "LongStorage", "uint8": "ByteStorage", "bool": "BoolStorage"}
+
+
+class _StorageRef:
+    """A storage in the pickle: written as torch's persistent id ``("storage", type, key, "cpu", numel)``."""
+
+    def __init__(self, key: str, storage_type, numel: int):
+        self.persistent_id = ("storage", storage_type, key, "cpu", numel)
+
+
+class _TensorRef:
+    """A tensor in the pickle: ``torch._utils._rebuild_tensor_v2(storage, 0, shape, stride, False, {})``."""
+
+    def __init__(self, rebuild, storage: _StorageRef, shape: tuple[int, ...]):
+        stride, step = [], 1
+        for size in reversed(shape):
+            stride.append(step)
+            step *= size
+        self.args = (storage, 0, tuple(shape), tuple(reversed(stride)), False, collections.OrderedDict())
+        self.rebuild = rebuild
+
+    def __reduce__(self):
+        return self.rebuild, self.args
+
+
+def _state_pickle(torch, infos: Mapping[str, TensorInfo], keys: Mapping[str, str]) -> bytes:
+    state = collections.OrderedDict()
+    for name, info in infos.items():
+        storage_type = getattr(torch, _STORAGE_TYPES[np.dtype(info.dtype).name])
+        storage = _StorageRef(keys[name], storage_type, int(np.prod(info.shape, dtype=np.int64)))
+        state[name] = _TensorRef(torch._utils._rebuild_tensor_v2, storage, info.shape)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return obj.persistent_id if isinstance(obj, _StorageRef) else None
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump(state)  # torch.save's default protocol
+    return buffer.getvalue()
+
+
 def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=None, **_: object) -> None:
-    """Write a pickled state dict (torch.save needs every tensor at once, so this one is not streamed)."""
+    """Write a ``pytorch_model.bin`` that ``torch.load`` reads as a state dict, one tensor in memory at a time."""
     torch = _torch()
+    for name, info in infos.items():
+        if np.dtype(info.dtype).name not in _STORAGE_TYPES:
+            raise CheckpointError(f"{path}: cannot store tensor {name!r} of dtype {info.dtype} in pytorch_model.bin")
     names = list(infos)
-    state = {name: numpy_to_tensor(get(name)).clone() for name in (progress(names) if progress else names)}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    serialization = torch.serialization
+    if not (hasattr(serialization, "get_crc32_options") and hasattr(serialization, "_get_storage_alignment")):
+        state = {name: numpy_to_tensor(get(name)).clone() for name in (progress(names) if progress else names)}
+        with atomic_path(path) as tmp:  # an older torch without the writer's settings: torch.save, not streamed
+            torch.save(state, tmp)
+        return
+    keys = {name: str(i) for i, name in enumerate(names)}
+    data = _state_pickle(torch, infos, keys)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # torch.save's own writer and settings (to a file object, so the archive folder is "archive", not tmp's name)
+        writer = torch._C.PyTorchFileWriter(f, serialization.get_crc32_options(), serialization._get_storage_alignment())
+        try:
+            writer.write_record("data.pkl", data, len(data))
+            writer.write_record(".format_version", "1", 1)
+            alignment = str(serialization._get_storage_alignment())
+            writer.write_record(".storage_alignment", alignment, len(alignment))
+            writer.write_record("byteorder", "little", len("little"))
+            for name in (progress(names) if progress else names):
+                array = produce(get, name, infos, path)
+                raw = schema.contiguous(array).reshape(-1).view(np.uint8)
+                storage = torch.from_numpy(raw).untyped_storage()
+                writer.write_record(f"data/{keys[name]}", storage, raw.nbytes)
+                del array, raw, storage
+            writer.write_end_of_file()
+        finally:
+            del writer  # closes the file (also after an error)
