@@ -35,6 +35,7 @@ from deberta_xf.formats import (DEFAULT_FORMAT, FORMATS, FRAMEWORK_FORMATS, Form
                                 detect_format, find_weights, open_checked, parse_shard_size, plan_shards,
                                 sharded_filename, write_sharded)
 from deberta_xf import schema
+from deberta_xf.convert.verify import tensor_digest
 from deberta_xf.tasks import TASK_TABLE, check_task, infer_task
 from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
 from deberta_xf.errors import CheckpointError, ConfigError, DebertaXfError
@@ -334,6 +335,7 @@ class WriteSummary:
     filename: str           # the weights file, inside DST (the index of a sharded one)
     dtypes: dict[str, int]  # dtype name -> tensor count
     files: int = 1          # weights files written (shards)
+    digests: dict[str, bytes] = dataclasses.field(default_factory=dict)  # name -> tensor_digest of what was written
 
 
 def write_checkpoint(plan: ConversionPlan, directory: str,
@@ -344,6 +346,7 @@ def write_checkpoint(plan: ConversionPlan, directory: str,
     """
     start = time.perf_counter()
     tick = progress(len(plan.infos), plan.total_bytes) if progress else None
+    digests: dict[str, bytes] = {}
     with open_checked(plan.weights_path) as reader:
         def produce(name: str) -> np.ndarray:
             src = plan.names[name]
@@ -372,6 +375,7 @@ def write_checkpoint(plan: ConversionPlan, directory: str,
                             f"{plan.weights_path}: tensor {src!r} overflows {dtype_name(want.dtype)} (largest "
                             f"magnitude {largest:.4g}); choose a wider --dtype") from None
                 del original
+            digests[name] = tensor_digest(array)  # verification compares the read-back tensors with these
             if tick:
                 tick(want.nbytes)
             return array
@@ -386,7 +390,7 @@ def write_checkpoint(plan: ConversionPlan, directory: str,
     for info in plan.infos.values():
         dtypes[dtype_name(info.dtype)] = dtypes.get(dtype_name(info.dtype), 0) + 1
     return WriteSummary(len(plan.infos), sum(os.path.getsize(os.path.join(directory, f)) for f in files[1:] or files),
-                        time.perf_counter() - start, plan.weights_filename, dtypes, len(files[1:]) or 1)
+                        time.perf_counter() - start, plan.weights_filename, dtypes, len(files[1:]) or 1, digests)
 
 
 def write_config(plan: ConversionPlan, directory: str) -> None:
@@ -460,7 +464,7 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
             result.written = write_checkpoint(plan, tmp, progress)
             log(describe_written(plan, result.written))
             if verifier is not None:
-                result.verification = verifier.run(tmp, status=status)
+                result.verification = verifier.run(tmp, status=status, digests=result.written.digests)
                 if not result.verification.passed:
                     raise VerificationFailed(result.verification)
     except VerificationFailed:
