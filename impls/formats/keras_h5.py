@@ -32,7 +32,7 @@ import re
 from typing import Mapping
 
 from deberta_xf.formats import Producer, TensorInfo, TensorReader, produce
-from deberta_xf.formats.tf_h5 import H5Reader, dataset_info, scan_links, write_dataset
+from deberta_xf.formats.tf_h5 import H5Reader, create_h5, dataset_info, scan_links, write_dataset
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
 from deberta_xf.fileio import atomic_path
@@ -158,13 +158,11 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, task: str |
     """Stream tensors (canonical names and layouts) into a Keras 3 ``model.weights.h5``, atomically.
 
     ``task`` only names the root layer (inferred from the names when omitted)."""
-    import h5py
-
     task = check_task(task or infer_task({n: i.shape for n, i in infos.items()})[0])
     locations = {name: keras_location(name) for name in infos}
     names = list(infos)
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with create_h5(tmp) as f:
             f.create_group("vars").attrs["name"] = TASK_TABLE[task].keras_name
             for name in names:  # every layer on the way gets its "vars" group with the layer's name
                 group_path = ""

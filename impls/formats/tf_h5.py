@@ -28,7 +28,8 @@ positions (the reference TF sizes that table by hidden_size).
 from __future__ import annotations
 
 import abc
-from typing import Mapping
+import contextlib
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -144,6 +145,18 @@ def _open_h5(path: str, mode: str = "r"):
         return h5py.File(path, mode)
     except OSError as err:
         raise CheckpointError(f"{path}: not a readable HDF5 file ({err})") from None
+
+
+@contextlib.contextmanager
+def create_h5(path: str) -> Iterator:
+    """A new HDF5 file for writing, through a Python file object: a write that fails (a full disk, a file-size
+    limit) raises that OSError here, where HDF5 writing to the path itself would fail inside its C library (an
+    unrelated RuntimeError, or a crash on some errors)."""
+    import h5py
+
+    with open(path, "w+b") as raw:
+        with h5py.File(raw, "w") as f:
+            yield f
 
 
 MAX_LINK_DEPTH = 64
@@ -423,7 +436,7 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, task: str |
     names = list(infos)
     order = progress(names) if progress else names
     with atomic_path(path) as tmp:
-        with _open_h5(tmp, "w") as f:
+        with create_h5(tmp) as f:
             save_attributes(f, "layer_names", [n.encode("utf8") for n in layer_names])
             f.attrs["backend"] = b"tensorflow"
             f.attrs["keras_version"] = KERAS_VERSION.encode("utf8")

@@ -206,6 +206,31 @@ def _state_pickle(torch, infos: Mapping[str, TensorInfo], keys: Mapping[str, str
     return buffer.getvalue()
 
 
+class _LatchedWrites:
+    """The file torch's zip writer writes to: the first OSError (a full disk, a file-size limit) is kept and later
+    writes are dropped, so that the writer finishes normally (a C++ exception in its destructor would abort the
+    process) and the error is raised afterwards."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                self.file.write(data)
+            except OSError as err:
+                self.error = err
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.file.flush()
+            except OSError as err:
+                self.error = err
+
+
 def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=None, **_: object) -> None:
     """Write a ``pytorch_model.bin`` that ``torch.load`` reads as a state dict, one tensor in memory at a time."""
     torch = _torch()
@@ -223,7 +248,9 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=No
     data = _state_pickle(torch, infos, keys)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         # torch.save's own writer and settings (to a file object, so the archive folder is "archive", not tmp's name)
-        writer = torch._C.PyTorchFileWriter(f, serialization.get_crc32_options(), serialization._get_storage_alignment())
+        sink = _LatchedWrites(f)
+        writer = torch._C.PyTorchFileWriter(sink, serialization.get_crc32_options(),
+                                            serialization._get_storage_alignment())
         try:
             writer.write_record("data.pkl", data, len(data))
             writer.write_record(".format_version", "1", 1)
@@ -231,6 +258,8 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=No
             writer.write_record(".storage_alignment", alignment, len(alignment))
             writer.write_record("byteorder", "little", len("little"))
             for name in (progress(names) if progress else names):
+                if sink.error is not None:
+                    break  # nothing more reaches the file; the error is raised below
                 array = produce(get, name, infos, path)
                 raw = schema.contiguous(array).reshape(-1).view(np.uint8)
                 storage = torch.from_numpy(raw).untyped_storage()
@@ -239,3 +268,5 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=No
             writer.write_end_of_file()
         finally:
             del writer  # closes the file (also after an error)
+        if sink.error is not None:
+            raise sink.error
