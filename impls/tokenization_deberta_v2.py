@@ -14,7 +14,6 @@ Reproduces transformers 4.57.6's `DebertaV2Tokenizer` token for token:
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -32,8 +31,6 @@ from deberta_xf.tokenization_utils import (
     CallOptions,
     DebertaV2TokenizerBase,
 )
-
-logger = logging.getLogger(__name__)
 
 _WORD_START = "\u2581"  # "▁", sentencepiece's word-boundary marker
 
@@ -80,6 +77,12 @@ def _lower(text: str) -> str:
     if "\u03a3" not in text:
         return text.lower()
     return "".join(char.lower() for char in text)
+
+
+def _same_token(a: AddedToken, b: AddedToken) -> bool:
+    """AddedToken equality as the reference's (every field)."""
+    fields = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+    return all(getattr(a, name) == getattr(b, name) for name in fields)
 
 
 def _alternation(tokens) -> Optional[re.Pattern]:
@@ -155,6 +158,13 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
             )
             known.add(token.content)
         self._refresh_added_tokens()
+        # What `convert_tokens_to_string` keeps out of sentencepiece: the special tokens *at construction*
+        # (the reference hands its SPMTokenizer a copy then; tokens added later decode through sentencepiece).
+        self._spm_special_strings = self._special_strings
+
+    def _special_tokens_changed(self) -> None:
+        if hasattr(self, "_added_tokens_decoder"):  # not during __init__
+            self._refresh_added_tokens()
 
     def _refresh_added_tokens(self) -> None:
         """Derived lookups: content -> id, the added-token splitter, the lower-casing exceptions."""
@@ -298,6 +308,8 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
     # --- call ---
 
     def _encode(self, inputs, options: CallOptions, add_prefix_space: bool = False) -> BatchEncoding:
+        """The reference's slow path: each row truncated, given its special tokens, then padded (a single
+        input in `prepare_for_model`, a batch by `pad` once every row is built)."""
         if options.return_offsets_mapping:  # as the reference's slow tokenizer
             raise NotImplementedError(
                 "return_offsets_mapping is not available with the sentencepiece tokenizer; "
@@ -308,108 +320,78 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
                 "Asking to return token_type_ids while setting add_special_tokens to False is undefined; "
                 "set add_special_tokens=True or leave return_token_type_ids unset"
             )
-        rows = []
-        for first, second in inputs:
-            words = options.is_split_into_words
-            ids = self._input_ids(first, words, add_prefix_space)
-            pair_ids = None if second is None else self._input_ids(second, words, add_prefix_space)
-            rows.append(self._prepare_for_model(ids, pair_ids, options))
-
-        padding_strategy, max_length = options.padding_strategy, options.max_length
-        if options.batched and padding_strategy == "longest":
-            max_length = max((len(row[0]) for row in rows), default=0)
-            padding_strategy = "max_length"
-        columns: dict[str, list] = {"input_ids": []}
-        if options.return_token_type_ids:
-            columns["token_type_ids"] = []
-        if options.return_attention_mask:
-            columns["attention_mask"] = []
-        for input_ids, token_type_ids in rows:
-            padded = self._pad(
-                input_ids, token_type_ids, padding_strategy, max_length, options.pad_to_multiple_of,
-                options.padding_side,
+        words = options.is_split_into_words
+        encoded = [
+            (
+                self._input_ids(first, words, add_prefix_space),
+                None if second is None else self._input_ids(second, words, add_prefix_space),
             )
-            for key in columns:
-                columns[key].append(padded[key])
+            for first, second in inputs
+        ]
         if not options.batched:
-            columns = {key: value[0] for key, value in columns.items()}
-        return BatchEncoding(columns, tensor_type=options.return_tensors, prepend_batch_axis=not options.batched)
+            ids, pair_ids = encoded[0]
+            row = self._prepare_row(ids, pair_ids, options, pad=True)
+            return BatchEncoding(row, tensor_type=options.return_tensors, prepend_batch_axis=True)
+        if not encoded:  # an empty batch: empty fields, as our fast tokenizer (the reference fails here)
+            empty = {"input_ids": []}
+            empty.update({"token_type_ids": []} if options.return_token_type_ids else {})
+            empty.update({"attention_mask": []} if options.return_attention_mask else {})
+            return BatchEncoding(empty, tensor_type=options.return_tensors)
+        columns: dict[str, list] = {}
+        for ids, pair_ids in encoded:
+            for key, value in self._prepare_row(ids, pair_ids, options, pad=False).items():
+                columns.setdefault(key, []).append(value)
+        padded = self.pad(
+            columns,
+            padding=options.padding_strategy,
+            max_length=options.max_length,
+            pad_to_multiple_of=options.pad_to_multiple_of,
+            padding_side=options.padding_side,
+            return_attention_mask=options.return_attention_mask,
+        )
+        return BatchEncoding(padded.data, tensor_type=options.return_tensors)
 
-    def _prepare_for_model(self, ids, pair_ids, options: CallOptions):
-        """Truncate, then add [CLS]/[SEP]: returns (input_ids, token_type_ids)."""
-        total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
-        if options.add_special_tokens:
-            total += self.num_special_tokens_to_add(pair=pair_ids is not None)
-        max_length = options.max_length
-        if options.truncation_strategy != "do_not_truncate" and max_length and total > max_length:
-            ids, pair_ids = self.truncate_sequences(ids, pair_ids, total - max_length, options.truncation_strategy)
-        if options.add_special_tokens:
-            return (
-                self.build_inputs_with_special_tokens(ids, pair_ids),
-                self.create_token_type_ids_from_sequences(ids, pair_ids),
-            )
-        if pair_ids is None:
-            return ids, [0] * len(ids)
-        return ids + pair_ids, [0] * (len(ids) + len(pair_ids))
+    # --- adding tokens ---
 
-    def truncate_sequences(
-        self, ids, pair_ids=None, num_tokens_to_remove: int = 0, truncation_strategy: str = "longest_first"
-    ):
-        """Remove `num_tokens_to_remove` tokens as the reference's Python truncation does; returns
-        (ids, pair_ids). When the sequence to cut is too short it logs an error and cuts nothing."""
-        if num_tokens_to_remove <= 0:
-            return ids, pair_ids
-        right = self.truncation_side == "right"
-        if truncation_strategy == "only_first" or (truncation_strategy == "longest_first" and pair_ids is None):
-            if len(ids) > num_tokens_to_remove:
-                ids = ids[:-num_tokens_to_remove] if right else ids[num_tokens_to_remove:]
+    def _add_tokens(self, new_tokens: list, special_tokens: bool = False) -> int:
+        """The reference's slow `_add_tokens`: a token already in the vocabulary keeps its id (and does not
+        count), others get the next ids; with `do_lower_case`, normalized non-special ones are lower-cased;
+        new special tokens join `additional_special_tokens`."""
+        current_vocab = self.get_vocab()
+        new_index = len(current_vocab)
+        added = 0
+        for token in new_tokens:
+            if str(token) == "":
+                continue
+            if isinstance(token, str):
+                if token in self._added_tokens_encoder:
+                    continue
+                is_special = token in self.all_special_tokens or special_tokens
+                token = AddedToken(token, rstrip=False, lstrip=False, normalized=not is_special, special=is_special)
             else:
-                logger.error(
-                    "We need to remove %d to truncate the input but the first sequence has a length %d.",
-                    num_tokens_to_remove, len(ids),
+                token = AddedToken(
+                    token.content, single_word=token.single_word, lstrip=token.lstrip, rstrip=token.rstrip,
+                    normalized=token.normalized, special=token.special or special_tokens,
                 )
-        elif truncation_strategy == "longest_first":
-            # Remove the length difference from the longer sequence first, then alternate.
-            first_remove = min(abs(len(pair_ids) - len(ids)), num_tokens_to_remove)
-            second_remove = num_tokens_to_remove - first_remove
-            if len(ids) > len(pair_ids):
-                ids_to_move = first_remove + second_remove // 2
-                pair_to_move = second_remove - second_remove // 2
-            else:
-                ids_to_move = second_remove // 2
-                pair_to_move = first_remove + second_remove - second_remove // 2
-            if right:
-                ids = ids[:-ids_to_move] if ids_to_move > 0 else ids
-                pair_ids = pair_ids[:-pair_to_move] if pair_to_move > 0 else pair_ids
-            else:
-                ids, pair_ids = ids[ids_to_move:], pair_ids[pair_to_move:]
-        elif truncation_strategy == "only_second" and pair_ids is not None:
-            if len(pair_ids) > num_tokens_to_remove:
-                pair_ids = pair_ids[:-num_tokens_to_remove] if right else pair_ids[num_tokens_to_remove:]
-            else:
-                logger.error(
-                    "We need to remove %d to truncate the input but the second sequence has a length %d.",
-                    num_tokens_to_remove, len(pair_ids),
+            if any(_same_token(token, known) for known in self._added_tokens_decoder.values()):
+                continue
+            if not token.special and token.normalized and self.do_lower_case:
+                token = AddedToken(
+                    token.content.lower(), single_word=token.single_word, lstrip=token.lstrip,
+                    rstrip=token.rstrip, normalized=True, special=False,
                 )
-        return ids, pair_ids
-
-    def _pad(self, input_ids, token_type_ids, padding_strategy, max_length, pad_to_multiple_of, padding_side):
-        """Pad one row (the reference's `_pad`); returns its input_ids, token_type_ids and attention_mask."""
-        if padding_strategy == "longest":
-            max_length = len(input_ids)
-        if max_length is not None and pad_to_multiple_of is not None and max_length % pad_to_multiple_of != 0:
-            max_length = (max_length // pad_to_multiple_of + 1) * pad_to_multiple_of
-        missing = 0
-        if padding_strategy != "do_not_pad" and max_length is not None:
-            missing = max(max_length - len(input_ids), 0)
-        rows = {
-            "input_ids": (input_ids, self.pad_token_id),
-            "token_type_ids": (token_type_ids, self.pad_token_type_id),
-            "attention_mask": ([1] * len(input_ids), 0),
-        }
-        if padding_side == "right":
-            return {key: row + [pad] * missing for key, (row, pad) in rows.items()}
-        return {key: [pad] * missing + row for key, (row, pad) in rows.items()}
+            if token.content not in current_vocab:
+                index = new_index + added
+                current_vocab[token.content] = index
+                added += 1
+            else:
+                index = current_vocab[token.content]
+            if token.special and token.content not in self.all_special_tokens:
+                self._additional_special_tokens.append(token)
+            self._added_tokens_decoder[index] = token
+            self._added_tokens_encoder[token.content] = index
+        self._refresh_added_tokens()
+        return added
 
     # --- decoding ---
 
@@ -418,7 +400,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         from the preceding text (the reference's `SPMTokenizer.decode`)."""
         out, pending, prev_is_special = "", [], False
         for token in tokens:
-            if token in self._special_strings:
+            if token in self._spm_special_strings:
                 if not prev_is_special:
                     out += " "
                 out += self.sp_model.decode_pieces(pending) + token
@@ -436,7 +418,9 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         # Non-special added tokens are decoded on their own and joined with spaces (the reference's
         # "legacy added tokens"); special ones go through convert_tokens_to_string.
         legacy = set(self._added_tokens_encoder) - self._special_strings
-        legacy |= {t.content for t in self.additional_special_tokens if self._token_to_id(t.content) >= self.vocab_size}
+        legacy |= {
+            t.content for t in self._additional_special_tokens if self._token_to_id(t.content) >= self.vocab_size
+        }
         sub_texts, current = [], []
         for token in tokens:
             if skip_special_tokens and token in self._special_strings:

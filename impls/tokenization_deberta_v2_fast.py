@@ -243,10 +243,14 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
         self._backend_settings = (truncation, padding)
 
     def _encode(self, inputs, options: CallOptions) -> BatchEncoding:
+        """The reference's fast path: the backend truncates (in windows of `max_length` sharing `stride`
+        tokens) and pads; each window of an input is a row, `overflow_to_sample_mapping` names its input."""
         truncation = None
         if options.truncation_strategy != "do_not_truncate":
+            # A length past any text (MAX_TEXT_CHARS characters give fewer than 2**31 tokens) is clamped: the
+            # backend takes a 64-bit size and `max_length` may be as large as MAX_LENGTH_OPTION.
             truncation = dict(
-                max_length=options.max_length, stride=0, strategy=options.truncation_strategy,
+                max_length=min(options.max_length, 2**31), stride=options.stride, strategy=options.truncation_strategy,
                 direction=self.truncation_side,
             )
         padding = None
@@ -272,18 +276,38 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
                 self._tokenizer.encode(first, second or None, is_pretokenized=pretokenized, add_special_tokens=special)
             ]
 
-        data = {"input_ids": [e.ids for e in encodings]}
+        rows, sample_mapping = [], []
+        for index, encoding in enumerate(encodings):
+            windows = [encoding] + (encoding.overflowing if options.return_overflowing_tokens else [])
+            rows += windows
+            sample_mapping += [index] * len(windows)
+        data = {"input_ids": [e.ids for e in rows]}
         if options.return_token_type_ids:
-            data["token_type_ids"] = [e.type_ids for e in encodings]
+            data["token_type_ids"] = [e.type_ids for e in rows]
         if options.return_attention_mask:
-            data["attention_mask"] = [e.attention_mask for e in encodings]
+            data["attention_mask"] = [e.attention_mask for e in rows]
+        if options.return_special_tokens_mask:
+            data["special_tokens_mask"] = [e.special_tokens_mask for e in rows]
         if options.return_offsets_mapping:
-            data["offset_mapping"] = [e.offsets for e in encodings]
-        if not options.batched:
-            data = {key: value[0] for key, value in data.items()}
-        return BatchEncoding(
-            data, encodings, tensor_type=options.return_tensors, prepend_batch_axis=not options.batched
-        )
+            data["offset_mapping"] = [e.offsets for e in rows]
+        if options.return_length:
+            data["length"] = [len(e.ids) for e in rows]
+        if options.return_overflowing_tokens:
+            data["overflow_to_sample_mapping"] = sample_mapping
+        # A single input loses the batch axis, unless it has tensors or windows (as the reference).
+        # (`length` stays a one-item list there, as the reference's unbatching only unwraps lists of lists.)
+        if not options.batched and options.return_tensors is None and not options.return_overflowing_tokens:
+            data = {key: value[0] if value and isinstance(value[0], list) else value for key, value in data.items()}
+        return BatchEncoding(data, rows, tensor_type=options.return_tensors)
+
+    # --- adding tokens ---
+
+    def _add_tokens(self, new_tokens: list, special_tokens: bool = False) -> int:
+        """Into the backend, as the reference's fast `_add_tokens`: a string is normalized unless special."""
+        self._set_truncation_and_padding(None, None)
+        if special_tokens:
+            return self._tokenizer.add_special_tokens(new_tokens)
+        return self._tokenizer.add_tokens(new_tokens)
 
     # --- decoding ---
 

@@ -5,9 +5,14 @@
 Hugging Face transformers 4.57.6: the checks on the inputs of `__call__`, how `padding`, `truncation` and
 `max_length` resolve to strategies, the `[CLS] A [SEP] B [SEP]` templates, `from_pretrained` /
 `save_pretrained` file handling and the `BatchEncoding` result (dict and attribute access, tensors for
-"np" | "pt" | "tf" | "jax", each framework imported only when asked for).
+"np" | "pt" | "tf" | "jax", each framework imported only when asked for; for the fast tokenizer
+`sequence_ids` / `word_ids` / `token_to_chars` / `char_to_token` per row). Also the reference's Python path
+shared by both: `encode_plus` / `batch_encode_plus`, `prepare_for_model` (truncation with `stride` and
+overflowing tokens, special-token masks, lengths), `pad`, `add_tokens` / `add_special_tokens`, and the size
+limits of docs/limits.md ("Tokenizers").
 
-Each subclass provides the encoding itself (`_encode(inputs, CallOptions)`) and the decoding (`_decode`).
+Each subclass provides the encoding itself (`_encode(inputs, CallOptions)`), the decoding (`_decode`) and
+`_add_tokens`.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ import json
 import logging
 import os
 from collections import UserDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from tokenizers import AddedToken
 
+from deberta_xf.errors import DebertaXfError
 from deberta_xf.fileio import atomic_write_bytes
+
 logger = logging.getLogger(__name__)
 
 VERY_LARGE_INTEGER = int(1e30)  # the reference's "no model_max_length" value
@@ -47,6 +55,26 @@ SPECIAL_TOKENS_ATTRIBUTES = (
 PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
 TENSOR_TYPES = ("np", "pt", "tf", "jax")
+
+# Bounds on what a call accepts (docs/limits.md, "Tokenizers"); past them a DebertaXfError names the argument.
+MAX_TEXT_CHARS = 10_000_000  # characters of one text (or one word of a pre-split text)
+MAX_BATCH_SIZE = 1_000_000  # texts (or pairs) in one call, rows in one `pad`
+MAX_PADDED_LENGTH = 10_000_000  # tokens a row may be padded to: `max_length` with "max_length" padding
+MAX_LENGTH_OPTION = 10**30  # `max_length` / `stride` / `pad_to_multiple_of` (a truncation length costs nothing)
+
+
+class CharSpan(NamedTuple):
+    """Characters [start, end) of the original text (the reference's CharSpan)."""
+
+    start: int
+    end: int
+
+
+class TokenSpan(NamedTuple):
+    """Tokens [start, end) of an encoding (the reference's TokenSpan)."""
+
+    start: int
+    end: int
 
 
 # === Encoding container ===
@@ -86,11 +114,62 @@ class BatchEncoding(UserDict):
         """The `tokenizers.Encoding` of each row (fast tokenizers only), else None."""
         return self._encodings
 
+    @property
+    def is_fast(self) -> bool:
+        return self._encodings is not None
+
+    @property
+    def n_sequences(self) -> Optional[int]:
+        """1 or 2 (a pair) for the output of the fast tokenizer, else None."""
+        return self._encodings[0].n_sequences if self._encodings else None
+
+    def _encoding(self, method: str, batch_index: int):
+        if not self._encodings:
+            raise ValueError(f"{method}() is only available on the output of DebertaV2TokenizerFast")
+        return self._encodings[batch_index]
+
     def tokens(self, batch_index: int = 0) -> list[str]:
         """The tokens of row `batch_index`, special and padding tokens included (fast tokenizers only)."""
-        if not self._encodings:
-            raise ValueError("tokens() is only available on the output of DebertaV2TokenizerFast")
-        return self._encodings[batch_index].tokens
+        return self._encoding("tokens", batch_index).tokens
+
+    def sequence_ids(self, batch_index: int = 0) -> list[Optional[int]]:
+        """Per token of row `batch_index`: 0 (first text), 1 (second text) or None (special, padding)."""
+        return self._encoding("sequence_ids", batch_index).sequence_ids
+
+    def word_ids(self, batch_index: int = 0) -> list[Optional[int]]:
+        """Per token of row `batch_index`: the index of its word in its text, None for special tokens."""
+        return self._encoding("word_ids", batch_index).word_ids
+
+    def words(self, batch_index: int = 0) -> list[Optional[int]]:
+        return self.word_ids(batch_index)
+
+    def token_to_sequence(self, batch_or_token_index: int, token_index: Optional[int] = None) -> Optional[int]:
+        batch_index, token_index = _batch_and_index(batch_or_token_index, token_index)
+        return self._encoding("token_to_sequence", batch_index).token_to_sequence(token_index)
+
+    def token_to_word(self, batch_or_token_index: int, token_index: Optional[int] = None) -> Optional[int]:
+        batch_index, token_index = _batch_and_index(batch_or_token_index, token_index)
+        return self._encoding("token_to_word", batch_index).token_to_word(token_index)
+
+    def token_to_chars(self, batch_or_token_index: int, token_index: Optional[int] = None) -> Optional[CharSpan]:
+        """The characters a token comes from; `tok_out.token_to_chars(i)` or `(batch_index, i)`."""
+        batch_index, token_index = _batch_and_index(batch_or_token_index, token_index)
+        span = self._encoding("token_to_chars", batch_index).token_to_chars(token_index)
+        return None if span is None else CharSpan(*span)
+
+    def char_to_token(
+        self, batch_or_char_index: int, char_index: Optional[int] = None, sequence_index: int = 0
+    ) -> Optional[int]:
+        """The token holding character `char_index` of text `sequence_index` (0 or 1), or None."""
+        batch_index, char_index = _batch_and_index(batch_or_char_index, char_index)
+        return self._encoding("char_to_token", batch_index).char_to_token(char_index, sequence_index)
+
+    def word_to_tokens(
+        self, batch_or_word_index: int, word_index: Optional[int] = None, sequence_index: int = 0
+    ) -> Optional[TokenSpan]:
+        batch_index, word_index = _batch_and_index(batch_or_word_index, word_index)
+        span = self._encoding("word_to_tokens", batch_index).word_to_tokens(word_index, sequence_index)
+        return None if span is None else TokenSpan(*span)
 
     def convert_to_tensors(self, tensor_type: Optional[str], prepend_batch_axis: bool = False) -> "BatchEncoding":
         """Turn every field into a tensor of `tensor_type` ("np", "pt", "tf" or "jax"), in place."""
@@ -108,6 +187,11 @@ class BatchEncoding(UserDict):
                     "Use padding=True (and truncation=True) to get a rectangular batch."
                 ) from err
         return self
+
+
+def _batch_and_index(batch_or_index: int, index: Optional[int]) -> tuple[int, int]:
+    """The reference's (batch_or_token_index, token_index) convention: one argument means row 0."""
+    return (0, batch_or_index) if index is None else (batch_or_index, index)
 
 
 def _is_empty(value) -> bool:
@@ -158,23 +242,43 @@ def _is_str_list(value) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
 
 
+def _check_length(value: str, name: str) -> None:
+    if len(value) > MAX_TEXT_CHARS:
+        raise DebertaXfError(
+            f"`{name}` has {len(value):,} characters; the tokenizers accept at most {MAX_TEXT_CHARS:,} per text "
+            "(docs/limits.md): split it first"
+        )
+
+
 def _check_text(value, name: str, is_split_into_words: bool) -> bool:
-    """Raise TypeError naming the argument unless `value` is valid input; return whether it is a batch."""
+    """Raise TypeError naming the argument unless `value` is valid input, DebertaXfError past the size limits
+    (MAX_TEXT_CHARS per string, MAX_BATCH_SIZE items per list); return whether it is a batch."""
     if isinstance(value, str):
         if is_split_into_words:
             raise TypeError(f"`{name}` must be a list of words (or a list of such lists) when is_split_into_words=True")
+        _check_length(value, name)
         return False
     if not isinstance(value, (list, tuple)):
         raise TypeError(
             f"`{name}` must be a string, a list of strings or a list of (text, text_pair) pairs, "
             f"got {type(value).__name__}"
         )
+    if len(value) > MAX_BATCH_SIZE:
+        raise DebertaXfError(
+            f"`{name}` has {len(value):,} items; the tokenizers accept at most {MAX_BATCH_SIZE:,} per call "
+            "(docs/limits.md): call them in chunks"
+        )
     for i, item in enumerate(value):
         if isinstance(item, str):
+            _check_length(item, f"{name}[{i}]")
             continue
         if isinstance(item, (list, tuple)):
             want_pair = not is_split_into_words and name == "text"
             if _is_str_list(item) and (not want_pair or len(item) == 2):
+                if len(item) > MAX_BATCH_SIZE:
+                    raise DebertaXfError(f"`{name}[{i}]` has {len(item):,} words; at most {MAX_BATCH_SIZE:,}")
+                for j, word in enumerate(item):
+                    _check_length(word, f"{name}[{i}][{j}]")
                 continue
         expected = "a list of words" if is_split_into_words else "a string" + (
             " or a (text, text_pair) pair of strings" if name == "text" else ""
@@ -183,6 +287,16 @@ def _check_text(value, name: str, is_split_into_words: bool) -> bool:
     if is_split_into_words:
         return bool(value) and isinstance(value[0], (list, tuple))
     return True
+
+
+def check_size_option(name: str, value, minimum: int, maximum: int = MAX_LENGTH_OPTION) -> None:
+    """`max_length` / `stride` / `pad_to_multiple_of`: None or an int in [minimum, maximum]."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}: {value!r}")
+    if not minimum <= value <= maximum:
+        raise DebertaXfError(f"{name} must be between {minimum} and {maximum:,} (docs/limits.md), got {value:,}")
 
 
 def resolve_strategies(
@@ -194,7 +308,13 @@ def resolve_strategies(
     - padding True is "longest"; truncation True is "longest_first";
     - without `max_length`, "max_length" padding and any truncation fall back to `model_max_length`, and
       are switched off when the model has none (the reference's default).
+
+    `max_length` and `pad_to_multiple_of` are checked (ints, not negative, `pad_to_multiple_of` >= 1), and
+    "max_length" padding past MAX_PADDED_LENGTH tokens raises DebertaXfError (docs/limits.md).
     """
+    check_size_option("max_length", max_length, 0)
+    check_size_option("pad_to_multiple_of", pad_to_multiple_of, 1, MAX_PADDED_LENGTH)
+    max_length_given = max_length is not None
     if max_length is not None and padding is False and truncation is None:
         logger.warning(
             "Truncation was not explicitly activated but `max_length` is provided a specific value, "
@@ -235,8 +355,12 @@ def resolve_strategies(
                 truncation_strategy = "do_not_truncate"
             else:
                 max_length = model_max_length
-    elif not isinstance(max_length, int) or isinstance(max_length, bool):
-        raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
+    if padding_strategy == "max_length" and max_length is not None and max_length > MAX_PADDED_LENGTH:
+        source = "max_length" if max_length_given else "model_max_length (the max_length used)"
+        raise DebertaXfError(
+            f"{source} is {max_length:,}: padding to more than {MAX_PADDED_LENGTH:,} tokens per row is refused "
+            "(docs/limits.md); use padding=True (to the longest row) or a smaller max_length"
+        )
 
     if (
         truncation_strategy != "do_not_truncate"
@@ -261,6 +385,7 @@ class CallOptions:
     padding_strategy: str  # "longest" | "max_length" | "do_not_pad"
     truncation_strategy: str  # "longest_first" | "only_first" | "only_second" | "do_not_truncate"
     max_length: Optional[int]
+    stride: int
     is_split_into_words: bool
     pad_to_multiple_of: Optional[int]
     padding_side: str
@@ -268,6 +393,9 @@ class CallOptions:
     return_token_type_ids: bool
     return_attention_mask: bool
     return_offsets_mapping: bool
+    return_overflowing_tokens: bool
+    return_special_tokens_mask: bool
+    return_length: bool
     token_type_ids_requested: Optional[bool]  # the argument as given (None: not asked for explicitly)
 
 
@@ -394,7 +522,7 @@ class DebertaV2TokenizerBase:
                 raise TypeError(f"`{key}` must be a string or an AddedToken, got {type(token).__name__}")
             self._special_tokens[key] = token
         additional = kwargs.pop("additional_special_tokens", None) or []
-        self.additional_special_tokens = [
+        self._additional_special_tokens = [
             t if isinstance(t, AddedToken) else AddedToken(t, normalized=False, special=True) for t in additional
         ]
         self.extra_init_kwargs = kwargs  # unknown keys (e.g. vocab_type) survive save_pretrained
@@ -433,8 +561,8 @@ class DebertaV2TokenizerBase:
         for key, token in self._special_tokens.items():
             if token is not None:
                 config[key] = token.content
-        if self.additional_special_tokens:
-            config["additional_special_tokens"] = [t.content for t in self.additional_special_tokens]
+        if self._additional_special_tokens:
+            config["additional_special_tokens"] = [t.content for t in self._additional_special_tokens]
         return config
 
     def save_pretrained(self, save_directory: str, filename_prefix: Optional[str] = None) -> tuple[str, ...]:
@@ -455,9 +583,9 @@ class DebertaV2TokenizerBase:
             for key, token in self._special_tokens.items()
             if token is not None
         }
-        if self.additional_special_tokens:
+        if self._additional_special_tokens:
             special_map["additional_special_tokens"] = [
-                _token_to_dict(t, with_special=False) for t in self.additional_special_tokens
+                _token_to_dict(t, with_special=False) for t in self._additional_special_tokens
             ]
         _write_json(written[1], special_map)
         written += self._save_model_files(save_directory, filename_prefix)
@@ -476,13 +604,40 @@ class DebertaV2TokenizerBase:
         token = self._special_tokens[key]
         return None if token is None else token.content
 
-    bos_token = property(lambda self: self._special_token("bos_token"))
-    eos_token = property(lambda self: self._special_token("eos_token"))
-    unk_token = property(lambda self: self._special_token("unk_token"))
-    sep_token = property(lambda self: self._special_token("sep_token"))
-    pad_token = property(lambda self: self._special_token("pad_token"))
-    cls_token = property(lambda self: self._special_token("cls_token"))
-    mask_token = property(lambda self: self._special_token("mask_token"))
+    def _set_special_token(self, key: str, value) -> None:
+        """`tok.pad_token = "[PAD]"` (or an AddedToken, or None), as the reference's attribute setters: the
+        token is not added to the vocabulary (use `add_special_tokens` for that)."""
+        if isinstance(value, str):
+            value = AddedToken(value, lstrip=False, rstrip=False, normalized=False, special=True)
+        elif value is not None and not isinstance(value, AddedToken):
+            raise ValueError(f"{key} must be a str, an AddedToken or None, got {type(value).__name__}")
+        self._special_tokens[key] = value
+        self._special_tokens_changed()
+
+    def _special_tokens_changed(self) -> None:
+        """Hook for the slow tokenizer's derived lookups."""
+
+    bos_token = property(
+        lambda self: self._special_token("bos_token"), lambda self, v: self._set_special_token("bos_token", v)
+    )
+    eos_token = property(
+        lambda self: self._special_token("eos_token"), lambda self, v: self._set_special_token("eos_token", v)
+    )
+    unk_token = property(
+        lambda self: self._special_token("unk_token"), lambda self, v: self._set_special_token("unk_token", v)
+    )
+    sep_token = property(
+        lambda self: self._special_token("sep_token"), lambda self, v: self._set_special_token("sep_token", v)
+    )
+    pad_token = property(
+        lambda self: self._special_token("pad_token"), lambda self, v: self._set_special_token("pad_token", v)
+    )
+    cls_token = property(
+        lambda self: self._special_token("cls_token"), lambda self, v: self._set_special_token("cls_token", v)
+    )
+    mask_token = property(
+        lambda self: self._special_token("mask_token"), lambda self, v: self._set_special_token("mask_token", v)
+    )
 
     def _special_token_id(self, key: str) -> Optional[int]:
         token = self._special_token(key)
@@ -499,15 +654,15 @@ class DebertaV2TokenizerBase:
     @property
     def special_tokens_map(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: t.content for k, t in self._special_tokens.items() if t is not None}
-        if self.additional_special_tokens:
-            out["additional_special_tokens"] = [t.content for t in self.additional_special_tokens]
+        if self._additional_special_tokens:
+            out["additional_special_tokens"] = [t.content for t in self._additional_special_tokens]
         return out
 
     @property
     def all_special_tokens_extended(self) -> list[AddedToken]:
         """Special tokens (AddedToken), unique, in the reference's attribute order."""
         seen: dict[str, AddedToken] = {}
-        for token in [*self._special_tokens.values(), *self.additional_special_tokens]:
+        for token in [*self._special_tokens.values(), *self._additional_special_tokens]:
             if token is not None and token.content not in seen:
                 seen[token.content] = token
         return list(seen.values())
@@ -522,6 +677,91 @@ class DebertaV2TokenizerBase:
 
     def get_added_vocab(self) -> dict[str, int]:
         return {token.content: index for index, token in sorted(self.added_tokens_decoder.items())}
+
+    @property
+    def additional_special_tokens(self) -> list[str]:
+        return [token.content for token in self._additional_special_tokens]
+
+    @additional_special_tokens.setter
+    def additional_special_tokens(self, tokens) -> None:
+        self._additional_special_tokens = [
+            t if isinstance(t, AddedToken) else AddedToken(t, normalized=False, special=True) for t in tokens or []
+        ]
+        self._special_tokens_changed()
+
+    @property
+    def additional_special_tokens_ids(self) -> list[int]:
+        return self.convert_tokens_to_ids(self.additional_special_tokens)
+
+    @property
+    def max_len_single_sentence(self) -> int:
+        """model_max_length minus the 2 special tokens of `[CLS] A [SEP]`."""
+        return self.model_max_length - self.num_special_tokens_to_add(pair=False)
+
+    @property
+    def max_len_sentences_pair(self) -> int:
+        """model_max_length minus the 3 special tokens of `[CLS] A [SEP] B [SEP]`."""
+        return self.model_max_length - self.num_special_tokens_to_add(pair=True)
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self.convert_tokens_to_ids(token)
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return self.convert_ids_to_tokens(index)
+
+    # --- adding tokens ---
+
+    def add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        """Add tokens (strings or AddedToken) after the vocabulary; returns how many new ids were made.
+
+        A string becomes an AddedToken that is normalized unless it is special. With `special_tokens=True`
+        they are special (never split, skipped by `decode(skip_special_tokens=True)`)."""
+        if not new_tokens:
+            return 0
+        if not isinstance(new_tokens, (list, tuple)):
+            new_tokens = [new_tokens]
+        for token in new_tokens:
+            if not isinstance(token, (str, AddedToken)):
+                raise TypeError(f"Token {token!r} is not a string or an AddedToken but a {type(token).__name__}")
+        return self._add_tokens(list(new_tokens), special_tokens=special_tokens)
+
+    def add_special_tokens(self, special_tokens_dict: dict, replace_additional_special_tokens: bool = True) -> int:
+        """Set special tokens (`cls_token`, ..., `additional_special_tokens`) and add those not yet in the
+        vocabulary; returns how many new ids were made. `additional_special_tokens` replaces the current
+        list unless `replace_additional_special_tokens=False` (the replaced ones stay in the vocabulary)."""
+        if not special_tokens_dict:
+            return 0
+        to_add: list[AddedToken] = []
+        for key, value in special_tokens_dict.items():
+            if key == "additional_special_tokens":
+                if not isinstance(value, (list, tuple)) or not all(isinstance(t, (str, AddedToken)) for t in value):
+                    raise ValueError(f"additional_special_tokens must be a list of str or AddedToken, got {value!r}")
+                tokens = []
+                for token in value:
+                    if isinstance(token, str):
+                        token = AddedToken(token, rstrip=False, lstrip=False, normalized=False, special=True)
+                    if not replace_additional_special_tokens and str(token) in self.additional_special_tokens:
+                        continue
+                    tokens.append(token)
+                if replace_additional_special_tokens and tokens:
+                    self._additional_special_tokens = list(tokens)
+                else:
+                    self._additional_special_tokens.extend(tokens)
+                to_add += tokens
+            elif key in SPECIAL_TOKENS_ATTRIBUTES:
+                if not isinstance(value, (str, AddedToken)):
+                    raise ValueError(f"{key} must be a str or an AddedToken, got {type(value).__name__}")
+                if isinstance(value, str):
+                    value = AddedToken(value, rstrip=False, lstrip=False, normalized=False, special=True)
+                self._special_tokens[key] = value
+                if value not in to_add:
+                    to_add.append(value)
+            else:
+                raise ValueError(
+                    f"Key {key!r} is not a special token; use one of {SPECIAL_TOKENS_ATTRIBUTES} "
+                    "or additional_special_tokens"
+                )
+        return self.add_tokens(to_add, special_tokens=True)
 
     # --- templates ---
 
@@ -565,13 +805,18 @@ class DebertaV2TokenizerBase:
         padding=False,
         truncation=None,
         max_length: Optional[int] = None,
+        stride: int = 0,
         is_split_into_words: bool = False,
         pad_to_multiple_of: Optional[int] = None,
         padding_side: Optional[str] = None,
         return_tensors: Optional[str] = None,
         return_token_type_ids: Optional[bool] = None,
         return_attention_mask: Optional[bool] = None,
+        return_overflowing_tokens: bool = False,
+        return_special_tokens_mask: bool = False,
         return_offsets_mapping: bool = False,
+        return_length: bool = False,
+        verbose: bool = True,
         **kwargs,
     ) -> BatchEncoding:
         """Encode a text, a pair, or a batch (a list of texts or of (text, text_pair) pairs, or `text` and
@@ -579,10 +824,14 @@ class DebertaV2TokenizerBase:
 
         `padding`: False | True / "longest" | "max_length"; `truncation`: None / False | True /
         "longest_first" | "only_first" | "only_second", both with `max_length` (`max_length` alone means
-        "longest_first", as in the reference). `return_token_type_ids` / `return_attention_mask` None mean
-        True. `return_tensors`: None (lists) | "np" | "pt" | "tf" | "jax" (a batch axis is added to a single
-        input). `return_offsets_mapping` is only available on the fast tokenizer. Keyword arguments the slow
-        tokenizer understands: `add_prefix_space`.
+        "longest_first", as in the reference). `stride` with `return_overflowing_tokens`: the fast tokenizer
+        returns every window of `max_length` tokens (consecutive windows share `stride` tokens) as its own row,
+        with `overflow_to_sample_mapping`; the slow one returns the cut tokens (plus `stride` kept ones) in
+        `overflowing_tokens` and `num_truncated_tokens`, as the reference's. `return_token_type_ids` /
+        `return_attention_mask` None mean True. `return_tensors`: None (lists) | "np" | "pt" | "tf" | "jax" (a
+        batch axis is added to a single input). `return_offsets_mapping` is only available on the fast
+        tokenizer. Keyword arguments the slow tokenizer understands: `add_prefix_space`. Size limits: see
+        docs/limits.md.
         """
         batched = _check_text(text, "text", is_split_into_words)
         if text_pair is not None:
@@ -597,6 +846,7 @@ class DebertaV2TokenizerBase:
             raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got {return_tensors!r}")
         if padding_side not in (None, "left", "right"):
             raise ValueError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
+        check_size_option("stride", stride, 0, MAX_PADDED_LENGTH)
         padding_strategy, truncation_strategy, max_length = resolve_strategies(
             padding, truncation, max_length, pad_to_multiple_of, self.model_max_length
         )
@@ -618,6 +868,7 @@ class DebertaV2TokenizerBase:
             padding_strategy=padding_strategy,
             truncation_strategy=truncation_strategy,
             max_length=max_length,
+            stride=stride,
             is_split_into_words=is_split_into_words,
             pad_to_multiple_of=pad_to_multiple_of,
             padding_side=padding_side or self.padding_side,
@@ -625,13 +876,306 @@ class DebertaV2TokenizerBase:
             return_token_type_ids=True if return_token_type_ids is None else return_token_type_ids,
             return_attention_mask=True if return_attention_mask is None else return_attention_mask,
             return_offsets_mapping=return_offsets_mapping,
+            return_overflowing_tokens=return_overflowing_tokens,
+            return_special_tokens_mask=return_special_tokens_mask,
+            return_length=return_length,
             token_type_ids_requested=return_token_type_ids,
         )
         return self._encode(inputs, options, **kwargs)
 
+    def encode_plus(self, text, text_pair=None, **kwargs) -> BatchEncoding:
+        """One text or pair (the reference's `encode_plus`): the same as calling the tokenizer."""
+        if not isinstance(text, str) and not (kwargs.get("is_split_into_words") and isinstance(text, (list, tuple))):
+            _check_text(text, "text", kwargs.get("is_split_into_words", False))
+            raise TypeError(f"encode_plus takes one text (a string), got {type(text).__name__}; use batch_encode_plus")
+        return self(text, text_pair, **kwargs)
+
+    def batch_encode_plus(self, batch_text_or_text_pairs, **kwargs) -> BatchEncoding:
+        """A list of texts or of (text, text_pair) pairs (the reference's `batch_encode_plus`)."""
+        if not isinstance(batch_text_or_text_pairs, (list, tuple)):
+            raise TypeError(
+                "batch_encode_plus takes a list of texts or of (text, text_pair) pairs, "
+                f"got {type(batch_text_or_text_pairs).__name__}"
+            )
+        return self(list(batch_text_or_text_pairs), **kwargs)
+
     def encode(self, text, text_pair=None, **kwargs) -> list[int]:
         """The `input_ids` of one text or pair (the reference's `encode`)."""
         return self(text, text_pair, return_token_type_ids=False, return_attention_mask=False, **kwargs)["input_ids"]
+
+    def prepare_for_model(
+        self,
+        ids: list[int],
+        pair_ids: Optional[list[int]] = None,
+        add_special_tokens: bool = True,
+        padding=False,
+        truncation=None,
+        max_length: Optional[int] = None,
+        stride: int = 0,
+        pad_to_multiple_of: Optional[int] = None,
+        padding_side: Optional[str] = None,
+        return_tensors: Optional[str] = None,
+        return_token_type_ids: Optional[bool] = None,
+        return_attention_mask: Optional[bool] = None,
+        return_overflowing_tokens: bool = False,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
+        verbose: bool = True,
+        prepend_batch_axis: bool = False,
+        **kwargs,
+    ) -> BatchEncoding:
+        """Ids (e.g. from `convert_tokens_to_ids`) to model inputs, as the reference's `prepare_for_model`
+        (the same Python path for slow and fast): truncation, special tokens, padding, masks."""
+        if return_offsets_mapping:
+            raise NotImplementedError(
+                "return_offsets_mapping is not available in prepare_for_model; call the tokenizer instead"
+            )
+        if return_tensors is not None and return_tensors not in TENSOR_TYPES:
+            raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got {return_tensors!r}")
+        check_size_option("stride", stride, 0, MAX_PADDED_LENGTH)
+        padding_strategy, truncation_strategy, max_length = resolve_strategies(
+            padding, truncation, max_length, pad_to_multiple_of, self.model_max_length
+        )
+        if return_token_type_ids and not add_special_tokens:
+            raise ValueError(
+                "Asking to return token_type_ids while setting add_special_tokens to False is undefined; "
+                "set add_special_tokens=True or leave return_token_type_ids unset"
+            )
+        options = CallOptions(
+            batched=False,
+            add_special_tokens=add_special_tokens,
+            padding_strategy=padding_strategy,
+            truncation_strategy=truncation_strategy,
+            max_length=max_length,
+            stride=stride,
+            is_split_into_words=False,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side or self.padding_side,
+            return_tensors=return_tensors,
+            return_token_type_ids=True if return_token_type_ids is None else return_token_type_ids,
+            return_attention_mask=True if return_attention_mask is None else return_attention_mask,
+            return_offsets_mapping=False,
+            return_overflowing_tokens=return_overflowing_tokens,
+            return_special_tokens_mask=return_special_tokens_mask,
+            return_length=return_length,
+            token_type_ids_requested=return_token_type_ids,
+        )
+        row = self._prepare_row(list(ids), None if pair_ids is None else list(pair_ids), options, pad=True)
+        return BatchEncoding(row, tensor_type=return_tensors, prepend_batch_axis=prepend_batch_axis)
+
+    def _prepare_row(self, ids, pair_ids, options: CallOptions, pad: bool) -> dict:
+        """One row as the reference's `prepare_for_model`: truncate (keeping the cut tokens when asked),
+        add [CLS]/[SEP], the special-token mask, then pad (`pad`: a single input) and the length."""
+        pair = pair_ids is not None
+        if options.return_overflowing_tokens and options.truncation_strategy == "longest_first" and pair:
+            raise ValueError(
+                "Not possible to return overflowing tokens for pair of sequences with the `longest_first`. "
+                "Please select another truncation strategy than `longest_first`, for instance `only_second` or "
+                "`only_first`."
+            )
+        total = len(ids) + (len(pair_ids) if pair else 0)
+        if options.add_special_tokens:
+            total += self.num_special_tokens_to_add(pair=pair)
+        max_length = options.max_length
+        overflowing: list[int] = []
+        if options.truncation_strategy != "do_not_truncate" and max_length and total > max_length:
+            ids, pair_ids, overflowing = self.truncate_sequences(
+                ids, pair_ids, total - max_length, options.truncation_strategy, options.stride
+            )
+
+        row: dict[str, Any] = {}
+        if options.return_overflowing_tokens:
+            if max_length is None:  # the reference fails here too (total_len - None)
+                raise TypeError(
+                    "return_overflowing_tokens needs a max_length (and truncation) with the sentencepiece tokenizer"
+                )
+            row["overflowing_tokens"] = overflowing
+            row["num_truncated_tokens"] = total - max_length
+        if options.add_special_tokens:
+            row["input_ids"] = self.build_inputs_with_special_tokens(ids, pair_ids)
+            token_type_ids = self.create_token_type_ids_from_sequences(ids, pair_ids)
+        else:
+            row["input_ids"] = ids + pair_ids if pair else list(ids)
+            token_type_ids = [0] * len(row["input_ids"])
+        if options.return_token_type_ids:
+            row["token_type_ids"] = token_type_ids
+        if options.return_special_tokens_mask:
+            row["special_tokens_mask"] = (
+                self.get_special_tokens_mask(ids, pair_ids) if options.add_special_tokens
+                else [0] * len(row["input_ids"])
+            )
+        if pad and (options.padding_strategy != "do_not_pad" or options.return_attention_mask):
+            row = self.pad(
+                row,
+                padding=options.padding_strategy,
+                max_length=max_length,
+                pad_to_multiple_of=options.pad_to_multiple_of,
+                padding_side=options.padding_side,
+                return_attention_mask=options.return_attention_mask,
+            ).data
+        if options.return_length:
+            row["length"] = len(row["input_ids"])
+        return row
+
+    def truncate_sequences(
+        self, ids, pair_ids=None, num_tokens_to_remove: int = 0, truncation_strategy: str = "longest_first",
+        stride: int = 0,
+    ):
+        """Remove `num_tokens_to_remove` tokens as the reference's Python truncation does; returns
+        (ids, pair_ids, overflowing_tokens): the removed tokens plus up to `stride` kept ones next to them
+        (not for a pair cut with "longest_first"). When the sequence to cut is too short it logs an error
+        and cuts nothing."""
+        if num_tokens_to_remove <= 0:
+            return ids, pair_ids, []
+        right = self.truncation_side == "right"
+        overflowing: list[int] = []
+        if truncation_strategy == "only_first" or (truncation_strategy == "longest_first" and pair_ids is None):
+            if len(ids) > num_tokens_to_remove:
+                window = min(len(ids), stride + num_tokens_to_remove)
+                overflowing = ids[-window:] if right else ids[:window]
+                ids = ids[:-num_tokens_to_remove] if right else ids[num_tokens_to_remove:]
+            else:
+                logger.error(
+                    "We need to remove %d to truncate the input but the first sequence has a length %d.",
+                    num_tokens_to_remove, len(ids),
+                )
+        elif truncation_strategy == "longest_first":
+            # Remove the length difference from the longer sequence first, then alternate.
+            first_remove = min(abs(len(pair_ids) - len(ids)), num_tokens_to_remove)
+            second_remove = num_tokens_to_remove - first_remove
+            if len(ids) > len(pair_ids):
+                ids_to_move = first_remove + second_remove // 2
+                pair_to_move = second_remove - second_remove // 2
+            else:
+                ids_to_move = second_remove // 2
+                pair_to_move = first_remove + second_remove - second_remove // 2
+            if right:
+                ids = ids[:-ids_to_move] if ids_to_move > 0 else ids
+                pair_ids = pair_ids[:-pair_to_move] if pair_to_move > 0 else pair_ids
+            else:
+                ids, pair_ids = ids[ids_to_move:], pair_ids[pair_to_move:]
+        elif truncation_strategy == "only_second" and pair_ids is not None:
+            if len(pair_ids) > num_tokens_to_remove:
+                window = min(len(pair_ids), stride + num_tokens_to_remove)
+                overflowing = pair_ids[-window:] if right else pair_ids[:window]
+                pair_ids = pair_ids[:-num_tokens_to_remove] if right else pair_ids[num_tokens_to_remove:]
+            else:
+                logger.error(
+                    "We need to remove %d to truncate the input but the second sequence has a length %d.",
+                    num_tokens_to_remove, len(pair_ids),
+                )
+        return ids, pair_ids, overflowing
+
+    # --- padding ---
+
+    def pad(
+        self,
+        encoded_inputs,
+        padding=True,
+        max_length: Optional[int] = None,
+        pad_to_multiple_of: Optional[int] = None,
+        padding_side: Optional[str] = None,
+        return_attention_mask: Optional[bool] = None,
+        return_tensors: Optional[str] = None,
+        verbose: bool = True,
+    ) -> BatchEncoding:
+        """Pad encodings (a BatchEncoding or dict of one row or of a batch, or a list of one-row encodings)
+        as the reference's `pad`: `input_ids` with the pad id, `token_type_ids` with 0,
+        `special_tokens_mask` with 1, `attention_mask` (made when missing) with 0; other fields unchanged.
+        Tensors (numpy / torch / tf) in the input give tensors of that kind unless `return_tensors` says."""
+        if isinstance(encoded_inputs, (list, tuple)) and encoded_inputs and isinstance(encoded_inputs[0], Mapping):
+            if len(encoded_inputs) > MAX_BATCH_SIZE:
+                raise DebertaXfError(f"pad got {len(encoded_inputs):,} encodings; at most {MAX_BATCH_SIZE:,}")
+            encoded_inputs = {key: [example[key] for example in encoded_inputs] for key in encoded_inputs[0]}
+        if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
+            found = list(encoded_inputs) if isinstance(encoded_inputs, Mapping) else type(encoded_inputs).__name__
+            raise ValueError(
+                "pad expects an encoding or a list of encodings that includes input_ids, "
+                f"but got {found}"
+            )
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
+        if return_tensors is not None and return_tensors not in TENSOR_TYPES:
+            raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got {return_tensors!r}")
+        encoded_inputs = dict(encoded_inputs)
+        required_input = encoded_inputs["input_ids"]
+        if required_input is None or len(required_input) == 0:
+            if return_attention_mask:
+                encoded_inputs["attention_mask"] = []
+            return BatchEncoding(encoded_inputs)
+
+        first_element = required_input[0]
+        if isinstance(first_element, (list, tuple)):
+            first_element = next((row[0] for row in required_input if len(row)), first_element)
+        if not isinstance(first_element, (int, list, tuple)):  # tensors: back to lists, same kind out
+            if return_tensors is None:
+                return_tensors = _tensor_kind(first_element)
+            encoded_inputs = {key: _to_python(value) for key, value in encoded_inputs.items()}
+
+        padding_strategy, _, max_length = resolve_strategies(padding, None, max_length, None, self.model_max_length)
+        check_size_option("pad_to_multiple_of", pad_to_multiple_of, 1, MAX_PADDED_LENGTH)
+        required_input = encoded_inputs["input_ids"]
+        if required_input and not isinstance(required_input[0], (list, tuple)):
+            encoded_inputs = self._pad(
+                encoded_inputs, max_length, padding_strategy, pad_to_multiple_of, padding_side, return_attention_mask
+            )
+            return BatchEncoding(encoded_inputs, tensor_type=return_tensors)
+
+        batch_size = len(required_input)
+        if batch_size > MAX_BATCH_SIZE:
+            raise DebertaXfError(f"pad got {batch_size:,} rows; at most {MAX_BATCH_SIZE:,}")
+        for key, value in encoded_inputs.items():
+            if len(value) != batch_size:
+                raise ValueError(f"pad: `{key}` has {len(value)} rows but input_ids has {batch_size}")
+        if padding_strategy == "longest":
+            max_length = max(len(row) for row in required_input)
+            padding_strategy = "max_length"
+        batch_outputs: dict[str, list] = {}
+        for i in range(batch_size):
+            row = self._pad(
+                {key: value[i] for key, value in encoded_inputs.items()},
+                max_length, padding_strategy, pad_to_multiple_of, padding_side, return_attention_mask,
+            )
+            for key, value in row.items():
+                batch_outputs.setdefault(key, []).append(value)
+        return BatchEncoding(batch_outputs, tensor_type=return_tensors)
+
+    def _pad(
+        self,
+        encoded_inputs: dict,
+        max_length: Optional[int],
+        padding_strategy: str,
+        pad_to_multiple_of: Optional[int],
+        padding_side: Optional[str],
+        return_attention_mask: Optional[bool],
+    ) -> dict:
+        """Pad one row, a dict of lists (the reference's `_pad`; the keys keep their order, a new
+        `attention_mask` goes last)."""
+        if return_attention_mask is None:
+            return_attention_mask = "attention_mask" in self.model_input_names
+        required_input = encoded_inputs["input_ids"]
+        if padding_strategy == "longest":
+            max_length = len(required_input)
+        if max_length is not None and pad_to_multiple_of is not None and max_length % pad_to_multiple_of != 0:
+            max_length = (max_length // pad_to_multiple_of + 1) * pad_to_multiple_of
+        too_long = max_length is not None and max_length > max(MAX_PADDED_LENGTH, len(required_input))
+        if too_long and padding_strategy != "do_not_pad":
+            raise DebertaXfError(f"padding to {max_length:,} tokens: more than {MAX_PADDED_LENGTH:,} (docs/limits.md)")
+        out = dict(encoded_inputs)
+        if return_attention_mask and "attention_mask" not in out:
+            out["attention_mask"] = [1] * len(required_input)
+        if padding_strategy == "do_not_pad" or len(required_input) == max_length:
+            return out
+        difference = max_length - len(required_input)
+        pads = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id, "special_tokens_mask": 1}
+        if return_attention_mask:
+            pads["attention_mask"] = 0
+        right = (padding_side or self.padding_side) == "right"
+        for key, pad in pads.items():
+            if key in out:
+                out[key] = list(out[key]) + [pad] * difference if right else [pad] * difference + list(out[key])
+        return out
 
     # --- decoding ---
 
@@ -657,12 +1201,23 @@ class DebertaV2TokenizerBase:
         )
 
 
+def _tensor_kind(value) -> str:
+    """"pt", "tf" or "np" for a torch / TensorFlow / numpy value (the input of `pad`)."""
+    module = type(value).__module__.split(".")[0]
+    kinds = {"torch": "pt", "tensorflow": "tf", "numpy": "np", "jax": "jax", "jaxlib": "jax"}
+    if module not in kinds:
+        raise ValueError(f"pad: type of {value!r} unknown: expected ints, lists, or numpy / torch / tf tensors")
+    return kinds[module]
+
+
 def _to_python(value):
     """numpy / torch / tf / jax values to Python ints and lists."""
     if hasattr(value, "numpy") and not hasattr(value, "tolist"):  # tf.Tensor
         value = value.numpy()
     if hasattr(value, "tolist"):
         return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_to_python(item) for item in value]
     return value
 
 
