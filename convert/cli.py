@@ -12,6 +12,7 @@ import os
 import sys
 
 from deberta_xf.compare import positive_float_arg
+from deberta_xf.errors import DebertaXfError
 from deberta_xf.formats import DEFAULT_FORMAT, FORMATS
 from deberta_xf.frameworks import FRAMEWORKS, parse_frameworks
 from deberta_xf.tasks import TASKS
@@ -109,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     ``--quiet``: only the result line, and on a failed verification its table."""
     from deberta_xf.convert.convert import convert_checkpoint
 
+    for flag, path in (("SRC", args.source), ("DST", args.destination), ("--config", args.config)):
+        if path is not None and not path.strip():
+            raise DebertaXfError(f"{flag} {path!r}: empty path; name the " +
+                                 ("checkpoint directory to write" if flag == "DST" else "file or directory"))
     quiet = getattr(args, "quiet", False)
     result = convert_checkpoint(
         args.source, args.destination, args.to, format=args.format, dtype=args.dtype, config=args.config,

@@ -9,9 +9,8 @@ format readers and writers of :mod:`deberta_xf.formats` do the per-format naming
    (inferred from the head tensors, or ``--task``), the schema match (shapes checked against the config, missing
    tensors listed by name), what is dropped or renamed and why, the target format and dtypes, DST.
 2. :func:`write_checkpoint` -- into a temporary directory beside DST: each tensor is read from SRC only when the
-   writer asks for it, checked for NaN/Inf, cast, and handed on, so about one tensor is in memory at a time
-   (where the target format allows: ``pytorch_model.bin`` is one pickle); then ``config.json`` and the
-   tokenizer files of SRC.
+   writer asks for it, checked for NaN/Inf, cast, and handed on, so about one tensor is in memory at a time (in
+   every format, ``pytorch_model.bin`` included); then ``config.json`` and the tokenizer files of SRC.
 3. Verification (:mod:`deberta_xf.convert.verify`), on by default, against the temporary directory.
 4. The temporary directory is renamed onto DST only when all of that succeeded (:func:`deberta_xf.fileio.
    atomic_directory`); on any failure or interruption it is removed and DST (if it existed) is left as it was.
@@ -39,7 +38,7 @@ from deberta_xf.convert.verify import tensor_digest
 from deberta_xf.tasks import TASK_TABLE, check_task, infer_task
 from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
 from deberta_xf.errors import CheckpointError, ConfigError, DebertaXfError
-from deberta_xf.fileio import atomic_directory, check_replace, remove_stale_temporaries
+from deberta_xf.fileio import atomic_directory, check_replace, check_space, remove_stale_temporaries
 
 # Files of a checkpoint's tokenizer, copied from SRC to DST when present (symlinks are followed).
 TOKENIZER_FILES = ("spm.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -164,7 +163,7 @@ def _open_source(source: str, config: str | None) -> tuple[str | None, str, Form
                           f"CONFIG.json")
     if not os.path.isfile(config_path):
         raise ConfigError(f"{config_path}: config file not found")
-    cfg = DebertaV2Config.from_json_file(config_path)
+    cfg = DebertaV2Config.from_json_file(config_path).validate()  # every problem up front, naming the file
     return source_dir, weights_path, fmt, cfg, config_path
 
 
@@ -247,10 +246,6 @@ def plan_conversion(source: str, destination: str, to: str, *, format: str | Non
                    if mlm_layout(c) and mlm_layout(n) and mlm_layout(c) != mlm_layout(n)}
     for old, new in sorted(mlm_renames):
         notes.append(f"MLM head renamed {old}.* -> {new}.*, the layout of config legacy={cfg.legacy}")
-
-    if target_format.name == "bin":
-        notes.append("pytorch_model.bin is a single pickle: every tensor is held in memory while it is written "
-                     "(safetensors is written one tensor at a time)")
 
     expected = schema.expected_shapes(cfg, task)
     names = {name: mapping[name] for name in expected if name in mapping}
@@ -458,6 +453,7 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
     log(describe_plan(plan))
     for stale in remove_stale_temporaries(destination):
         log(f"removed {stale}, left behind by an interrupted conversion")
+    check_space(os.path.join(destination, plan.weights_filename), plan.total_bytes)
     result = ConversionResult(plan)
     try:
         with atomic_directory(destination, force=force, replaceable=replaceable_checkpoint) as tmp:

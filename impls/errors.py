@@ -33,8 +33,17 @@ class ConfigError(DebertaXfError):
     """An invalid configuration; the message lists every problem at once."""
 
 
+class ConfigNotFoundError(ConfigError, OSError):
+    """No config where one was asked for (a missing path, a directory without ``config.json``): a ConfigError that
+    is also the ``OSError`` the reference raises, so callers catching either see it."""
+
+
 class CheckpointError(DebertaXfError):
     """A checkpoint that cannot be read or does not fit the model (missing, corrupt, wrong shape, unsafe)."""
+
+
+class MemoryLimitError(DebertaXfError):
+    """A model whose parameters would need more memory than the machine has available (deberta_xf.limits)."""
 
 
 def _is_own_import_error(exc: ImportError) -> bool:

@@ -101,6 +101,22 @@ def remove_stale_temporaries(target: str) -> list[str]:
     return removed
 
 
+def _named(err: OSError, path: str, temporary: str) -> OSError:
+    """``err`` naming ``path`` where it names nothing or the temporary name that stood for ``path`` (a full disk
+    reports no file name; what the user asked to write is ``path``, not ``.path.1234.ab12cd34.tmp``). The result
+    keeps the errno and its meaning (``path: No space left on device``)."""
+    if not isinstance(err, OSError) or not err.strerror:
+        return err
+    filename = os.fsdecode(err.filename) if err.filename is not None else None
+    if filename is None:
+        named = path
+    elif os.path.abspath(filename) == temporary or os.path.abspath(filename).startswith(temporary + os.sep):
+        named = path + os.path.abspath(filename)[len(temporary):]
+    else:
+        return err
+    return type(err)(err.errno, err.strerror, named)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -118,6 +134,40 @@ def _fsync_directory(directory: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Space: a write that cannot fit is refused before it starts
+def check_space(path: str | os.PathLike, needed: int) -> None:
+    """Raise OSError(ENOSPC) when writing ``needed`` bytes to ``path`` cannot fit in the free space of its file
+    system, and OSError(EFBIG) when ``needed`` is over this process's file-size limit (``ulimit -f``): a clear
+    error before anything is written (some writers, HDF5's, fail badly half-way). ``needed`` is a lower bound
+    (the tensors' bytes), so nothing that would fit is refused; a disk that fills meanwhile still fails at the
+    write, with the same clean-up."""
+    path = os.path.abspath(os.fspath(path))
+    existing = os.path.dirname(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    try:
+        fs = os.statvfs(existing)
+    except (OSError, AttributeError):  # no statvfs (Windows) or an unreadable parent: the write will tell
+        fs = None
+    if fs is not None and fs.f_frsize and needed > fs.f_bavail * fs.f_frsize:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({needed:,} bytes to write, "
+                                    f"{fs.f_bavail * fs.f_frsize:,} free)", path)
+    limit = _file_size_limit()
+    if limit is not None and needed > limit:
+        raise OSError(errno.EFBIG, f"{os.strerror(errno.EFBIG)} ({needed:,} bytes to write; this process's file "
+                                   f"size limit, ulimit -f, is {limit:,} bytes)", path)
+
+
+def _file_size_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Files
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
@@ -132,7 +182,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     remove_stale_temporaries(path)
     tmp = _temp_name(path, "tmp")
     with signals_as_interrupt():
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except OSError as err:  # a read-only file system, no permission: name the target, not the temporary
+            raise _named(err, path, tmp) from err
         try:
             yield tmp
             fd = os.open(tmp, os.O_RDONLY)
@@ -142,9 +195,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
                 os.close(fd)
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError) and _named(exc, path, tmp) is not exc:
+                raise _named(exc, path, tmp) from exc
             raise
     _fsync_directory(directory)
 
@@ -235,7 +290,11 @@ def atomic_directory(path: str | os.PathLike, force: bool = False,
     remove_stale_temporaries(path)
     tmp = _temp_name(path, "partial")
     with signals_as_interrupt():
-        os.mkdir(tmp, 0o700)
+        try:
+            os.mkdir(tmp, 0o700)
+        except OSError as err:
+            _remove_created(created)
+            raise _named(err, path, tmp) from err
         try:
             yield tmp
             _apply_umask(tmp)
@@ -250,13 +309,20 @@ def atomic_directory(path: str | os.PathLike, force: bool = False,
                     os.unlink(old)
             else:
                 _rename_noreplace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            for directory in created:  # innermost first; only if still empty
-                with contextlib.suppress(OSError):
-                    os.rmdir(directory)
+            _remove_created(created)
+            if isinstance(exc, OSError) and _named(exc, path, tmp) is not exc:
+                raise _named(exc, path, tmp) from exc
             raise
     _fsync_directory(parent)
+
+
+def _remove_created(created: list[str]) -> None:
+    """Remove the parent directories a failed write created, innermost first, only if still empty."""
+    for directory in created:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
 
 
 def _apply_umask(directory: str) -> None:

@@ -8,25 +8,34 @@ tensors to :func:`save_checkpoint`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 
 from deberta_xf import schema
 from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
-from deberta_xf.errors import CheckpointError, ConfigError
+from deberta_xf.errors import CheckpointError, ConfigError, ConfigNotFoundError
+from deberta_xf.fileio import atomic_path, check_space
 from deberta_xf.formats import (FORMATS, Producer, TensorInfo, array_source, find_weights, open_weights,
                                 write_weights)
 from deberta_xf.frameworks import get_framework
+from deberta_xf.limits import check_memory
 
 logger = logging.getLogger("deberta_xf")
 
 
 def resolve_config(path: str | os.PathLike | None, config: Any = None) -> DebertaV2Config:
-    """The config given (object, dict or JSON path), else ``config.json`` of the checkpoint directory."""
+    """The config given (object, dict or JSON path), else ``config.json`` of the checkpoint directory; validated
+    (one ConfigError listing every problem, naming the file it came from)."""
+    return _read_config(path, config).validate()
+
+
+def _read_config(path: str | os.PathLike | None, config: Any = None) -> DebertaV2Config:
     if isinstance(config, DebertaV2Config):
         return config
     if isinstance(config, dict):
@@ -41,7 +50,7 @@ def resolve_config(path: str | os.PathLike | None, config: Any = None) -> Debert
     if os.path.isdir(path):
         file = os.path.join(path, CONFIG_NAME)
         if not os.path.isfile(file):
-            raise ConfigError(f"{path}: no {CONFIG_NAME} in this checkpoint directory")
+            raise ConfigNotFoundError(f"{path}: no {CONFIG_NAME} in this checkpoint directory")
         return DebertaV2Config.from_json_file(file)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
@@ -111,6 +120,23 @@ def resized_rows(old: np.ndarray, new_rows: int, std: float, mean_resizing: bool
     return out
 
 
+NONFINITE_SHOWN = 5  # tensor names a warning about NaN/Inf weights lists
+_FINITE_CHUNK = 1 << 22  # elements: np.isfinite's boolean temporary stays at 4 MB
+_EXPONENT_BITS = {"float16": 0x7C00, "bfloat16": 0x7F80}  # all ones: Inf or NaN
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """No NaN or Inf in a floating-point ``array`` (checked in chunks: no array-sized temporary). 16-bit floats
+    are checked on their exponent bits (numpy's isfinite is slow on float16 and absent for bfloat16)."""
+    flat = array.ravel(order="K")  # a view for contiguous arrays
+    exponent = _EXPONENT_BITS.get(flat.dtype.name)
+    if exponent is not None:
+        bits = flat.view(np.uint16)
+        return all(((bits[i:i + _FINITE_CHUNK] & exponent) != exponent).all()
+                   for i in range(0, bits.size, _FINITE_CHUNK))
+    return all(np.isfinite(flat[i:i + _FINITE_CHUNK]).all() for i in range(0, flat.size, _FINITE_CHUNK))
+
+
 def weights_path_for(path: str, framework: str) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -130,10 +156,17 @@ def load_checkpoint(path: str | os.PathLike, task: str, framework: str, config: 
     initialisation, with a warning). With ``ignore_mismatched_sizes``, head tensors whose shape differs (a
     classifier with another ``num_labels``) are skipped too: returned with the missing ones, listed in
     ``report.reinitialized`` and in a warning; a backbone mismatch still fails.
+
+    Before anything is read, a model whose parameters would not fit in the memory available raises
+    :class:`~deberta_xf.errors.MemoryLimitError` (:func:`deberta_xf.limits.check_memory`). Floating-point tensors
+    holding NaN or Inf are loaded, with one ``UserWarning`` naming the file, their count and the first few
+    (``deberta-xf convert`` refuses them unless ``--allow-nonfinite``).
     """
     cfg = resolve_config(path, config)
     weights = weights_path_for(os.fspath(path), framework)
+    check_memory(cfg, task, dtype, framework)  # the arrays read below: refused before reading any
     stored_dtype = None
+    nonfinite: list[str] = []
     with open_weights(weights) as reader:
         mapping, report = schema.match_checkpoint(cfg, task, reader.shapes())
         missing_head = schema.check_report(report, cfg, task, weights, ignore_mismatched_sizes=ignore_mismatched_sizes)
@@ -144,7 +177,15 @@ def load_checkpoint(path: str | os.PathLike, task: str, framework: str, config: 
                 stored_dtype = stored_dtype or array.dtype.name
                 if dtype is not None:
                     array = array.astype(dtype, copy=False)
+                if not all_finite(array):
+                    nonfinite.append(ckpt_name)
             arrays[name] = array
+    if nonfinite:
+        shown = ", ".join(nonfinite[:NONFINITE_SHOWN]) + (f" and {len(nonfinite) - NONFINITE_SHOWN} more"
+                                                          if len(nonfinite) > NONFINITE_SHOWN else "")
+        warnings.warn(f"{weights}: {len(nonfinite)} tensor{'s' if len(nonfinite) > 1 else ''} with NaN or Inf "
+                      f"values: {shown}; the model's outputs will be NaN or Inf where they are used",
+                      UserWarning, stacklevel=3)
     if missing_head:
         logger.warning("%s: no weights for the %s head (%s); it is freshly initialised and needs training",
                        weights, task, ", ".join(missing_head))
@@ -162,7 +203,9 @@ def save_checkpoint(save_directory: str | os.PathLike, config: DebertaV2Config, 
                     infos: dict[str, TensorInfo], get: Producer, format: str | None = None) -> str:
     """Write ``config.json`` and the weights (the framework's default format, or ``format``) into
     ``save_directory``; the weights are streamed one tensor at a time from ``get(name)`` (canonical names and
-    layouts) and every file is written atomically. Returns the weights file's path.
+    layouts) and every file is written atomically; the new weights replace the old ones only once config.json is
+    written too, so a failure (a full disk, a read-only directory: an OSError naming the file) leaves
+    ``save_directory`` as it was. Returns the weights file's path.
 
     The tensors must be exactly the schema's names and shapes for ``config`` and ``task`` (a guard against a
     parameter tree that drifted from the schema)."""
@@ -176,10 +219,22 @@ def save_checkpoint(save_directory: str | os.PathLike, config: DebertaV2Config, 
     wrong = sorted(n for n in set(infos) & set(expected) if tuple(infos[n].shape) != tuple(expected[n]))
     if drift or wrong:
         raise RuntimeError(f"parameters differ from the schema: names {sorted(drift)}, shapes {wrong}")
+    save_directory = os.path.abspath(os.fspath(save_directory))
+    path = os.path.join(save_directory, FORMATS[format].filenames[0])
+    check_space(path, sum(info.nbytes for info in infos.values()))  # a full disk: refused before writing
+    created = not os.path.isdir(save_directory)
     os.makedirs(save_directory, exist_ok=True)
-    path = os.path.join(os.fspath(save_directory), FORMATS[format].filenames[0])
-    write_weights(path, infos, get, format=format, task=task)
-    config.save_pretrained(save_directory)
+    try:
+        # the weights under a temporary name until config.json is written too: a failure (a full disk) leaves
+        # the directory as it was, not new weights beside an old config
+        with atomic_path(path) as weights_tmp:
+            write_weights(weights_tmp, infos, get, format=format, task=task)
+            config.save_pretrained(save_directory)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(save_directory)  # only if nothing else is in it
+        raise
     return path
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,9 @@ SAMPLE_TEXTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_
 TOKENIZER_FILES = ("spm.model", "tokenizer.json")
 TOKENIZER_FIELDS = ("input_ids", "token_type_ids", "attention_mask")
 DETERMINISTIC_SEED = 0
+# --texts limits (docs/limits.md): every text runs through every framework in one batch
+MAX_TEXTS_BYTES = 4 * 2**20
+MAX_TEXTS = 1024
 
 
 
@@ -40,14 +44,28 @@ class Texts:
 
 
 def read_texts(path: str | None) -> Texts:
-    """One text per non-empty line; ``a<TAB>b`` is a sentence pair (all lines, or none)."""
+    """One text per non-empty line; ``a<TAB>b`` is a sentence pair (all lines, or none).
+
+    At most :data:`MAX_TEXTS_BYTES` bytes are read and at most :data:`MAX_TEXTS` texts accepted (docs/limits.md):
+    every text runs through every framework in one batch. A regular file or a pipe (``--texts <(cmd)``) is read;
+    a directory, a device (``/dev/zero``) or a socket is refused before reading."""
+    if path is not None and not path.strip():
+        raise DebertaXfError(f"--texts {path!r}: empty file name")
     source = path or SAMPLE_TEXTS
-    if path is not None and not os.path.exists(path):
-        raise DebertaXfError(f"--texts {path}: no such file")
-    if os.path.isdir(source):
+    try:
+        mode = os.stat(source).st_mode
+    except FileNotFoundError:
+        raise DebertaXfError(f"--texts {source}: no such file") from None
+    if stat.S_ISDIR(mode):
         raise DebertaXfError(f"--texts {source}: is a directory, expected a text file")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        kind = "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise DebertaXfError(f"--texts {source}: is {kind}, expected a text file")
     with open(source, "rb") as f:
-        raw = f.read()
+        raw = f.read(MAX_TEXTS_BYTES + 1)  # never more, whatever the file claims or keeps producing
+    if len(raw) > MAX_TEXTS_BYTES:
+        raise DebertaXfError(f"--texts {source}: more than {MAX_TEXTS_BYTES} bytes ({MAX_TEXTS_BYTES // 2**20} "
+                             f"MiB, the limit of --texts; docs/limits.md)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -55,6 +73,9 @@ def read_texts(path: str | None) -> Texts:
     lines = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
     if not lines:
         raise DebertaXfError(f"--texts {source}: no non-empty lines; expected one text per line")
+    if len(lines) > MAX_TEXTS:
+        raise DebertaXfError(f"--texts {source}: {len(lines)} texts; at most {MAX_TEXTS} (they run as one batch; "
+                             f"docs/limits.md)")
     paired = [n for n, line in lines if "\t" in line]
     if paired and len(paired) != len(lines):
         single = next(n for n, line in lines if "\t" not in line)

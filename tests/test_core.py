@@ -78,16 +78,31 @@ def test_json_round_trip_keeps_unknown_keys(tmp_path):
     assert "embedding_size" not in written and "attention_head_size" not in written
 
 
-def test_invalid_config_lists_every_problem():
+def test_invalid_config_lists_every_problem_at_validate_and_model_build():
+    # construction accepts it, as the reference does; validate() (called by every model build) lists every problem
+    config = DebertaV2Config(hidden_size=30, num_attention_heads=4, hidden_dropout_prob=1.5, pos_att_type="c2p|p2p",
+                             hidden_act="gelu_magic", conv_kernel_size=2, layer_norm_eps=0, num_labels=0)
     with pytest.raises(ConfigError) as err:
-        DebertaV2Config(hidden_size=30, num_attention_heads=4, hidden_dropout_prob=1.5, pos_att_type="c2p|p2p",
-                        hidden_act="gelu_magic", conv_kernel_size=2, layer_norm_eps=0, num_labels=0)
+        config.validate()
     message = str(err.value)
     for fragment in ("hidden_size (30) is not a multiple of num_attention_heads (4)", "hidden_dropout_prob",
                      "pos_att_type has unknown entries ['p2p']", "hidden_act 'gelu_magic'",
                      "conv_kernel_size (2) must be odd", "layer_norm_eps", "num_labels"):
         assert fragment in message
     assert message.count("\n  - ") == 7
+    with pytest.raises(ConfigError) as built:
+        deberta_xf.create_model("torch", config=config)
+    assert str(built.value) == message
+    assert DebertaV2Config(hidden_size=32, num_attention_heads=4).validate().head_size == 8  # returns the config
+
+
+def test_validate_names_the_config_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "deberta-v2", "hidden_size": 37, "num_attention_heads": 24}))
+    config = DebertaV2Config.from_json_file(path)  # accepted, as the reference accepts it
+    assert config.hidden_size == 37
+    with pytest.raises(ConfigError, match=f"{path}: invalid DebertaV2Config:\n  - hidden_size \\(37\\) is not a"):
+        config.validate()
 
 
 def test_config_file_errors_name_the_file(tmp_path):
@@ -102,15 +117,52 @@ def test_config_file_errors_name_the_file(tmp_path):
         DebertaV2Config.from_json_file(bad)
 
 
-def test_num_labels_and_id2label():
+@pytest.mark.parametrize("where", ["missing-dir", "empty-dir", "missing.json"])
+def test_a_missing_config_is_an_oserror_and_a_config_error(tmp_path, where):
+    from deberta_xf.errors import ConfigNotFoundError, EXIT_BAD_INPUT, exit_code_for
+
+    (tmp_path / "empty-dir").mkdir()
+    with pytest.raises(OSError) as err:  # what callers of the reference catch
+        DebertaV2Config.from_pretrained(tmp_path / where)
+    assert isinstance(err.value, ConfigNotFoundError) and isinstance(err.value, ConfigError)
+    assert str(tmp_path / where) in str(err.value) and exit_code_for(err.value) == EXIT_BAD_INPUT
+
+
+def test_num_labels_is_a_property_over_the_label_maps():
     c = DebertaV2Config(id2label={"0": "neg", "1": "neu", "2": "pos"})
-    assert c.num_labels == 3 and c.label2id == {"neg": 0, "neu": 1, "pos": 2}
-    d = DebertaV2Config.from_dict({**c.to_dict(), "num_labels": 1})
-    assert d.num_labels == 1 and d.id2label == {0: "LABEL_0"}
+    assert c.num_labels == 3 and c.id2label == {0: "neg", 1: "neu", 2: "pos"}
+    assert c.label2id is None  # kept as given (here: not given), as the reference keeps it
+    d = DebertaV2Config.from_dict(c.to_dict(), num_labels=1)  # kwargs are set: a new count makes new maps
+    assert d.num_labels == 1 and d.id2label == {0: "LABEL_0"} and d.label2id == {"LABEL_0": 0}
+    e = DebertaV2Config.from_dict({**c.to_dict(), "num_labels": 1})  # in the dict, id2label wins
+    assert e.num_labels == 3 and e.id2label == c.id2label
+    f = DebertaV2Config(num_labels=5)
+    f.num_labels = 3
+    assert f.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"} and len(f.label2id) == 3
+    g = DebertaV2Config(id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1})
+    g.num_labels = 2  # the same count keeps the names
+    assert g.id2label == {0: "a", 1: "b"} and g.label2id == {"a": 0, "b": 1}
+    assert DebertaV2Config(label2id={"label": "0"}, id2label={"0": "label"}).label2id == {"label": "0"}
+    with pytest.raises(ConfigError, match="num_labels must be an integer"):
+        f.num_labels = "3"
+    with pytest.raises(ConfigError, match="num_labels=3 and an id2label of 2"):
+        DebertaV2Config.from_dict({}, num_labels=3, id2label={0: "a", 1: "b"})
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Relative positions
+def test_output_flags_and_common_fields():
+    c = DebertaV2Config()
+    assert (c.output_attentions, c.output_hidden_states, c.return_dict, c.use_return_dict) == (False, False, True, True)
+    assert c.tie_word_embeddings is True and c.torchscript is False and c.get_text_config() is c
+    assert "output_attentions" not in c.to_dict()  # written only when given or set
+    c.output_hidden_states = True
+    c.torchscript = True
+    assert c.use_return_dict is False and c.to_dict()["output_hidden_states"] is True
+    assert DebertaV2Config.from_dict(c.to_dict()) == c
+    c.return_dict = "yes"
+    with pytest.raises(ConfigError, match="return_dict must be true or false"):
+        c.validate()
+
+
 def test_log_buckets_match_the_reference_for_every_distance():
     table = np.load(os.path.join(REFERENCE, "log_buckets.npz"))
     rel = table["rel"]

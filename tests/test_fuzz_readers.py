@@ -374,7 +374,7 @@ def test_fuzz_config(tmp_path):
         with open(path, "wb") as f:
             f.write(mutated)
         try:
-            config = DebertaV2Config.from_json_file(path)
+            config = DebertaV2Config.from_json_file(path).validate()  # validate(): what every model build runs
         except ConfigError as err:
             assert path in str(err), f"case {i}, {how}: {err}"
             counts["refused"] += 1

@@ -145,7 +145,8 @@ def test_load_checkpoint_refuses_wrong_dtype_weights(tmp_path, arrays):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     shutil.copy(os.path.join(FIXTURE, "config.json"), ckpt / "config.json")
-    write_arrays(str(ckpt / "pytorch_model.bin"), bad, format="bin")
+    torch = pytest.importorskip("torch")  # our writer refuses complex tensors; torch.save stores them
+    torch.save({k: torch.from_numpy(v) for k, v in bad.items()}, ckpt / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=WEIGHT.replace(".", r"\.") + ".*complex64"):
         load_checkpoint(str(ckpt), "base", "torch")
 
@@ -422,8 +423,9 @@ def test_config_bad_field_is_a_config_error_naming_it(tmp_path, field, value, fr
     path = write_config(tmp_path, text)
     from deberta_xf.configuration import DebertaV2Config
 
-    with pytest.raises(ConfigError) as info:
-        DebertaV2Config.from_json_file(path)
+    with pytest.raises(ConfigError) as info:  # at reading (what the reference refuses at construction, values
+        # that cannot be held) or at validate(), which every model build, convert and parity call up front
+        DebertaV2Config.from_json_file(path).validate()
     assert path in str(info.value) and fragment in str(info.value)
 
 
@@ -553,3 +555,106 @@ def test_tf_h5_unlisted_dataset_is_reported_not_ignored(tf_file):
     with open_weights(path) as reader:
         _, report = schema.match_checkpoint(config, "base", reader.shapes())
     assert "stray/extra" in report.unexpected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command-line paths: an empty one is a usage error naming the option, never a silent no-op
+TINY = os.path.join(os.path.dirname(__file__), "..", "fixtures", "tiny-deberta-v3")
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    import contextlib
+
+    from deberta_xf.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("option", ["--json", "--markdown", "--junit", "--plot", "--save-outputs", "--compare-to",
+                                    "--texts", "--labels"])
+@pytest.mark.parametrize("empty", ["", " "])
+def test_parity_empty_path_is_a_usage_error(tmp_path, monkeypatch, option, empty):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli("parity", TINY, "--frameworks", "torch,flax", option, empty)
+    assert code == 2 and f"error: {option} {empty!r}: empty file name" in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_parity_empty_checkpoint_is_a_usage_error():
+    code, err = run_cli("parity", "")
+    assert code == 2 and "error: CHECKPOINT '': empty file name" in err, err
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (("", "OUT", "--to", "torch"), "SRC '': empty path"),
+    ((TINY, "", "--to", "torch"), "DST '': empty path"),
+    ((TINY, "OUT", "--to", "torch", "--config", ""), "--config '': empty path"),
+])
+def test_convert_empty_path_is_a_usage_error(tmp_path, monkeypatch, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli("convert", *argv)
+    assert code == 2 and fragment in err, err
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --texts: bounded (docs/limits.md)
+def test_texts_from_a_device_is_refused_at_once():
+    import time
+
+    start = time.perf_counter()
+    code, err = run_cli("parity", TINY, "--frameworks", "torch,flax", "--texts", "/dev/zero")
+    assert code == 2 and "error: --texts /dev/zero: is a device, expected a text file" in err, err
+    assert time.perf_counter() - start < 2.0
+
+
+def test_texts_size_and_count_limits(tmp_path):
+    from deberta_xf.parity.inputs import MAX_TEXTS, MAX_TEXTS_BYTES, read_texts
+
+    assert (MAX_TEXTS_BYTES, MAX_TEXTS) == (4 * 2**20, 1024)  # the limits docs/limits.md states
+    at_limit = tmp_path / "at_limit.txt"
+    at_limit.write_text("\n".join(f"text {i}" for i in range(MAX_TEXTS)))
+    assert len(read_texts(str(at_limit))) == MAX_TEXTS
+    too_many = tmp_path / "too_many.txt"
+    too_many.write_text("\n".join(f"text {i}" for i in range(MAX_TEXTS + 1)))
+    with pytest.raises(DebertaXfError, match=f"{too_many}: {MAX_TEXTS + 1} texts; at most {MAX_TEXTS}"):
+        read_texts(str(too_many))
+    biggest = tmp_path / "biggest.txt"
+    biggest.write_bytes(b"a" * (MAX_TEXTS_BYTES - 1) + b"\n")
+    assert len(read_texts(str(biggest))) == 1
+    too_big = tmp_path / "too_big.txt"
+    too_big.write_bytes(b"a" * MAX_TEXTS_BYTES + b"\n")
+    with pytest.raises(DebertaXfError, match=f"{too_big}: more than {MAX_TEXTS_BYTES} bytes"):
+        read_texts(str(too_big))
+    with pytest.raises(DebertaXfError, match="is a directory"):
+        read_texts(str(tmp_path))
+
+
+def test_texts_from_an_endless_pipe_reads_at_most_the_limit(tmp_path):
+    """A FIFO (``--texts <(yes)``) is read with the cap: the writer never ends, the reader stops past the limit."""
+    import threading
+
+    from deberta_xf.parity.inputs import MAX_TEXTS_BYTES, read_texts
+
+    fifo = tmp_path / "texts"
+    os.mkfifo(fifo)
+    written = []
+
+    def endless() -> None:
+        with open(fifo, "wb") as f:
+            try:
+                while True:
+                    f.write(b"y\n" * 65536)
+                    written.append(131072)
+            except BrokenPipeError:  # the reader stopped and closed its end
+                pass
+
+    writer = threading.Thread(target=endless, daemon=True)
+    writer.start()
+    with pytest.raises(DebertaXfError, match=f"{fifo}: more than {MAX_TEXTS_BYTES} bytes"):
+        read_texts(str(fifo))
+    writer.join(timeout=10)
+    assert not writer.is_alive() and sum(written) < MAX_TEXTS_BYTES + 2**20  # stopped near the limit

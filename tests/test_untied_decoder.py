@@ -1,13 +1,23 @@
 """A masked-LM checkpoint saved with ``tie_word_embeddings: false`` has its own decoder weight, which the reference
 uses: every framework loads and uses it (it used to be dropped as a tied duplicate, off by up to 0.57 in the
-logits), and a tied checkpoint still reuses the word embeddings, as the reference does."""
+logits), and a tied checkpoint still reuses the word embeddings, as the reference does. The committed fixtures
+fixtures/reference-untied/ (made by fixtures/generate_untied.py with transformers 4.57.6, both head layouts) are
+loaded in every framework, compared with the reference outputs, and converted between formats."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import os
 
 import numpy as np
 import pytest
+
+# torch's compiler stack (imported by the reference's modeling) loads triton, whose LLVM clashes with the one of
+# TensorFlow and XLA when it comes after them: load it first.
+with contextlib.suppress(ImportError):
+    importlib.import_module("torch._dynamo")
 
 import deberta_xf
 from deberta_xf import schema
@@ -15,6 +25,7 @@ from deberta_xf.compare import FP32_THRESHOLDS, flatten_outputs
 from deberta_xf.configuration import DebertaV2Config
 from deberta_xf.formats import open_weights
 from deberta_xf.frameworks import FRAMEWORKS, REGISTRY
+from reference_cases import FIXTURE_FRACTION, FIXTURES, assert_matches
 
 CONFIG = dict(vocab_size=97, hidden_size=32, embedding_size=24, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=64, max_position_embeddings=64, relative_attention=True, position_buckets=16,
@@ -111,3 +122,82 @@ def test_untied_decoder_matches_the_reference(tmp_path):
         got = flatten_outputs(REGISTRY[framework].forward(model, inputs()))["logits"]
         keep = inputs()["attention_mask"].astype(bool)
         assert np.abs(got - want)[keep].max() <= FP32_THRESHOLDS["mlm_logits"], framework
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The reference's own untied checkpoints (fixtures/reference-untied/, both head layouts; PyTorch reference outputs:
+# the reference TF port has no untied decoder, see the manifest)
+UNTIED = os.path.join(FIXTURES, "reference-untied")
+with open(os.path.join(UNTIED, "manifest.json"), encoding="utf-8") as _f:
+    UNTIED_CASES = {c["variant"]: c for c in json.load(_f)["cases"]}
+DECODER = "cls.predictions.decoder.weight"
+WORD_EMBEDDINGS = "deberta.embeddings.word_embeddings.weight"
+
+
+def untied_case(variant: str) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The checkpoint directory, the inputs (with labels) and the reference PyTorch outputs of one case."""
+    directory = os.path.join(UNTIED, variant, "masked-lm")
+    data = np.load(os.path.join(directory, "reference.npz"))
+    inputs = {k.partition(".")[2]: data[k] for k in data.files if k.startswith("inputs.")}
+    reference = {k.partition(".")[2]: data[k] for k in data.files if k.startswith("pt.")}
+    return directory, inputs, reference
+
+
+def test_the_untied_fixtures_hold_both_head_layouts():
+    assert set(UNTIED_CASES) == {"legacy", "lmpred"} and not any(c["tf"] for c in UNTIED_CASES.values())
+    legacy, _, reference = untied_case("legacy")
+    with open_weights(os.path.join(legacy, "model.safetensors")) as reader:
+        arrays = reader.read_all()
+    assert arrays[DECODER].shape == (97, 24) and arrays[WORD_EMBEDDINGS].shape == (97, 24)
+    assert np.abs(arrays[DECODER] - arrays[WORD_EMBEDDINGS]).max() > 1.0
+    assert UNTIED_CASES["legacy"]["max_abs_untied_vs_tied_logits"] > 1.0  # the reference uses its own decoder
+    assert reference["logits"].shape == (3, 20, 97) and "loss" in reference
+    lmpred, _, _ = untied_case("lmpred")
+    with open_weights(os.path.join(lmpred, "model.safetensors")) as reader:
+        names = set(reader.shapes())
+    assert "lm_predictions.lm_head.dense.weight" in names and not any("decoder" in n for n in names)
+    assert json.loads(open(os.path.join(lmpred, "config.json")).read())["tie_word_embeddings"] is False
+
+
+@pytest.mark.parametrize("variant", ["legacy", "lmpred"])
+@pytest.mark.parametrize("framework", INSTALLED)
+def test_every_framework_matches_the_reference_untied_checkpoint(framework, variant):
+    directory, inputs, reference = untied_case(variant)
+    fw = REGISTRY[framework]
+    execution = fw.run(directory, "masked-lm", "float32", inputs, fw.resolve_device("cpu"))
+    assert execution.weights_file == "model.safetensors"
+    assert_matches(reference, execution.outputs, "masked-lm", inputs["attention_mask"],
+                   f"{framework} {variant}", scale=FIXTURE_FRACTION)
+
+
+@pytest.mark.parametrize("variant", ["legacy", "lmpred"])
+@pytest.mark.parametrize("to", [f for f in ("tf", "flax") if f in INSTALLED])
+def test_conversion_keeps_the_untied_decoder(tmp_path, variant, to):
+    from deberta_xf.convert.convert import convert_checkpoint
+
+    directory, inputs, reference = untied_case(variant)
+    destination = str(tmp_path / to)
+    result = convert_checkpoint(directory, destination, to, verify=False, log=lambda s: None)
+    assert result.kept
+    assert json.loads(open(os.path.join(destination, "config.json")).read())["tie_word_embeddings"] is False
+    with open_weights(os.path.join(directory, "model.safetensors")) as reader:
+        source = reader.read_all()
+    fw = REGISTRY[to]
+    execution = fw.run(destination, "masked-lm", "float32", inputs, fw.resolve_device("cpu"))
+    assert execution.weights_file == {"tf": "tf_model.h5", "flax": "flax_model.msgpack"}[to]
+    assert_matches(reference, execution.outputs, "masked-lm", inputs["attention_mask"], f"{variant} -> {to}",
+                   scale=FIXTURE_FRACTION)
+    model = fw.load(destination, "masked-lm", "float32", fw.resolve_device("cpu"))
+    state = model.canonical_state()
+    if variant == "legacy":
+        np.testing.assert_array_equal(state[DECODER], source[DECODER])  # kept, bit for bit
+    else:
+        assert DECODER not in state  # lm_predictions multiplies by the word embeddings, untied or not
+    # and back to PyTorch safetensors
+    back = str(tmp_path / f"{to}-back")
+    assert convert_checkpoint(destination, back, "torch", verify=False, log=lambda s: None).kept
+    with open_weights(os.path.join(back, "model.safetensors")) as reader:
+        again = reader.read_all()
+    assert set(again) == set(source)
+    for name in source:
+        np.testing.assert_array_equal(again[name], source[name], err_msg=name)

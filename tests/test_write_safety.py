@@ -4,6 +4,7 @@ refuses a destination created meanwhile, clean-up after SIGKILL, and SIGTERM/SIG
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import signal
@@ -204,3 +205,241 @@ def test_a_failed_conversion_removes_the_parent_it_created(tmp_path):
     dst = tmp_path / "new" / "deeper" / "out"
     code, out, err = cli(os.path.join(REFERENCE, "v3", "missing"), str(dst), "--to", "torch")
     assert code == 2 and not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A full disk, a file-size limit, a read-only or forbidden destination: a clear error naming the destination and
+# the errno's meaning, exit 2, nothing left behind, the destination as it was. We run as root, so chmod does not
+# forbid writes: a full disk is simulated at the writers' open(), a read-only file system at os.open/os.mkdir (the
+# first call of every atomic write), and the file-size limit is real (RLIMIT_FSIZE: the kernel's EFBIG).
+class _Disk:
+    """What is left on a simulated disk, shared by every file opened through it."""
+
+    def __init__(self, capacity: int):
+        self.left = capacity
+
+
+class _FileOnDisk:
+    def __init__(self, f, disk: _Disk):
+        self._f, self._disk = f, disk
+
+    def write(self, data):
+        n = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
+        if n > self._disk.left:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write(2) says: no file name
+        self._disk.left -= n
+        return self._f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def full_disk(monkeypatch, capacity: int, *modules) -> None:
+    """Files opened for writing by ``modules`` (their ``open``) share a disk with ``capacity`` bytes left."""
+    disk = _Disk(capacity)
+
+    def open_(file, mode="r", *args, **kwargs):
+        f = open(file, mode, *args, **kwargs)
+        return _FileOnDisk(f, disk) if any(c in mode for c in "wax+") else f
+
+    for module in modules:
+        monkeypatch.setattr(module, "open", open_, raising=False)
+
+
+def read_only(monkeypatch, directory, code: int = errno.EROFS) -> None:
+    """Creating anything below ``directory`` fails with ``code`` (EROFS: a read-only file system; EACCES)."""
+    real_open, real_mkdir = os.open, os.mkdir
+    prefix = os.path.abspath(directory) + os.sep
+
+    def guard(path) -> None:
+        if os.path.abspath(os.fspath(path)).startswith(prefix):
+            raise OSError(code, os.strerror(code), os.fspath(path))
+
+    def open_(path, flags, mode=0o777, *, dir_fd=None):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            guard(path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        guard(path)
+        return real_mkdir(path, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def leftovers(directory) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.startswith("."))
+
+
+@pytest.mark.parametrize("to, module, filename", [("torch", "safetensors_io", "model.safetensors"),
+                                                   ("flax", "flax_msgpack", "flax_model.msgpack")])
+def test_convert_onto_a_full_disk_leaves_nothing(tmp_path, monkeypatch, to, module, filename):
+    import importlib
+
+    full_disk(monkeypatch, 50_000, importlib.import_module(f"deberta_xf.formats.{module}"))  # weights: ~100 kB
+    dst = tmp_path / "out"
+    code, out, err = cli(SRC, str(dst), "--to", to, "--no-verify")
+    assert code == 2 and "Traceback" not in err
+    assert f"error: {dst / filename}: No space left on device" in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_convert_full_disk_at_config_json_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    from deberta_xf.convert import convert as convert_module
+
+    dst = tmp_path / "ckpt"
+    dst.mkdir()
+    (dst / "config.json").write_text('{"old": true}')
+    (dst / "model.safetensors").write_bytes(b"old weights")
+    before = tree(dst)
+    full_disk(monkeypatch, 0, convert_module)  # the weights fit; config.json does not
+    code, out, err = cli(SRC, str(dst), "--to", "torch", "--no-verify", "--force")
+    assert code == 2 and f"error: {dst}" in err and "No space left on device" in err, err
+    assert tree(dst) == before and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("to", ["torch", "tf"])
+def test_convert_over_the_file_size_limit_is_refused_before_writing(tmp_path, to):
+    """ulimit -f below the weights' size: refused up front (HDF5 would crash on the kernel's EFBIG half-way)."""
+    import resource
+
+    dst = tmp_path / "out"
+    script = ("import resource, sys\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))\n"
+              "from deberta_xf.cli import main\n"
+              f"sys.exit(main(['convert', {SRC!r}, {str(dst)!r}, '--to', {to!r}, '--no-verify']))\n")
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)[1] == resource.RLIM_INFINITY  # the child may lower it
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    weights = "model.safetensors" if to == "torch" else "tf_model.h5"
+    assert f"error: {dst / weights}: File too large (" in proc.stderr and "ulimit -f, is 50,000 bytes" in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("code, meaning", [(errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied")])
+def test_convert_into_a_read_only_directory(tmp_path, monkeypatch, code, meaning):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    read_only(monkeypatch, parent, code)
+    code_, out, err = cli(SRC, str(parent / "out"), "--to", "torch", "--no-verify")
+    assert code_ == 2 and f"error: {parent / 'out'}: {meaning}" in err, err
+    assert os.listdir(parent) == []
+
+
+def test_report_over_the_file_size_limit_real_efbig(tmp_path):
+    """The kernel's own EFBIG (RLIMIT_FSIZE in this process, restored after): the report keeps its old content."""
+    import resource
+
+    from deberta_xf.parity import report
+
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(OSError) as info:
+            report.write_text(str(target), "x" * 5000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert info.value.errno == errno.EFBIG and info.value.filename == str(target)
+    assert os.listdir(tmp_path) == ["report.json"] and target.read_text() == "old"
+
+
+def parity_cli(*argv: str) -> tuple[int, str, str]:
+    from deberta_xf.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["parity", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "fixtures", "tiny-deberta-v3")
+
+
+def test_parity_reports_into_a_read_only_directory(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "report.json").write_text("old")
+    read_only(monkeypatch, ro)
+    code, out, err = parity_cli(TINY, "--frameworks", "torch", "--save-outputs", str(tmp_path / "rec.npz"),
+                                "--json", str(ro / "report.json"))
+    assert code == 2 and f"error: {ro / 'report.json'}: Read-only file system" in err, err
+    assert os.listdir(ro) == ["report.json"] and (ro / "report.json").read_text() == "old"
+    code, out, err = parity_cli(TINY, "--frameworks", "torch", "--save-outputs", str(ro / "rec.npz"))
+    assert code == 2 and f"error: {ro / 'rec.npz'}: Read-only file system" in err, err
+    assert os.listdir(ro) == ["report.json"]
+
+
+def test_save_pretrained_full_disk_and_read_only_leave_the_directory_as_it_was(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import deberta_xf as dx
+    from deberta_xf import formats
+
+    model = dx.DebertaV2ForSequenceClassification.from_pretrained(TINY)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"old": true}')
+    (ckpt / "model.safetensors").write_bytes(b"old weights")
+    before = tree(ckpt)
+    with monkeypatch.context() as patch:  # the weights do not fit
+        full_disk(patch, 100_000, formats.safetensors_io)
+        with pytest.raises(OSError) as info:
+            model.save_pretrained(ckpt)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(ckpt / "model.safetensors")
+    assert tree(ckpt) == before and leftovers(ckpt) == []
+    with monkeypatch.context() as patch:  # the weights fit, config.json does not: the old weights stay
+        full_disk(patch, 0, fileio)
+        with pytest.raises(OSError) as info:
+            model.save_pretrained(ckpt)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(ckpt / "config.json")
+    assert tree(ckpt) == before and leftovers(ckpt) == []
+    with monkeypatch.context() as patch:
+        read_only(patch, ckpt, errno.EACCES)
+        with pytest.raises(PermissionError) as info:
+            model.save_pretrained(ckpt)
+    assert info.value.filename == str(ckpt / "model.safetensors") and tree(ckpt) == before
+    new = tmp_path / "new"
+    with monkeypatch.context() as patch:  # a directory created for the save is removed again
+        full_disk(patch, 0, formats.safetensors_io)
+        with pytest.raises(OSError):
+            model.save_pretrained(new)
+    assert not new.exists()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin", "tf_h5", "keras_h5", "msgpack"])
+def test_every_writer_reports_efbig_half_way(tmp_path, fmt):
+    """The kernel's EFBIG in the middle of a write (ulimit -f at ~half the data, in a child process): every writer
+    raises the OSError naming the destination and leaves nothing; none crashes (HDF5 writing to a path, and torch's
+    zip writer failing in its destructor, used to take the process down)."""
+    dst = tmp_path / "out"
+    dst.mkdir()
+    script = (
+        "import os, resource, sys\n"
+        "import numpy as np\n"
+        "from deberta_xf.formats import FORMATS, array_source\n"
+        "fmt = FORMATS[sys.argv[1]]\n"
+        "arrays = {'deberta.embeddings.word_embeddings.weight': np.ones((1024, 512), np.float32),\n"
+        "          'deberta.encoder.layer.0.attention.self.query_proj.weight': np.ones((512, 512), np.float32)}\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, resource.RLIM_INFINITY))\n"
+        "path = os.path.join(sys.argv[2], fmt.filenames[0])\n"
+        "try:\n"
+        "    fmt.write(path, *array_source(arrays), task='base')\n"
+        "except OSError as err:\n"
+        "    print(f'OSError {err.errno} {err.filename}')\n"
+        "    sys.exit(0)\n"
+        "sys.exit('no error')\n")
+    proc = subprocess.run([sys.executable, "-c", script, fmt, str(dst)], capture_output=True, text=True, timeout=120)
+    filename = {"safetensors": "model.safetensors", "bin": "pytorch_model.bin", "tf_h5": "tf_model.h5",
+                "keras_h5": "model.weights.h5", "msgpack": "flax_model.msgpack"}[fmt]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"OSError {errno.EFBIG} {dst / filename}", proc.stdout
+    assert os.listdir(dst) == []
