@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from deberta_xf.configuration import ATTN_IMPLEMENTATIONS
 from deberta_xf.errors import DebertaXfError
 from deberta_xf.compare import FP32_GRAD_THRESHOLDS, FP32_THRESHOLDS, positive_float_arg
 from deberta_xf.frameworks import FRAMEWORKS
@@ -31,6 +32,7 @@ examples:
   deberta-xf parity CKPT --frameworks torch,flax --device gpu --dtype bfloat16 --save-outputs gpu.npz
   deberta-xf parity CKPT --frameworks tf --compare-to gpu.npz --json report.json --junit parity.xml
   deberta-xf parity CKPT --backward --labels labels.npz --markdown grads.md
+  deberta-xf parity CKPT --train-steps 20 --batch-size 4 --optimizer adamw --plot loss.png
 
 tolerances (max abs; docs/tolerances.md): float32: hidden states and pooled/QA/token logits {hidden:.0e},
 masked-LM logits {mlm:.0e}; bfloat16 / float16: measured thresholds, printed in every report. Token-level outputs
@@ -62,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="UTF-8 text file, one text per line (a TAB splits a sentence pair); "
                              "default: parity/sample_texts.txt")
     parser.add_argument("--attentions", action="store_true", help="also compare the attention probabilities")
+    parser.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default="eager",
+                        help="attention implementation of torch and flax (tf always runs eager; --attentions runs "
+                             "eager); docs/attention.md (default: eager)")
     parser.add_argument("--atol-hidden", type=_positive_float("--atol-hidden"), metavar="X",
                         help="max abs tolerance of hidden states and pooled outputs (default: by --dtype)")
     parser.add_argument("--atol-logits", type=_positive_float("--atol-logits"), metavar="Y",
@@ -86,14 +91,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --train-steps: torch.optim / keras.optimizers / optax SGD or AdamW (default: sgd)")
     parser.add_argument("--lr", type=_positive_float("--lr"), default=1e-3, metavar="X",
                         help="with --train-steps: learning rate (default: 1e-3)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="B",
+                        help="with --train-steps: split the inputs into batches of B rows and cycle over them, the "
+                             "same batches in every framework (default: every step on all inputs in one batch)")
     parser.add_argument("--atol-train", type=_positive_float("--atol-train"), metavar="T",
                         help="with --train-steps: max abs tolerance of the loss curve and the final weights "
                              "(default: measured fp32 thresholds, docs/tolerances.md)")
     parser.add_argument("--json", metavar="F", help="write the machine-readable report (JSON)")
     parser.add_argument("--markdown", metavar="F", help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
     parser.add_argument("--junit", metavar="F", help="write JUnit XML, one testcase per check")
-    parser.add_argument("--plot", metavar="F", help="write a PNG of the max abs difference per layer")
-    parser.add_argument("--save-outputs", metavar="F.npz", help="record inputs and outputs for a later --compare-to")
+    parser.add_argument("--plot", metavar="F", help="write a PNG of the max abs difference per layer (with --backward "
+                        "also per layer's gradients; with --train-steps the loss curve of each framework)")
+    parser.add_argument("--save-outputs", metavar="F.npz",
+                        help="record inputs and outputs for a later --compare-to (with --backward / --train-steps "
+                             "also the labels, gradients, loss curve and final weights)")
     parser.add_argument("--compare-to", metavar="F.npz",
                         help="compare against outputs recorded with --save-outputs (reuses the recorded inputs)")
 
@@ -107,7 +118,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_path_given(flag: str, path: str | None) -> None:
+    """An option that takes a path, given an empty one (``--json ''``, an unset shell variable): a usage error,
+    not a silent no-op."""
+    if path is not None and not path.strip():
+        raise DebertaXfError(f"{flag} {path!r}: empty file name; name the file" +
+                             ("" if flag.isupper() else " (or leave the option out)"))
+
+
 def _check_output_path(flag: str, path: str | None) -> None:
+    _check_path_given(flag, path)
     if path is None:
         return
     if os.path.isdir(path):
@@ -124,6 +144,9 @@ def options_from_args(args: argparse.Namespace):
     from deberta_xf.frameworks import parse_frameworks
     from deberta_xf.parity.harness import ParityOptions
 
+    for flag in ("checkpoint", "texts", "labels", "compare_to"):
+        _check_path_given("CHECKPOINT" if flag == "checkpoint" else "--" + flag.replace("_", "-"),
+                          getattr(args, flag, None))
     frameworks = parse_frameworks(args.frameworks)
     if len(frameworks) < 2 and not (args.compare_to or args.save_outputs):
         raise DebertaXfError(f"--frameworks {args.frameworks}: parity needs two frameworks, or --compare-to F.npz "
@@ -145,7 +168,8 @@ def options_from_args(args: argparse.Namespace):
                          save_outputs=args.save_outputs, compare_to=args.compare_to,
                          backward=getattr(args, "backward", False), labels=getattr(args, "labels", None),
                          train_steps=getattr(args, "train_steps", 0), optimizer=getattr(args, "optimizer", "sgd"),
-                         lr=getattr(args, "lr", 1e-3))
+                         lr=getattr(args, "lr", 1e-3), batch_size=getattr(args, "batch_size", None),
+                         attn_implementation=getattr(args, "attn_implementation", "eager"))
 
 
 class Progress:

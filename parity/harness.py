@@ -33,7 +33,8 @@ from deberta_xf.errors import DebertaXfError
 from deberta_xf.tasks import TASKS, infer_task
 from deberta_xf.parity import inputs as parity_inputs
 from deberta_xf.compare import (FP32_GRAD_THRESHOLDS, FP32_TRAIN_THRESHOLDS, GRAD_PREFIX, THRESHOLD_KEYS,
-                                WEIGHTS_PREFIX, Comparison, compare_outputs, divergence, threshold, thresholds_for)
+                                TRAIN_LOSS_PREFIX, WEIGHTS_PREFIX, Comparison, compare_outputs, divergence, threshold,
+                                thresholds_for)
 from deberta_xf.frameworks import FRAMEWORKS, REGISTRY
 from deberta_xf.parity.recording import Recording, config_differences, load_recording, save_recording
 
@@ -62,6 +63,8 @@ class ParityOptions:
     train_steps: int = 0          # --train-steps N: N optimizer steps on the batch, loss curve + final weights
     optimizer: str = "sgd"        # sgd | adamw (each framework's own: torch.optim, keras.optimizers, optax)
     lr: float = 1e-3
+    batch_size: int | None = None  # --batch-size B: --train-steps cycles over the inputs in batches of B rows
+    attn_implementation: str = "eager"  # --attn-implementation: torch and flax (tf always runs eager)
 
 
 @dataclasses.dataclass
@@ -74,6 +77,7 @@ class FrameworkStatus:
     weights_file: str = ""
     seconds: float = 0.0
     note: str = ""
+    attn_implementation: str = ""  # with --attn-implementation sdpa|fused: what it ran (tf: eager); "" = eager
     outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     # --train-steps with adamw: max |d loss / d parameter| at the start weights, by canonical name
     start_gradients: dict[str, float] = dataclasses.field(default_factory=dict, repr=False)
@@ -83,10 +87,13 @@ class FrameworkStatus:
         return f"{self.framework}@{self.device}" + ("(recorded)" if self.status == "recorded" else "")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "label": self.label if self.device else self.framework,
-                "device": self.device or None, "device_name": self.device_name or None, "versions": self.versions,
-                "weights_file": self.weights_file or None, "seconds": round(self.seconds, 3),
-                "note": self.note or None}
+        out = {"status": self.status, "label": self.label if self.device else self.framework,
+               "device": self.device or None, "device_name": self.device_name or None, "versions": self.versions,
+               "weights_file": self.weights_file or None, "seconds": round(self.seconds, 3),
+               "note": self.note or None}
+        if self.attn_implementation:  # only in --attn-implementation runs: the default schema is unchanged
+            out["attn_implementation"] = self.attn_implementation
+        return out
 
 
 @dataclasses.dataclass
@@ -123,7 +130,26 @@ class PairResult:
                 # only in --backward / --train-steps reports (the forward report's schema is unchanged)
                 **{key: summary for key, prefix in (("gradients", GRAD_PREFIX), ("final_weights", WEIGHTS_PREFIX))
                    if (summary := _summary(self.tensors, prefix)) is not None},
+                **({"train_loss": curves} if (curves := self.loss_curves()) is not None else {}),
                 "tensors": [_tensor_dict(t) for t in self.tensors]}
+
+    def loss_curves(self) -> dict[str, Any] | None:
+        """--train-steps: the loss before each step in both frameworks and the first step where they part (its
+        train_loss.<step> over the tolerance; None when they never do)."""
+        steps = sorted(int(name[len(TRAIN_LOSS_PREFIX):]) for name in self.reference.outputs
+                       if name.startswith(TRAIN_LOSS_PREFIX))
+        if not steps:
+            return None
+        failing = [int(t.name[len(TRAIN_LOSS_PREFIX):]) for t in self.tensors
+                   if t.name.startswith(TRAIN_LOSS_PREFIX) and not t.passed]
+
+        def curve(status: FrameworkStatus) -> list[float | None]:
+            outputs = status.outputs
+            return [_finite(float(outputs[f"{TRAIN_LOSS_PREFIX}{i}"])) if f"{TRAIN_LOSS_PREFIX}{i}" in outputs
+                    else None for i in steps]
+
+        return {"reference": curve(self.reference), "candidate": curve(self.candidate),
+                "parted_at": min(failing, default=None)}
 
 
 @dataclasses.dataclass
@@ -271,13 +297,11 @@ def _check_options(opts: ParityOptions) -> DebertaV2Config:
         raise DebertaXfError(f"--lr {opts.lr!r}: expected a positive number")
     if opts.train_steps and opts.dtype != "float32":
         raise DebertaXfError(f"--train-steps --dtype {opts.dtype}: training is compared in float32 only")
-    if opts.train_steps and (opts.compare_to or opts.save_outputs):
-        raise DebertaXfError("--train-steps with --compare-to / --save-outputs: recordings hold forward outputs only")
+    if opts.batch_size is not None and not (opts.train_steps and opts.batch_size >= 1):
+        raise DebertaXfError(f"--batch-size {opts.batch_size}: expected a positive number of rows, with --train-steps")
     if opts.backward and opts.dtype != "float32":
         raise DebertaXfError(f"--backward --dtype {opts.dtype}: gradients are checked in float32 only (the gradient "
                              f"tolerances are measured for float32; docs/tolerances.md)")
-    if opts.backward and (opts.compare_to or opts.save_outputs):
-        raise DebertaXfError("--backward with --compare-to / --save-outputs: recordings hold forward outputs only")
     if opts.labels is not None and not training:
         raise DebertaXfError("--labels FILE: only with --backward or --train-steps")
     for key, value in opts.atol.items():
@@ -300,7 +324,7 @@ def _check_options(opts: ParityOptions) -> DebertaV2Config:
     config_path = os.path.join(ckpt, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise DebertaXfError(f"{ckpt}: no {CONFIG_NAME} in this checkpoint directory")
-    config = DebertaV2Config.from_json_file(config_path)  # ConfigError (a DebertaXfError) names the fields
+    config = DebertaV2Config.from_json_file(config_path).validate()  # ConfigError (a DebertaXfError) names the fields
     from deberta_xf.formats import find_weights
 
     find_weights(ckpt, "torch")  # CheckpointError when the directory has no weights file at all
@@ -365,22 +389,58 @@ def _model_inputs(opts: ParityOptions, config: DebertaV2Config, task: str, recor
     return model_inputs, info, tokenizer
 
 
-def _labels(opts: ParityOptions, config: DebertaV2Config, task: str,
-            model_inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The labels of a --backward run and their description for the report."""
-    if opts.labels is not None:
-        labels = parity_inputs.read_labels(opts.labels, model_inputs, task)
+def _labels(opts: ParityOptions, config: DebertaV2Config, task: str, model_inputs: dict[str, np.ndarray],
+            recording: Recording | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The labels of a --backward / --train-steps run (with --compare-to: the recorded ones) and their description
+    for the report."""
+    if recording is not None and recording.labels:
+        if opts.labels is not None:
+            raise DebertaXfError(f"--labels {opts.labels} with --compare-to {recording.path}: the recording holds "
+                                 f"the labels its gradients were computed with; drop --labels")
+        labels, source = recording.labels, "recording"
+        wanted, rows = parity_inputs.LABEL_KEYS[task], len(model_inputs["input_ids"])
+        if sorted(labels) != sorted(wanted) or any(v.ndim == 0 or len(v) != rows for v in labels.values()):
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in labels.items())
+            raise DebertaXfError(f"--compare-to {recording.path}: recorded labels {shapes}; task {task} needs "
+                                 f"{', '.join(wanted)} for {rows} rows")
+        note = f"the labels recorded in {recording.path}"
+    elif opts.labels is not None:
+        labels, source = parity_inputs.read_labels(opts.labels, model_inputs, task), opts.labels
         note = f"labels from {opts.labels}"
     else:
-        labels = parity_inputs.builtin_labels(model_inputs, config, task)
+        labels, source = parity_inputs.builtin_labels(model_inputs, config, task), "built-in"
         note = (f"built-in labels (numpy seed {parity_inputs.LABEL_SEED})" if task != "base" else
                 f"base model (no task loss): surrogate loss sum(last_hidden_state * target * mask) / sum(mask), "
                 f"target seeded (numpy seed {parity_inputs.LABEL_SEED})")
-    info = {"source": opts.labels or "built-in", "note": note,
+    info = {"source": source, "note": note,
             "keys": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in labels.items()}}
     if "labels" in labels and labels["labels"].dtype.kind == "i":
         info["ignored"] = int((labels["labels"] == -100).sum())
     return labels, info
+
+
+def _training(opts: ParityOptions) -> dict[str, Any] | None:
+    """What a --backward / --train-steps run does, as a recording stores it (None: forward outputs only)."""
+    if not (opts.backward or opts.train_steps):
+        return None
+    return {"backward": opts.backward, "train_steps": opts.train_steps, "optimizer": opts.optimizer, "lr": opts.lr,
+            "batch_size": opts.batch_size}
+
+
+def _training_mismatch(recorded: dict[str, Any] | None, current: dict[str, Any] | None) -> tuple[str, str] | None:
+    """How the recorded run and this one differ in what they train (the optimizer settings only with steps)."""
+    def flags(training: dict[str, Any] | None) -> str:
+        if not training:
+            return "forward outputs only"
+        words = ["--backward"] if training["backward"] else []
+        if training["train_steps"]:
+            words += [f"--train-steps {training['train_steps']}", f"--optimizer {training['optimizer']}",
+                      f"--lr {training['lr']:g}"]
+            words += [f"--batch-size {training['batch_size']}"] if training["batch_size"] is not None else []
+        return " ".join(words)
+
+    recorded_flags, current_flags = flags(recorded), flags(current)
+    return None if recorded_flags == current_flags else (recorded_flags, current_flags)
 
 
 # === Thresholds ===
@@ -424,6 +484,8 @@ def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.n
             status.status, status.note = "no gpu", f"--device gpu: {framework} sees no GPU"
         else:
             status.device, status.device_name = device.kind, device.name
+            if opts.attn_implementation != "eager":
+                status.attn_implementation = runner.attention_implementation(opts.attn_implementation)
             plan.append((runner, device, status))
         statuses.append(status)
     if opts.device == "gpu" and not plan and any(s.status == "no gpu" for s in statuses):
@@ -433,23 +495,23 @@ def _run_frameworks(opts: ParityOptions, task: str, model_inputs: dict[str, np.n
         progress(f"[{i}/{len(plan)}] {status.framework}: loading the checkpoint and running it on {device.name} "
                  f"({opts.dtype})")
         try:
-            execution = runner.run(opts.checkpoint, task, opts.dtype, model_inputs, device, opts.attentions)
+            attn = {"attn_implementation": opts.attn_implementation}
+            execution = runner.run(opts.checkpoint, task, opts.dtype, model_inputs, device, opts.attentions, **attn)
             if labels is not None:
                 progress(f"[{i}/{len(plan)}] {status.framework}: loss and gradients on {device.name}")
-                backward = runner.backward(opts.checkpoint, task, opts.dtype, model_inputs, labels, device)
+                backward = runner.backward(opts.checkpoint, task, opts.dtype, model_inputs, labels, device, **attn)
                 execution.outputs.update(backward.outputs)
                 execution.seconds += backward.seconds
             if train_labels is not None:
                 progress(f"[{i}/{len(plan)}] {status.framework}: {opts.train_steps} {opts.optimizer} steps")
                 trained = runner.train(opts.checkpoint, task, opts.dtype, model_inputs, train_labels, device,
-                                       opts.train_steps, opts.optimizer, opts.lr)
+                                       opts.train_steps, opts.optimizer, opts.lr, opts.batch_size, **attn)
                 execution.outputs.update(trained.outputs)
                 execution.seconds += trained.seconds
                 if opts.optimizer == "adamw":
                     grads = backward.outputs if labels is not None else runner.backward(
-                        opts.checkpoint, task, opts.dtype, model_inputs, train_labels, device).outputs
-                    status.start_gradients = {k[len(GRAD_PREFIX):]: float(np.abs(v).max()) if v.size else 0.0
-                                              for k, v in grads.items() if k.startswith(GRAD_PREFIX)}
+                        opts.checkpoint, task, opts.dtype, model_inputs, train_labels, device, **attn).outputs
+                    status.start_gradients = _max_abs_gradients(grads)
         except Exception as err:  # a framework that cannot load or run the checkpoint is a failed check
             status.status = "failed"
             status.note = _one_line(f"{type(err).__name__}: {err}")
@@ -546,8 +608,18 @@ def _adamw_noise(opts: ParityOptions, task: str, a: FrameworkStatus, b: Framewor
 
 
 def _recorded_statuses(recording: Recording) -> list[FrameworkStatus]:
+    """The recorded frameworks; a --backward recording's gradients are also its start gradients (for AdamW's
+    zero-gradient rule, :func:`_adamw_noise`)."""
     return [FrameworkStatus(r.framework, "recorded", r.device, r.device_name, dict(r.versions), r.weights_file,
-                            note=f"recorded in {recording.path}", outputs=r.outputs) for r in recording.frameworks]
+                            note=f"recorded in {recording.path}", outputs=r.outputs,
+                            start_gradients=_max_abs_gradients(r.outputs))
+            for r in recording.frameworks]
+
+
+def _max_abs_gradients(outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """max |d loss / d parameter| by canonical name, from ``grad/<name>`` outputs."""
+    return {k[len(GRAD_PREFIX):]: float(np.abs(v).max()) if v.size else 0.0
+            for k, v in outputs.items() if k.startswith(GRAD_PREFIX)}
 
 
 def run_parity(opts: ParityOptions, progress: Callable[[str], None] | None = None) -> ParityReport:
@@ -587,14 +659,25 @@ def run_parity(opts: ParityOptions, progress: Callable[[str], None] | None = Non
         raise DebertaXfError("--train-steps: the base model has no task loss; pass --task with a head "
                              "(--backward alone uses a surrogate loss for the base model)")
     if opts.backward or opts.train_steps:
-        labels, inputs_info["labels"] = _labels(opts, config, task, model_inputs)
+        labels, inputs_info["labels"] = _labels(opts, config, task, model_inputs, recording)
+    if recording is not None:
+        mismatch = _training_mismatch(recording.training, _training(opts))
+        if mismatch:
+            raise DebertaXfError(f"--compare-to {recording.path}: recorded {mismatch[0]}, this run {mismatch[1]} "
+                                 f"(repeat the recorded run's --backward / --train-steps / --optimizer / --lr / "
+                                 f"--batch-size)")
     if opts.train_steps:
         inputs_info["training"] = {"steps": opts.train_steps, "optimizer": opts.optimizer, "lr": opts.lr}
+        if opts.batch_size is not None:
+            inputs_info["training"]["batch_size"] = opts.batch_size
+            inputs_info["training"]["batches"] = -(-len(model_inputs["input_ids"]) // opts.batch_size)
         notes.append(f"--train-steps {opts.train_steps}: {opts.optimizer} (lr {opts.lr:g}; each framework's own: "
                      f"torch.optim, keras.optimizers, optax"
                      + ("; AdamW betas (0.9, 0.999), eps 1e-8, weight decay 0.01 in all three"
                         if opts.optimizer == "adamw" else "; no momentum")
-                     + ") on the same batch, dropout off, from the checkpoint's weights; compared: the loss before "
+                     + ") " + (f"cycling over {inputs_info['training']['batches']} batches of {opts.batch_size} "
+                               f"rows (the same in every framework)" if opts.batch_size else "on the same batch")
+                     + ", dropout off, from the checkpoint's weights; compared: the loss before "
                        "each step (train_loss.i) and every weight after the last step (weights/<name>)")
     if opts.backward:
         notes.append("--backward: dropout off; gradients compared per parameter by canonical name (a tied "
@@ -628,14 +711,14 @@ def run_parity(opts: ParityOptions, progress: Callable[[str], None] | None = Non
     if opts.save_outputs:
         ran = [s for s in statuses if s.status == "ran"]
         metadata = {"checkpoint": os.path.abspath(ckpt), "config": config.to_dict(), "task": task,
-                    "dtype": opts.dtype, "inputs": inputs_info, "environment": env,
+                    "dtype": opts.dtype, "inputs": inputs_info, "environment": env, "training": _training(opts),
                     "frameworks": {s.framework: {"device": s.device, "device_name": s.device_name,
                                                  "versions": s.versions, "weights_file": s.weights_file}
                                    for s in ran},
                     "created": _now()}
         if ran:
             progress(f"writing {opts.save_outputs}")
-            save_recording(opts.save_outputs, metadata, model_inputs, {s.framework: s.outputs for s in ran})
+            save_recording(opts.save_outputs, metadata, model_inputs, {s.framework: s.outputs for s in ran}, labels)
             recording_info.update(saved_to=opts.save_outputs, saved_frameworks=[s.label for s in ran])
         else:
             notes.append(f"--save-outputs {opts.save_outputs}: nothing written, no framework ran")

@@ -3,10 +3,16 @@
 A recording is a plain ``.npz`` (read with ``allow_pickle=False``):
 
 - ``inputs.<name>``                 the model inputs every framework ran on (``input_ids``, ``attention_mask``, ...)
+- ``labels.<name>``                 with ``--backward`` / ``--train-steps``: the labels of the loss (``labels``,
+  ``start_positions`` + ``end_positions``, ``hidden_target``; integers or floats)
 - ``outputs.<framework>.<output>``  float32 outputs of each framework that ran (``outputs.torch.hidden_states.0``)
 - ``metadata``                      a JSON string: ``format``, ``schema_version``, ``checkpoint``, ``config``,
-  ``task``, ``dtype``, ``inputs_source``, ``environment`` and, per framework, ``device``, ``device_name``,
-  ``versions`` and ``weights_file``.
+  ``task``, ``dtype``, ``inputs_source``, ``environment``, ``training`` (null, or what ``--backward`` /
+  ``--train-steps`` ran: ``backward``, ``train_steps``, ``optimizer``, ``lr``, ``batch_size``) and, per framework,
+  ``device``, ``device_name``, ``versions`` and ``weights_file``.
+
+A ``--backward`` recording also holds each framework's ``loss`` and ``grad/<canonical name>`` outputs, a
+``--train-steps`` one its ``train_loss.<step>`` and ``weights/<canonical name>`` (the final weights).
 
 So torch and Flax can be recorded on a GPU machine without TensorFlow and compared later, elsewhere, against TF:
 the later run reuses the recorded inputs.
@@ -52,6 +58,7 @@ class Recording:
     metadata: dict[str, Any]
     inputs: dict[str, np.ndarray]
     frameworks: list[RecordedFramework]
+    labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -61,11 +68,17 @@ class Recording:
     def dtype(self) -> str:
         return self.metadata["dtype"]
 
+    @property
+    def training(self) -> dict[str, Any] | None:
+        """What ``--backward`` / ``--train-steps`` recorded (None: forward outputs only)."""
+        return self.metadata.get("training")
+
 
 def save_recording(path: str, metadata: dict[str, Any], inputs: dict[str, np.ndarray],
-                   outputs: dict[str, dict[str, np.ndarray]]) -> None:
+                   outputs: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray] | None = None) -> None:
     """Write the recording atomically (a temporary name, renamed when complete)."""
     arrays: dict[str, np.ndarray] = {f"inputs.{k}": np.asarray(v) for k, v in inputs.items()}
+    arrays.update({f"labels.{k}": np.asarray(v) for k, v in (labels or {}).items()})
     for framework, flat in outputs.items():
         for name, value in flat.items():
             arrays[f"outputs.{framework}.{name}"] = np.asarray(value, dtype=np.float32)
@@ -79,7 +92,11 @@ def save_recording(path: str, metadata: dict[str, Any], inputs: dict[str, np.nda
 MAX_RECORDING_BYTES = 4 * 2**30    # all members together, as stored inflated: a bigger recording is refused
 MAX_METADATA_BYTES = 16 * 2**20
 _INPUT_KINDS = "iub"                # inputs are token ids and masks
+_LABEL_KINDS = "iubf"               # class ids, positions, or float targets (regression, multi-label, hidden_target)
 _OUTPUT_KINDS = "f"
+_KIND_NAMES = {_INPUT_KINDS: "integers", _LABEL_KINDS: "numbers", _OUTPUT_KINDS: "floats"}
+_TRAINING_FIELDS = {"backward": bool, "train_steps": int, "optimizer": str, "lr": (int, float),
+                    "batch_size": (int, type(None))}
 
 
 def _fail(path: str, what: str) -> DebertaXfError:
@@ -103,7 +120,7 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, kin
         dtype = np.dtype(dtype)
         if dtype.hasobject or dtype.names is not None or dtype.shape != () or dtype.kind not in kinds:
             raise _fail(path, f"key {key!r} has dtype {dtype}; expected "
-                              f"{'integers' if kinds == _INPUT_KINDS else 'floats' if kinds == _OUTPUT_KINDS else 'a string'}")
+                              f"{_KIND_NAMES.get(kinds, 'a string')}")
         count = 1
         for d in shape:
             count *= int(d)
@@ -130,9 +147,15 @@ def _check_metadata(path: str, meta: Any) -> dict[str, Any]:
         if not isinstance(meta[field], kind):
             raise _fail(path, f"metadata field {field!r} is a {type(meta[field]).__name__}, expected "
                               f"{'a string' if kind is str else 'an object'}")
-    for field in ("inputs", "environment"):
+    for field in ("inputs", "environment", "training"):
         if meta.get(field) is not None and not isinstance(meta[field], dict):
             raise _fail(path, f"metadata field {field!r} is a {type(meta[field]).__name__}, expected an object")
+    if meta.get("training") is not None:
+        for field, kind in _TRAINING_FIELDS.items():
+            value = meta["training"].get(field)
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise _fail(path, f"metadata field 'training.{field}' is {str(value)[:50]}; expected "
+                                  f"{'true or false' if kind is bool else 'a string' if kind is str else 'a number'}")
     for framework, info in meta["frameworks"].items():
         if not isinstance(info, dict):
             raise _fail(path, f"metadata field 'frameworks.{framework}' is a {type(info).__name__}, expected an "
@@ -196,6 +219,10 @@ def load_recording(path: str) -> Recording:
         for key in ("input_ids", "attention_mask"):
             if key not in inputs:
                 raise _fail(path, f"key 'inputs.{key}' is missing")
+        labels = {k.split(".", 1)[1]: _read_member(path, archive, info, _LABEL_KINDS)
+                  for k, info in by_key.items() if k.startswith("labels.")}
+        if meta.get("training") is not None and not labels:
+            raise _fail(path, "metadata field 'training' is set but there are no 'labels.*' keys")
         frameworks = []
         for framework, info in meta["frameworks"].items():
             prefix = f"outputs.{framework}."
@@ -207,7 +234,7 @@ def load_recording(path: str) -> Recording:
                                                 info["weights_file"], outputs))
     if not frameworks:
         raise _fail(path, "metadata field 'frameworks' is empty")
-    return Recording(path, meta, inputs, frameworks)
+    return Recording(path, meta, inputs, frameworks, labels)
 
 
 def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -47,7 +47,8 @@ def _framework_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
             detail = fw["note"] or "-"
         elif fw["status"] == "recorded":
             detail += "  (recorded)"
-        rows.append((fw["label"], fw["status"], fw["device_name"] or "-", versions, detail))
+        attention = f"attention {fw.get('attn_implementation') or 'eager'}" if fw["status"] == "ran" else "-"
+        rows.append((fw["label"], fw["status"], fw["device_name"] or "-", attention, versions, detail))
     return rows
 
 
@@ -150,7 +151,28 @@ def _pair_lines(pair: dict[str, Any]) -> list[str]:
         line += f" ({pair['worst']['name']})"
     if pair["first_diverging_layer"]:
         line += f"; first diverging layer: {pair['first_diverging_layer']}"
-    return [line] + ["        " + s for s in _weights_diff_lines(pair.get("weights_diff"))]
+    return [line] + ["        " + s for s in _loss_curve_lines(pair) + _weights_diff_lines(pair.get("weights_diff"))]
+
+
+def _loss_curve_lines(pair: dict[str, Any]) -> list[str]:
+    """--train-steps: the loss before each step in both frameworks of a pair, and where the curves part."""
+    curves = pair.get("train_loss")
+    if not curves:
+        return []
+    parted = curves["parted_at"]
+    return [f"loss per step, {name}: " + " ".join(_num(x) for x in curves[side])
+            for side, name in (("reference", pair["reference"]), ("candidate", pair["candidate"]))] + \
+        [f"the loss curves part at step {parted}" if parted is not None else "the loss curves agree at every step"]
+
+
+def loss_curves(report: dict[str, Any]) -> dict[str, list[float | None]]:
+    """--train-steps: the loss before each step of every framework (by label), read from the pairs."""
+    curves: dict[str, list[float | None]] = {}
+    for pair in report["comparisons"]:
+        if pair.get("train_loss"):
+            for side in ("reference", "candidate"):
+                curves.setdefault(pair[side], pair["train_loss"][side])
+    return curves
 
 
 def _weights_diff_lines(diff: dict[str, Any] | None) -> list[str]:
@@ -183,7 +205,7 @@ def format_markdown(report: dict[str, Any]) -> str:
           f"**{report['task']}** · dtype **{report['dtype']}** · device `{report['device_request']}` · "
           f"{_tolerance_line(report)}", "",
           f"Inputs: {report['inputs']['note']}; shape `{_shape(report['inputs']['shape'])}`", "",
-          "| framework | status | device | versions | weights file / note |", "|---|---|---|---|---|"]
+          "| framework | status | device | attention | versions | weights file / note |", "|---|---|---|---|---|---|"]
     for row in _framework_rows(report):
         md.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
     tok = report["tokenizer"]
@@ -206,6 +228,15 @@ def format_markdown(report: dict[str, Any]) -> str:
                "|---|---|---|---|---|---|---|"]
         md += [f"| {p['pair']} | {kind} | {g['compared']} | {g['failed']} | {_num(g['max_abs'])} | `{g['worst']}` | "
                f"{_num(g['max_rel'])} |" for p, kind, g in summaries]
+    curves = loss_curves(report)
+    if curves:
+        md += ["", "| step | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+        steps = max(len(c) for c in curves.values())
+        md += [f"| {i} | " + " | ".join(_num(c[i]) if i < len(c) else "-" for c in curves.values()) + " |"
+               for i in range(steps)]
+        md += [f"- {p['pair']}: " + (f"the loss curves part at step {p['train_loss']['parted_at']}"
+                                     if p["train_loss"]["parted_at"] is not None else "the loss curves agree")
+               for p in report["comparisons"] if p.get("train_loss")]
     failed = [c for c in report["checks"] if c["status"] == "failed"]
     if failed:
         md += ["", f"**{len(failed)} failed check(s)**", ""]
@@ -276,11 +307,14 @@ def write_plot(report: dict[str, Any], path: str) -> None:
 
     floor = 1e-12  # identical values (0) sit on the floor of the log axis; a missing number (inf) on top
     grads = any(t["name"].startswith(GRAD_PREFIX) for p in report["comparisons"] for t in p["tensors"])
+    curves = loss_curves(report)
+    panels = 1 + grads + bool(curves)
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 4.5 if panels == 1 else 4 * panels), dpi=110, squeeze=False)
+    ax, extra = axes[0][0], [row[0] for row in axes[1:]]
     if grads:
-        fig, (ax, gax) = plt.subplots(2, 1, figsize=(8, 8), dpi=110)
-        _gradient_panel(gax, report, floor)
-    else:
-        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+        _gradient_panel(extra.pop(0), report, floor)
+    if curves:
+        _loss_panel(extra.pop(0), report, curves)
     layers = max((int(t["name"].split(".")[1]) + 1 for p in report["comparisons"] for t in p["tensors"]
                   if t["name"].startswith("hidden_states.")), default=0)
     has_head = False
@@ -349,6 +383,26 @@ def _gradient_panel(ax, report: dict[str, Any], floor: float) -> None:
     ax.set_xlabel("parameters of (emb = embeddings, rel = relative positions, Li = layer i, head = task head)")
     ax.set_ylabel("gradient max |difference|")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _loss_panel(ax, report: dict[str, Any], curves: dict[str, list[float | None]]) -> None:
+    """``--train-steps``: the loss before each step, one line per framework; a dotted line where a pair's curves
+    part."""
+    for label, curve in curves.items():
+        ax.plot(range(len(curve)), [float("nan") if x is None else x for x in curve], "-o", markersize=3,
+                label=label)
+    for pair in report["comparisons"]:
+        parted = (pair.get("train_loss") or {}).get("parted_at")
+        if parted is not None:
+            ax.axvline(parted, color="red", linestyle=":", linewidth=1, label=f"{pair['pair']} part at step {parted}")
+    training = report["inputs"].get("training") or {}
+    ax.locator_params(axis="x", integer=True)
+    ax.set_xlabel("optimizer step (the loss before the step)")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{training.get('optimizer', '')} lr {training.get('lr', '')}"
+                 + (f", batches of {training['batch_size']}" if training.get("batch_size") else ""), fontsize=9)
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
 
 

@@ -88,6 +88,63 @@ def test_gradients_match_reference(variant, task, framework):
     assert not failing, f"{framework} {variant}/{task}: gradients over {bound:.1e}: {failing}"
 
 
+# === problem_type: regression (num_labels 1) and multi-label classification (float labels, BCEWithLogits) ===
+
+PROBLEM_TYPES = ("regression", "multi_label_classification")
+
+
+def problem_type_case(problem_type: str, directory) -> tuple[float, dict, dict, dict]:
+    """The checkpoint of fixtures/reference/v3/sequence-classification/gradients-<problem_type>.npz, rebuilt in
+    ``directory`` (its stored config.json, the model.safetensors of the v3 task directory it names), and the
+    reference's loss, labels, gradients and the v3 sequence-classification inputs it ran on."""
+    import shutil
+
+    with np.load(os.path.join(REFERENCE, "v3", "sequence-classification",
+                              f"gradients-{problem_type}.npz")) as data:
+        config, weights = json.loads(str(data["meta.config"])), str(data["meta.weights"])
+        loss = float(data["loss"])
+        labels = {"labels": data["labels.labels"]}
+        grads = {k: data[k] for k in data.files if k != "loss" and not k.startswith(("labels.", "meta."))}
+    (directory / "config.json").write_text(json.dumps(config))
+    shutil.copy(os.path.join(REFERENCE, "v3", weights, "model.safetensors"), directory)
+    return loss, labels, grads, load_case("v3", "sequence-classification").model_inputs
+
+
+def test_problem_type_fixtures_are_what_they_claim(tmp_path):
+    """regression: one label, float targets; multi-label: two labels, multi-hot float targets; a gradient for
+    every parameter of the head's schema."""
+    for problem_type, num_labels in (("regression", 1), ("multi_label_classification", 2)):
+        _, labels, grads, inputs = problem_type_case(problem_type, tmp_path)
+        config = DebertaV2Config.from_json_file(str(tmp_path / "config.json"))
+        assert config.problem_type == problem_type and config.num_labels == num_labels
+        assert set(grads) == set(expected_shapes(config, "sequence-classification"))
+        assert grads["classifier.weight"].shape == (num_labels, config.hidden_size)
+        assert labels["labels"].dtype == np.float32 and len(labels["labels"]) == len(inputs["input_ids"])
+        if problem_type == "multi_label_classification":
+            assert labels["labels"].shape == (len(inputs["input_ids"]), 2)
+            assert set(np.unique(labels["labels"])) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("problem_type", PROBLEM_TYPES)
+@pytest.mark.parametrize("framework", [pytest.param(f, marks=pytest.mark.skipif(
+    not installed(f), reason=f"{f} not installed")) for f in FRAMEWORKS])
+def test_problem_type_gradients_match_reference(tmp_path, problem_type, framework):
+    """MSE (regression) and BCEWithLogits (multi-label) losses and every gradient against the reference PyTorch's.
+    TF follows the reference PyTorch's problem_type (the reference TF has none: docs/tolerances.md)."""
+    ref_loss, labels, ref_grads, inputs = problem_type_case(problem_type, tmp_path)
+    runner = REGISTRY[framework]
+    execution = runner.backward(str(tmp_path), "sequence-classification", "float32", inputs, labels, runner.cpu())
+    loss = float(execution.outputs["loss"])
+    assert abs(loss - ref_loss) <= FIXTURE_FRACTION * FP32_THRESHOLDS["logits"], (loss, ref_loss)
+    grads = {k[len(GRAD_PREFIX):]: v for k, v in execution.outputs.items() if k.startswith(GRAD_PREFIX)}
+    assert set(grads) == set(ref_grads)
+    bound = FIXTURE_FRACTION * FP32_GRAD_THRESHOLDS["grad"]
+    worst = {n: float(np.abs(grads[n].astype(np.float64) - ref).max()) for n, ref in ref_grads.items()}
+    failing = {n: d for n, d in worst.items() if not d <= bound}
+    assert not failing, f"{framework} {problem_type}: gradients over {bound:.1e}: {failing}"
+    assert np.abs(ref_grads["classifier.weight"]).max() > 100 * bound  # the head's gradient is not ~0
+
+
 def parity(tmp_path, *args: str, name: str = "report") -> tuple[int, dict]:
     report = tmp_path / f"{name}.json"
     code = cli.main([*args, "--json", str(report), "--quiet"])
@@ -315,3 +372,175 @@ def test_train_steps_adamw_zero_gradient_parameters(tmp_path):
     assert bias["atol"] == pytest.approx(2 * 1e-3 * 3) and "gradient zero" in bias["note"]
     others = [t for t in pair["tensors"] if t["name"].startswith("weights/") and not t["note"]]
     assert others and all(t["atol"] == FP32_TRAIN_THRESHOLDS["weights"] for t in others)
+
+
+# === --batch-size B: --train-steps cycles over batches of B rows, the same in every framework ===
+
+def test_split_batches():
+    from deberta_xf.frameworks import split_batches
+
+    inputs = {"input_ids": np.arange(10).reshape(5, 2), "attention_mask": np.ones((5, 2), np.int64)}
+    labels = {"labels": np.arange(5)}
+    batches = split_batches(inputs, labels, 2)
+    assert [b[1]["labels"].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
+    assert [b[0]["input_ids"][:, 0].tolist() for b in batches] == [[0, 2], [4, 6], [8]]
+    (whole,) = split_batches(inputs, labels, None)
+    assert whole[0]["input_ids"] is not None and len(whole[1]["labels"]) == 5
+
+
+def test_batch_size_bad_usage():
+    case = os.path.join(REFERENCE, "v3", "sequence-classification")
+    assert cli.main([case, "--batch-size", "2"]) == 2                         # without --train-steps
+    assert cli.main([case, "--train-steps", "2", "--batch-size", "0"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not installed("flax"), reason="flax not installed")
+def test_batches_loss_curves_and_plot(tmp_path, monkeypatch):
+    """--train-steps 3 --batch-size 2 on the 4 rows of deterministic inputs: steps 0 and 2 run the first batch,
+    step 1 the second, so the loss jumps between steps. Flax given the second batch's labels flipped at step 1 only:
+    the curves part at step 1, the report gives both curves, the Markdown table and the plot's loss panel show them."""
+    case = os.path.join(REFERENCE, "v3", "sequence-classification")
+    flax = REGISTRY["flax"]
+    original, calls = flax.train_step, []
+
+    def flipped_at_step_1(model, optimizer, inputs, labels, device=None):
+        calls.append(len(labels["labels"]))
+        if len(calls) == 2:
+            labels = {"labels": 1 - labels["labels"]}
+        return original(model, optimizer, inputs, labels, device)
+
+    monkeypatch.setattr(flax, "train_step", flipped_at_step_1)
+    code, report = parity(tmp_path, case, "--frameworks", "torch,flax", "--train-steps", "3", "--batch-size", "2",
+                          "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png"))
+    assert code == 1 and report["inputs"]["shape"][0] == 4 and calls == [2, 2, 2]
+    assert report["inputs"]["training"] == {"steps": 3, "optimizer": "sgd", "lr": 1e-3, "batch_size": 2,
+                                            "batches": 2}
+    (pair,) = report["comparisons"]
+    curves = pair["train_loss"]
+    assert curves["parted_at"] == 1 and pair["first_diverging_layer"].startswith("loss before step 1")
+    torch_curve, flax_curve = curves["reference"], curves["candidate"]
+    assert abs(torch_curve[0] - flax_curve[0]) <= FP32_TRAIN_THRESHOLDS["train_loss"]
+    assert abs(torch_curve[1] - flax_curve[1]) > 20 * FP32_TRAIN_THRESHOLDS["train_loss"]  # flipped labels
+    assert abs(torch_curve[1] - torch_curve[0]) > 0.1                  # a different batch, not a step's change
+    assert "the loss curves part at step 1" in (tmp_path / "r.md").read_text()
+    png = (tmp_path / "r.png").read_bytes()
+    height = int.from_bytes(png[20:24], "big")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and height == 2 * 4 * 110  # hidden states + loss panel
+
+
+# === --backward / --train-steps with --save-outputs / --compare-to ===
+
+def _perturbed(src, dst, key: str, delta: float) -> None:
+    """A copy of a recording with ``delta`` added to one element of array ``key``."""
+    with np.load(src, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[0] += delta
+    np.savez(dst, **arrays)
+
+
+def test_training_recording_round_trip_and_fault(tmp_path):
+    """torch records --backward --train-steps (labels, loss, gradients, loss curve, final weights); torch compared
+    against it passes; a recording with one gradient moved by 1e-3 fails and names that gradient; a run with other
+    training flags, or --labels, is refused (exit 2)."""
+    from deberta_xf.parity.recording import load_recording
+
+    case = os.path.join(REFERENCE, "v3", "sequence-classification")
+    flags = ["--backward", "--train-steps", "2", "--batch-size", "2"]
+    rec = tmp_path / "torch.npz"
+    code, _ = parity(tmp_path, case, "--frameworks", "torch", *flags, "--save-outputs", str(rec))
+    assert code == 0
+    recording = load_recording(str(rec))
+    assert recording.training == {"backward": True, "train_steps": 2, "optimizer": "sgd", "lr": 1e-3,
+                                  "batch_size": 2}
+    outputs = recording.frameworks[0].outputs
+    config = DebertaV2Config.from_json_file(os.path.join(case, "config.json"))
+    names = expected_shapes(config, "sequence-classification")
+    assert {GRAD_PREFIX + n for n in names} | {"weights/" + n for n in names} | {"loss", "train_loss.1"} <= set(outputs)
+    from deberta_xf.parity.inputs import builtin_labels
+
+    expected_labels = builtin_labels(recording.inputs, config, "sequence-classification")["labels"]
+    assert recording.labels["labels"].tolist() == expected_labels.tolist()  # the labels the gradients were taken on
+
+    code, report = parity(tmp_path, case, "--frameworks", "torch", *flags, "--compare-to", str(rec), name="clean")
+    assert code == 0 and report["inputs"]["labels"]["source"] == "recording"
+    (pair,) = report["comparisons"]
+    assert pair["pair"] == "torch@cpu(recorded) vs torch@cpu" and pair["gradients"]["failed"] == 0
+    assert pair["train_loss"]["parted_at"] is None
+
+    bad = tmp_path / "bad.npz"
+    _perturbed(rec, bad, "outputs.torch.grad/pooler.dense.weight", 1e-3)
+    code, report = parity(tmp_path, case, "--frameworks", "torch", *flags, "--compare-to", str(bad), name="bad")
+    assert code == 1
+    (pair,) = report["comparisons"]
+    assert [t["name"] for t in pair["tensors"] if not t["passed"]] == ["grad/pooler.dense.weight"]
+    assert pair["gradients"]["worst"] == "pooler.dense.weight"
+    assert pair["first_diverging_layer"] == "head: pooler.dense.weight"
+
+    assert cli.main([case, "--frameworks", "torch", "--backward", "--compare-to", str(rec)]) == 2
+    assert cli.main([case, "--frameworks", "torch", *flags[:-1], "3", "--compare-to", str(rec)]) == 2
+    np.savez(tmp_path / "labels.npz", labels=np.zeros(3, np.int64))
+    assert cli.main([case, "--frameworks", "torch", *flags, "--compare-to", str(rec), "--labels",
+                     str(tmp_path / "labels.npz")]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not installed("flax"), reason="flax not installed")
+def test_training_recording_torch_then_flax(tmp_path):
+    """Recorded with torch, compared with Flax later (another machine's recording): gradients, loss curve and
+    final weights agree within the fp32 gradient / training tolerances."""
+    case = os.path.join(REFERENCE, "v3", "token-classification")
+    flags = ["--backward", "--train-steps", "2", "--optimizer", "adamw"]
+    rec = tmp_path / "torch.npz"
+    assert parity(tmp_path, case, "--frameworks", "torch", *flags, "--save-outputs", str(rec))[0] == 0
+    code, report = parity(tmp_path, case, "--frameworks", "flax", *flags, "--compare-to", str(rec), name="flax")
+    assert code == 0, [c for c in report["checks"] if c["status"] == "failed"]
+    (pair,) = report["comparisons"]
+    assert pair["pair"] == "torch@cpu(recorded) vs flax@cpu"
+    config = DebertaV2Config.from_json_file(os.path.join(case, "config.json"))
+    assert pair["gradients"]["compared"] == len(expected_shapes(config, "token-classification"))
+    assert pair["final_weights"]["compared"] == len(expected_shapes(config, "token-classification"))
+    assert len(pair["train_loss"]["candidate"]) == 2 and pair["train_loss"]["parted_at"] is None
+
+
+TRAINING = {"backward": True, "train_steps": 2, "optimizer": "sgd", "lr": 1e-3, "batch_size": None}
+
+
+@pytest.mark.parametrize(("training", "labels", "fragment"), [
+    (dict(TRAINING, train_steps="2"), True, "training.train_steps"),
+    (dict(TRAINING, backward=1), True, "training.backward"),
+    (dict(TRAINING, batch_size=True), True, "training.batch_size"),
+    ([1], True, "'training' is a list"),
+    (TRAINING, False, "no 'labels.*' keys"),
+])
+def test_training_recording_validated(tmp_path, training, labels, fragment):
+    """A recording's training fields and labels are checked like the rest (DebertaXfError naming the file and field)."""
+    from deberta_xf.errors import DebertaXfError
+    from deberta_xf.parity.recording import load_recording, save_recording
+
+    path = str(tmp_path / "rec.npz")
+    meta = {"task": "sequence-classification", "dtype": "float32", "config": {}, "training": training,
+            "frameworks": {"torch": {"device": "cpu", "device_name": "cpu", "versions": {}, "weights_file": "w"}}}
+    save_recording(path, meta, {"input_ids": np.ones((2, 4), np.int64), "attention_mask": np.ones((2, 4), np.int64)},
+                   {"torch": {"grad/classifier.weight": np.zeros((2, 8), np.float32)}},
+                   {"labels": np.zeros(2, np.int64)} if labels else None)
+    with pytest.raises(DebertaXfError) as info:
+        load_recording(path)
+    assert path in str(info.value) and fragment in str(info.value)
+
+
+def test_training_recording_labels_must_be_numbers(tmp_path):
+    from deberta_xf.errors import DebertaXfError
+    from deberta_xf.parity.recording import load_recording, save_recording
+
+    path = str(tmp_path / "rec.npz")
+    meta = {"task": "sequence-classification", "dtype": "float32", "config": {}, "training": TRAINING,
+            "frameworks": {"torch": {"device": "cpu", "device_name": "cpu", "versions": {}, "weights_file": "w"}}}
+    inputs = {"input_ids": np.ones((2, 4), np.int64), "attention_mask": np.ones((2, 4), np.int64)}
+    outputs = {"torch": {"loss": np.zeros((), np.float32)}}
+    save_recording(path, meta, inputs, outputs, {"labels": np.array([0.5, 1.0], np.float32)})
+    assert load_recording(path).labels["labels"].tolist() == [0.5, 1.0]  # float targets are labels too
+    save_recording(path, meta, inputs, outputs, {"labels": np.array(["a", "b"])})
+    with pytest.raises(DebertaXfError, match="labels.labels.*numbers"):
+        load_recording(path)
