@@ -37,7 +37,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype (parameters stay float32 in Flax)")
+                        help="parameter and compute dtype (as model.to(dtype) in PyTorch)")
     parser.add_argument("--batch", type=int, help="one shape: batch size (with --seq)")
     parser.add_argument("--seq", type=int, help="one shape: sequence length (with --batch)")
     parser.add_argument("--shapes", default="8x128,1x512", help="BATCHxSEQ list, used without --batch/--seq")

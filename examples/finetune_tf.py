@@ -32,7 +32,8 @@ def main(checkpoint: str, output: str) -> None:
     optimizer = keras.optimizers.AdamW(learning_rate=LR, weight_decay=0.01)
     for step in range(STEPS):
         with tf.GradientTape() as tape:
-            loss = model(**batch, labels=labels, training=True).loss  # dropout on
+            # dropout on; the loss is per example ([batch]) as in the reference TF: its mean is what Keras minimises
+            loss = tf.reduce_mean(model(**batch, labels=labels, training=True).loss)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         print(f"step {step}: loss {float(loss):.4f}")

@@ -83,7 +83,10 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """A model output -> ``{"logits": ..., "hidden_states.0": ..., "attentions.1": ...}`` as numpy."""
+    """A model output -> ``{"logits": ..., "hidden_states.0": ..., "attentions.1": ...}`` as numpy.
+
+    ``loss`` becomes one number, its mean: TF returns the reference TF's per-example ([batch]) or (1,)-shaped loss,
+    whose mean (what Keras minimises) is the scalar loss of PyTorch and Flax."""
     flat: dict[str, np.ndarray] = {}
     for key, value in outputs.items():
         if value is None:
@@ -91,6 +94,8 @@ def flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if isinstance(value, (tuple, list)):
             for i, v in enumerate(value):
                 flat[f"{key}.{i}"] = to_numpy(v)
+        elif key == "loss":
+            flat[key] = np.asarray(to_numpy(value).mean(), np.float32)
         else:
             flat[key] = to_numpy(value)
     return flat
@@ -313,6 +318,7 @@ def divergence(results: list[Comparison]) -> str | None:
         return None
     return f"head ({failing[0]}); every hidden state matches" if any(
         r.name.startswith("hidden_states.") for r in results) else failing[0]
+
 
 def positive_float_arg(flag: str):
     """An argparse ``type`` for a tolerance or rate option: a positive finite number, or a usage error naming ``flag``."""

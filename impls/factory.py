@@ -30,5 +30,5 @@ def create_model(framework: str, task: str = "base", *, checkpoint: str | os.Pat
         raise ValueError("create_model needs a checkpoint or a config")
     cfg = resolve_config(None, config)
     if kwargs:
-        cfg = type(cfg).from_dict({**cfg.to_dict(), **kwargs})
+        cfg = type(cfg).from_dict(cfg.to_dict(), **kwargs)
     return cls.from_config(cfg, dtype=dtype)

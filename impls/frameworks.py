@@ -57,6 +57,7 @@ class Framework(abc.ABC):
     default_format = ""              # what save_pretrained / `convert --to` writes
     formats: tuple[str, ...] = ()    # what it can write (--format)
     search_order: tuple[str, ...] = ()  # the weights file it loads from a checkpoint directory: its own first
+    attn_implementations: tuple[str, ...] = ("eager",)  # what attn_implementation= may pick (docs/attention.md)
 
     @property
     def extra(self) -> str:
@@ -122,9 +123,19 @@ class Framework(abc.ABC):
     def device_scope(self, device: Device | None) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
-    def load(self, checkpoint: str, task: str, dtype: Any = None, device: Device | None = None, config: Any = None):
-        """``from_pretrained`` of the task's class (the checkpoint directory's own file first, DESIGN §1)."""
-        return self.model_class(task).from_pretrained(checkpoint, config=config, dtype=dtype)
+    def attention_implementation(self, requested: str | None) -> str:
+        """The attention implementation a run asked for ``requested`` uses: the request where the framework has it,
+        else eager (TF has only eager)."""
+        return requested if requested in self.attn_implementations else "eager"
+
+    def load(self, checkpoint: str, task: str, dtype: Any = None, device: Device | None = None, config: Any = None,
+             attn_implementation: str | None = None):
+        """``from_pretrained`` of the task's class (the checkpoint directory's own file first, DESIGN §1), with
+        :meth:`attention_implementation` of ``attn_implementation``."""
+        extra = {}
+        if self.attention_implementation(attn_implementation) != "eager":
+            extra["attn_implementation"] = attn_implementation
+        return self.model_class(task).from_pretrained(checkpoint, config=config, dtype=dtype, **extra)
 
     @abc.abstractmethod
     def forward(self, model, inputs: dict[str, np.ndarray], device: Device | None = None,
@@ -149,12 +160,12 @@ class Framework(abc.ABC):
         stands in for a task loss: ``sum(last_hidden_state * hidden_target * attention_mask) / sum(attention_mask)``."""
 
     def backward(self, checkpoint: str, task: str, dtype: str, inputs: dict[str, np.ndarray],
-                 labels: dict[str, np.ndarray], device: Device) -> Execution:
+                 labels: dict[str, np.ndarray], device: Device, attn_implementation: str | None = None) -> Execution:
         """Load ``checkpoint`` and compute loss and gradients with pinned precision on ``device``; the outputs are
         ``{"loss": ..., "grad/<canonical name>": ...}``."""
         start = time.perf_counter()
         with self.precision(dtype), self.device_scope(device):
-            model = self.load(checkpoint, task, dtype, device)
+            model = self.load(checkpoint, task, dtype, device, attn_implementation=attn_implementation)
             loss, grads = self.loss_and_gradients(model, inputs, labels, device)
         outputs = {"loss": np.asarray(loss, np.float32)}
         outputs.update({GRAD_PREFIX + name: grads[name] for name in sorted(grads)})
@@ -172,27 +183,30 @@ class Framework(abc.ABC):
         """One optimizer step on the task loss (dropout off); the loss before the step."""
 
     def train(self, checkpoint: str, task: str, dtype: str, inputs: dict[str, np.ndarray],
-              labels: dict[str, np.ndarray], device: Device, steps: int, optimizer: str, lr: float) -> Execution:
-        """``steps`` optimizer steps on the same batch from the checkpoint's weights; the outputs are the loss
+              labels: dict[str, np.ndarray], device: Device, steps: int, optimizer: str, lr: float,
+              batch_size: int | None = None, attn_implementation: str | None = None) -> Execution:
+        """``steps`` optimizer steps from the checkpoint's weights, step i on batch ``i % len(batches)`` of
+        :func:`split_batches` (``batch_size`` None: every step on the whole batch); the outputs are the loss
         before each step (``train_loss.<i>``) and the final weights (``weights/<canonical name>``)."""
         start = time.perf_counter()
+        batches = split_batches(inputs, labels, batch_size)
         with self.precision(dtype), self.device_scope(device):
-            model = self.load(checkpoint, task, dtype, device)
+            model = self.load(checkpoint, task, dtype, device, attn_implementation=attn_implementation)
             opt = self.optimizer(model, optimizer, lr)
-            losses = [self.train_step(model, opt, inputs, labels, device) for _ in range(steps)]
+            losses = [self.train_step(model, opt, *batches[i % len(batches)], device) for i in range(steps)]
             state = model.canonical_state()
         outputs = {f"{TRAIN_LOSS_PREFIX}{i}": np.asarray(v, np.float32) for i, v in enumerate(losses)}
         outputs.update({WEIGHTS_PREFIX + name: np.asarray(state[name], np.float32) for name in sorted(state)})
         return Execution(outputs, "", device, time.perf_counter() - start)
 
     def run(self, checkpoint: str, task: str, dtype: str, inputs: dict[str, np.ndarray], device: Device,
-            attentions: bool = False) -> Execution:
+            attentions: bool = False, attn_implementation: str | None = None) -> Execution:
         """Load and run a checkpoint with pinned precision on ``device``; the outputs and the file it loaded."""
         from deberta_xf.formats import find_weights
 
         start = time.perf_counter()
         with self.precision(dtype), self.device_scope(device):
-            model = self.load(checkpoint, task, dtype, device)
+            model = self.load(checkpoint, task, dtype, device, attn_implementation=attn_implementation)
             outputs = self.outputs(model, inputs, device, attentions)
         # The file the model says it loaded; the loading rule's answer for implementations that do not say.
         weights = getattr(model, "weights_path", None) or find_weights(checkpoint, self.name)[0]
@@ -207,6 +221,7 @@ class Torch(Framework):
     default_format = "safetensors"
     formats = ("safetensors", "bin")
     search_order = ("safetensors", "bin", "tf_h5", "keras_h5", "msgpack")
+    attn_implementations = ("eager", "sdpa", "fused")
 
     def gpu(self) -> Device | None:
         import torch
@@ -235,8 +250,8 @@ class Torch(Framework):
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
             torch.set_float32_matmul_precision(saved[2])
 
-    def load(self, checkpoint, task, dtype=None, device=None, config=None):
-        model = super().load(checkpoint, task, dtype, device, config)
+    def load(self, checkpoint, task, dtype=None, device=None, config=None, attn_implementation=None):
+        model = super().load(checkpoint, task, dtype, device, config, attn_implementation)
         return model if device is None else model.to(device.handle)
 
     def forward(self, model, inputs, device=None, attentions=False):
@@ -353,7 +368,7 @@ class TF(Framework):
                 loss = tf.reduce_sum(hidden * tf.cast(labels["hidden_target"], hidden.dtype) * mask) / \
                     tf.reduce_sum(mask)
             else:
-                loss = tf.reduce_mean(out.loss)  # a scalar already; mean of a per-example loss otherwise
+                loss = tf.reduce_mean(out.loss)  # the reference TF's [batch] or (1,) loss -> its mean
         grads = tape.gradient(loss, list(variables.values()))
         from deberta_xf.schema import from_framework as schema_from_framework
 
@@ -393,6 +408,7 @@ class Flax(Framework):
     default_format = "msgpack"
     formats = ("msgpack", "safetensors")
     search_order = ("msgpack", "safetensors", "bin", "tf_h5", "keras_h5")
+    attn_implementations = ("eager", "sdpa", "fused")
 
     def gpu(self) -> Device | None:
         import jax
@@ -478,6 +494,16 @@ class Flax(Framework):
         optimizer.update(model, grads)
         return float(loss)
 
+
+
+def split_batches(inputs: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                  batch_size: int | None = None) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """The rows of ``inputs`` and ``labels`` in consecutive batches of ``batch_size`` (the last may be smaller);
+    None: one batch of every row."""
+    rows = len(inputs["input_ids"])
+    size = batch_size or rows
+    return [({k: v[i:i + size] for k, v in inputs.items()}, {k: v[i:i + size] for k, v in labels.items()})
+            for i in range(0, rows, size)]
 
 
 REGISTRY: dict[str, Framework] = {f.name: f for f in (Torch(), TF(), Flax())}

@@ -6,18 +6,11 @@ ConfigTester's calls, which need no reference."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
 import json
 
 import numpy as np
 import pytest
-
-# torch's compiler stack (imported by the reference's modeling) loads triton, whose LLVM clashes with the one of
-# TensorFlow and XLA when it comes after them: load it first.
-with contextlib.suppress(ImportError):
-    importlib.import_module("torch._dynamo")
 
 import deberta_xf
 from deberta_xf.configuration import _DEFAULTS, DebertaV2Config

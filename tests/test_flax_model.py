@@ -232,17 +232,67 @@ def test_losses_follow_the_pytorch_rules():
 
 # ----------------------------------------------------------------------------------------------------------------
 # dtype
-def test_bfloat16_compute_with_float32_parameters():
+def _param_dtypes(model) -> set:
+    return {v.dtype for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_dtype_is_the_parameter_dtype_in_every_spelling():
+    """``dtype`` is the parameters' dtype (DESIGN §1), whatever its spelling; ``.dtype`` says which."""
+    import importlib
+
+    others = [importlib.import_module(module) for name, module in (("torch", "torch"), ("tf", "tensorflow"))
+              if REGISTRY[name].available() is None]
     case = load_case("v3", "sequence-classification")
-    model = deberta_xf.FlaxDebertaV2ForSequenceClassification.from_pretrained(case.directory, dtype="bfloat16")
-    assert {v.dtype for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
-    out = model(**case.inputs, output_hidden_states=True)
-    assert out.logits.dtype == jnp.bfloat16 and out.hidden_states[-1].dtype == jnp.bfloat16
+    cls = deberta_xf.FlaxDebertaV2ForSequenceClassification
+    for spelling in ["bfloat16", "bf16", jnp.bfloat16] + [m.bfloat16 for m in others]:  # torch / TF dtype objects
+        model = cls.from_pretrained(case.directory, dtype=spelling)
+        assert model.dtype == jnp.bfloat16 and _param_dtypes(model) == {jnp.dtype(jnp.bfloat16)}, spelling
+    for spelling in ["float16", np.float16, np.dtype("float16")] + [m.float16 for m in others]:
+        assert _param_dtypes(cls.from_pretrained(case.directory, dtype=spelling)) == {jnp.dtype(jnp.float16)}
+    for spelling in (None, "float32", jnp.float32):
+        model = cls.from_pretrained(case.directory, dtype=spelling)
+        assert model.dtype == jnp.float32 and _param_dtypes(model) == {jnp.dtype(jnp.float32)}, spelling
+    model = cls.from_config(model.config, dtype="bfloat16", seed=0)  # random init, then cast (as model.to(dtype))
+    assert model.dtype == jnp.bfloat16 and _param_dtypes(model) == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_bfloat16_outputs_within_bf16_tolerance_of_the_reference():
+    """bf16 parameters compute in bf16 (by default) within the bf16 thresholds of the fp32 reference; a separate
+    ``compute_dtype`` computes in another dtype than the parameters'."""
+    from deberta_xf.compare import BF16_THRESHOLDS
+
+    case = load_case("v3", "sequence-classification")
+    cls = deberta_xf.FlaxDebertaV2ForSequenceClassification
     keep = case.attention_mask.astype(bool)
-    hidden_err = np.abs(np.asarray(out.hidden_states[-1], np.float32) - case.pt["hidden_states.2"])[keep].max()
-    logits_err = np.abs(np.asarray(out.logits, np.float32) - case.pt["logits"]).max()
-    assert 0 < hidden_err < 0.1 and logits_err < 0.05, (hidden_err, logits_err)
-    assert np.isfinite(float(out.loss)) and abs(float(out.loss) - float(case.pt["loss"])) < 0.05
+    for dtype, compute, out_dtype in (("bfloat16", None, jnp.bfloat16), ("bfloat16", "float32", jnp.float32),
+                                      ("float32", "bfloat16", jnp.bfloat16)):
+        model = cls.from_pretrained(case.directory, dtype=dtype, compute_dtype=compute)
+        assert model.dtype == jnp.dtype(dtype) and _param_dtypes(model) == {jnp.dtype(dtype)}
+        assert model.compute_dtype == out_dtype
+        out = model(**case.inputs, output_hidden_states=True)
+        assert out.logits.dtype == out_dtype and out.hidden_states[-1].dtype == out_dtype, (dtype, compute)
+        hidden_err = np.abs(np.asarray(out.hidden_states[-1], np.float32) - case.pt["hidden_states.2"])[keep].max()
+        logits_err = np.abs(np.asarray(out.logits, np.float32) - case.pt["logits"]).max()
+        assert 0 < hidden_err < BF16_THRESHOLDS["hidden"] and 0 < logits_err < BF16_THRESHOLDS["logits"], \
+            (dtype, compute, hidden_err, logits_err)
+        assert abs(float(out.loss) - float(case.pt["loss"])) < BF16_THRESHOLDS["logits"]
+
+
+def test_dtype_auto_takes_the_checkpoints(tmp_path):
+    """``dtype="auto"``: a bf16 checkpoint (written by a bf16 model, both formats) loads in bf16; without a dtype it
+    loads in float32, values unchanged."""
+    case = load_case("v3", "sequence-classification")
+    cls = deberta_xf.FlaxDebertaV2ForSequenceClassification
+    bf16 = cls.from_pretrained(case.directory, dtype="bfloat16")
+    assert cls.from_pretrained(case.directory, dtype="auto").dtype == jnp.float32
+    for fmt in ("msgpack", "safetensors"):
+        bf16.save_pretrained(tmp_path / fmt, format=fmt)
+        auto = cls.from_pretrained(tmp_path / fmt, dtype="auto")
+        assert auto.dtype == jnp.bfloat16 and _param_dtypes(auto) == {jnp.dtype(jnp.bfloat16)}, fmt
+        default = cls.from_pretrained(tmp_path / fmt)
+        assert default.dtype == jnp.float32
+        for name, value in bf16.canonical_state().items():
+            np.testing.assert_array_equal(default.canonical_state()[name], value.astype(np.float32), err_msg=name)
 
 
 # ----------------------------------------------------------------------------------------------------------------

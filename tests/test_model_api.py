@@ -435,3 +435,116 @@ def test_resize_token_embeddings_keeps_the_old_vocabulary(fw, legacy, tie, tmp_p
     model.save_pretrained(tmp_path)
     again = cls.from_pretrained(tmp_path)
     np.testing.assert_array_equal(to_numpy(again(input_ids=ids).logits), to_numpy(model(input_ids=ids).logits))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TF: the reference TF's embedding getters / setters, get_bias / set_bias / get_lm_head, gradient checkpointing
+@pytest.fixture
+def tf_mod():
+    if _unavailable("tf"):
+        pytest.skip("tf implementation unavailable")
+    return REGISTRY["tf"].implementation()
+
+
+def _tf_mlm_logits(model, ids, table: np.ndarray) -> np.ndarray:
+    """The legacy tied head by hand: transform(hidden) @ table^T + bias."""
+    head = model.get_lm_head()
+    hidden = model.deberta(input_ids=ids).last_hidden_state
+    return np.asarray(head.transform(hidden)) @ table.T + np.asarray(head.bias)
+
+
+def test_tf_input_and_output_embeddings(tf_mod, tmp_path):
+    """set_input_embeddings takes a [vocab, E] table (the reference TF's tf.Variable, or an array, or our embedding
+    layer); the variable keeps its path, the tied decoder follows it, and the model saves and reloads."""
+    import tensorflow as tf
+
+    model = tf_mod.TFDebertaV2ForMaskedLM.from_config(tiny_config(), seed=0)
+    emb = model.get_input_embeddings()
+    path = emb.embeddings.path
+    assert emb.weight is emb.embeddings and model.get_output_embeddings() is emb
+    bias = model.get_bias()
+    assert set(bias) == {"bias"} and isinstance(bias["bias"], tf.Variable)  # the reference TF's type
+    assert bias["bias"] is model.cls.predictions.bias.value and model.get_lm_head() is model.cls.predictions
+    ids = np.array([[1, 2, 3, 4]])
+    new = np.random.default_rng(1).normal(size=(TINY["vocab_size"], TINY["hidden_size"])).astype(np.float32)
+    model.set_input_embeddings(tf.Variable(new))
+    assert model.get_input_embeddings() is emb and emb.embeddings.path == path
+    np.testing.assert_array_equal(emb.weight.numpy(), new)
+    np.testing.assert_allclose(model(input_ids=ids).logits.numpy(), _tf_mlm_logits(model, ids, new), atol=1e-5)
+    # a bigger vocabulary, with its bias: config.vocab_size follows, the tied decoder too, and it saves
+    bigger = np.concatenate([new, new[:6] * 2])
+    model.set_input_embeddings(bigger)
+    model.set_bias({"bias": np.arange(56, dtype=np.float32) / 100})
+    assert model.config.vocab_size == 56 and model.get_bias()["bias"].shape == (56,)
+    logits = model(input_ids=ids).logits.numpy()
+    np.testing.assert_allclose(logits, _tf_mlm_logits(model, ids, bigger), atol=1e-5)
+    assert len(model.canonical_variables()) == len(model.weights)  # no stray variable
+    model.save_pretrained(tmp_path)
+    np.testing.assert_array_equal(tf_mod.TFDebertaV2ForMaskedLM.from_pretrained(tmp_path)(input_ids=ids).logits,
+                                  logits)
+    # tied: set_output_embeddings sets the word embeddings, as the reference TF
+    model.set_output_embeddings(bigger[::-1])
+    np.testing.assert_array_equal(model.get_input_embeddings().weight.numpy(), bigger[::-1])
+    with pytest.raises(ValueError, match=r"\[vocab, 16\]"):
+        model.set_input_embeddings(np.zeros((50, 8), np.float32))
+    for task in ("sequence-classification", "question-answering"):
+        other = tf_mod.MODEL_CLASSES[task].from_config(tiny_config(), seed=0)
+        assert other.get_output_embeddings() is None and other.get_bias() is None and other.get_lm_head() is None
+        assert other.get_input_embeddings().weight.shape == (TINY["vocab_size"], TINY["hidden_size"])
+
+
+def test_tf_untied_decoder_set_output_embeddings(tf_mod):
+    model = tf_mod.TFDebertaV2ForMaskedLM.from_config(tiny_config(tie_word_embeddings=False), seed=0)
+    decoder = model.get_output_embeddings()
+    assert decoder is model.cls.predictions.decoder and decoder is not model.get_input_embeddings()
+    words = model.get_input_embeddings().weight.numpy().copy()
+    table = np.random.default_rng(2).normal(size=(TINY["vocab_size"], TINY["hidden_size"])).astype(np.float32)
+    model.set_output_embeddings(table)  # canonical [vocab, E]
+    np.testing.assert_array_equal(decoder.kernel.numpy(), table.T)
+    np.testing.assert_array_equal(model.get_input_embeddings().weight.numpy(), words)  # untouched
+    ids = np.array([[1, 2, 3]])
+    head = model.get_lm_head()
+    hidden = np.asarray(head.transform(model.deberta(input_ids=ids).last_hidden_state))
+    np.testing.assert_allclose(model(input_ids=ids).logits.numpy(), hidden @ table.T + np.asarray(head.bias),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["masked-lm", "sequence-classification"])
+def test_tf_gradient_checkpointing_keeps_gradients(tf_mod, task):
+    """tf.recompute_grad around each layer: the same loss, gradients and attentions, eagerly and in a tf.function,
+    and in training (dropout) with the same seed, on a fixture checkpoint (v2-conv: nGiE conv beside layer 0,
+    relative embeddings with LayerNorm)."""
+    import tensorflow as tf
+
+    case = load_case("v2-conv", task)
+    model = tf_mod.MODEL_CLASSES[task].from_pretrained(case.directory)
+
+    assert model.config.hidden_dropout_prob > 0 and model.config.attention_probs_dropout_prob > 0
+
+    def run(training=False):
+        tf.random.set_seed(0)  # training: the same dropout masks in both runs
+        with tf.GradientTape() as tape:
+            out = model(**case.inputs, output_attentions=True, training=training)
+            loss = tf.reduce_mean(out.loss)
+        grads = tape.gradient(loss, model.trainable_variables)
+        return loss, [tf.convert_to_tensor(g) for g in grads], out.attentions
+
+    loss, plain, attentions = run()
+    training = run(training=True)
+    assert abs(float(training[0]) - float(loss)) > 1e-4  # dropout is on
+    assert not model.is_gradient_checkpointing
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing and model.deberta.encoder.gradient_checkpointing
+    # with dropout, the recomputed layers draw the masks of the forward pass again
+    np.testing.assert_allclose(run(training=True)[0].numpy(), training[0].numpy(), rtol=0, atol=1e-6)
+    for a, b in zip(training[1], run(training=True)[1]):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-6, err_msg="training")
+    for how, (loss2, checkpointed, attentions2) in (("eager", run()), ("tf.function", tf.function(run)())):
+        assert float(loss2) == pytest.approx(float(loss), abs=1e-6), how
+        assert len(checkpointed) == len(plain) == len(model.trainable_variables)
+        for v, a, b in zip(model.trainable_variables, plain, checkpointed):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-6, err_msg=f"{how}: {v.path}")
+        for a, b in zip(attentions, attentions2):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-6, err_msg=how)
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing

@@ -34,6 +34,10 @@ REFERENCE_RUNNER = r"""
 import json, os, sys
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+try:  # triton (loaded by torch, which transformers imports) must come before TensorFlow: both bundle LLVM
+    import triton  # noqa: F401
+except ImportError:
+    pass
 import numpy as np
 import tensorflow as tf
 import transformers

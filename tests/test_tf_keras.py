@@ -126,3 +126,78 @@ def test_compile_fit_evaluate_predict_with_the_models_own_loss(task):
     predicted = model.predict(x, batch_size=4, verbose=0)
     field = "start_logits" if task == "question-answering" else "logits"
     np.testing.assert_allclose(predicted[field], model(x)[field].numpy(), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The calls transformers' tests/models/deberta_v2/test_modeling_tf_deberta_v2.py (and its TFModelTesterMixin) make
+UPSTREAM = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                max_position_embeddings=512, type_vocab_size=16, relative_attention=False,
+                position_biased_input=True, initializer_range=0.02, return_dict=True)
+LOSS_SHAPES = {"masked-lm": [1], "token-classification": [1], "sequence-classification": [13],
+               "question-answering": [13], "multiple-choice": [13]}
+
+
+def _upstream_inputs():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    ids = tf.constant(rng.integers(0, 99, (13, 7)), tf.int32)
+    mask = tf.constant(np.concatenate([np.ones((13, 1)), rng.integers(0, 2, (13, 6))], 1), tf.int32)
+    types = tf.constant(rng.integers(0, 16, (13, 7)), tf.int32)
+    return ids, mask, types
+
+
+def test_upstream_model_calls(tmp_path):
+    """TFDebertaV2Model(config=...), a list of inputs, bare ids, ``model(...)[0]``, the config's return_dict, and
+    save_pretrained(saved_model=False) / from_pretrained giving the same outputs."""
+    ids, mask, types = _upstream_inputs()
+    model = tfm.TFDebertaV2Model(config=deberta_xf.DebertaV2Config(**UPSTREAM))
+    assert model([ids, mask]).last_hidden_state.shape == (13, 7, 32)
+    out = model(ids, attention_mask=mask)
+    assert model(ids).last_hidden_state.shape == (13, 7, 32)
+    np.testing.assert_array_equal(out[0].numpy(), out.last_hidden_state.numpy())
+    model.save_pretrained(tmp_path, saved_model=False)
+    assert os.path.exists(tmp_path / "config.json") and os.path.exists(tmp_path / "tf_model.h5")
+    again = tfm.TFDebertaV2Model.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(again(ids, attention_mask=mask)[0].numpy(), out[0].numpy())
+    with pytest.raises(NotImplementedError, match="saved_model=True"):
+        model.save_pretrained(tmp_path, saved_model=True)
+
+
+@pytest.mark.parametrize("task", list(LOSS_SHAPES))
+def test_upstream_heads_and_loss_computation(task):
+    """Each head on a dict of inputs (the upstream shapes), and TFModelTesterMixin.test_loss_computation's rules:
+    the loss is [batch] or [1], the same with the labels as a keyword, in the dict, or in a list in the signature's
+    order; ``return_dict=False`` puts it first; the model's common attributes (embedding layer, bias dict)."""
+    import tensorflow as tf
+
+    ids, mask, types = _upstream_inputs()
+    num_labels = 3 if task in ("sequence-classification", "token-classification") else 2
+    model = REGISTRY["tf"].model_class(task).from_config(deberta_xf.DebertaV2Config(**UPSTREAM, num_labels=num_labels),
+                                                         seed=0)
+    if task == "multiple-choice":
+        ids, mask, types = (tf.stack([x, x[::-1]], 1) for x in (ids, mask, types))
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    out = model(inputs)
+    head = {"masked-lm": ("logits", (13, 7, 99)), "sequence-classification": ("logits", (13, 3)),
+            "token-classification": ("logits", (13, 7, 3)), "question-answering": ("start_logits", (13, 7)),
+            "multiple-choice": ("logits", (13, 2))}[task]
+    assert tuple(out[head[0]].shape) == head[1]
+    labels = {"masked-lm": {"labels": ids}, "token-classification": {"labels": ids % 3},
+              "sequence-classification": {"labels": tf.range(13) % 3}, "multiple-choice": {"labels": tf.range(13) % 2},
+              "question-answering": {"start_positions": tf.range(13) % 7, "end_positions": tf.range(13) % 5}}[task]
+    loss = model(inputs, **labels).loss
+    assert loss.shape.as_list() == LOSS_SHAPES[task]
+    names = ["input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds", "output_attentions",
+             "output_hidden_states", "return_dict", *labels]  # the reference TF call signature
+    listed = [{**inputs, **labels}.get(n) for n in names]
+    for how, got in (("dict", model({**inputs, **labels}).loss), ("list", model(listed).loss),
+                     ("tuple output", model(inputs, **labels, return_dict=False)[0])):
+        np.testing.assert_array_equal(got.numpy(), loss.numpy(), err_msg=how)
+    assert isinstance(model.get_input_embeddings(), keras.layers.Layer)
+    if task == "masked-lm":
+        assert isinstance(model.get_output_embeddings(), keras.layers.Layer)
+        assert all(isinstance(v, tf.Variable) for v in model.get_bias().values())
+    else:
+        assert model.get_output_embeddings() is None and model.get_bias() is None

@@ -349,3 +349,120 @@ def test_keras_h5_missing_misshapen_and_foreign(tmp_path):
     with pytest.raises(CheckpointError, match=r"(?s)model\.weights\.h5.*missing \d+ required tensor\(s\): "
                                               r"embeddings\.word_embeddings\.weight"):
         deberta_xf.TFDebertaV2Model.from_pretrained(dst)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses shaped as the reference TF returns them (hf_compute_loss): [B] for sequence classification, question
+# answering and multiple choice, the masked mean as (1,) for masked LM and token classification.
+LOSS_SHAPES = {"masked-lm": (1,), "token-classification": (1,), "sequence-classification": (3,),
+               "question-answering": (3,), "multiple-choice": (2,)}
+# The reference TF runs in a subprocess (it needs tf-keras): each job's model from its tf_model.h5, on its inputs and
+# labels; the loss is written to the job's out file.
+REFERENCE_LOSS_RUNNER = r"""
+import json, os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+try:  # triton (loaded by torch, which transformers imports) must come before TensorFlow: both bundle LLVM
+    import triton  # noqa: F401
+except ImportError:
+    pass
+import numpy as np
+import tensorflow as tf
+import transformers
+
+for job in json.loads(sys.argv[1]):
+    model = getattr(transformers, job["cls"]).from_pretrained(job["dir"], use_safetensors=False)
+    inputs = {k: tf.constant(v) for k, v in np.load(job["inputs"]).items()}
+    np.save(job["out"], model(inputs, training=False).loss.numpy())
+"""
+
+
+def _loss_cases(tmp_path):
+    """(label, model, inputs with labels, checkpoint directory, reference TF class name) for every head: the v3
+    fixtures (question answering without padding and with positions inside the sequence: the reference TF fails on
+    the fixture's out-of-range one), token classification with -1 labels too, and regression (num_labels == 1)."""
+    from deberta_xf.tasks import TASK_TABLE
+
+    out = []
+    for task in LOSS_SHAPES:
+        case = load_case("v3", task)
+        inputs = dict(case.inputs)
+        if task == "question-answering":  # span logits cover padding, where the reference TF computes otherwise
+            inputs.update(attention_mask=np.ones_like(inputs["attention_mask"]), start_positions=np.array([3, 0, 20]))
+        out.append((f"v3/{task}", MODEL_CLASSES[task].from_pretrained(case.directory), inputs, case.directory))
+        if task == "token-classification":
+            minus_one = dict(inputs, labels=np.where(inputs["labels"] == -100, -1, inputs["labels"]))
+            out.append(("v3/token-classification -1", out[-1][1], minus_one, case.directory))
+    case = load_case("v3", "sequence-classification")
+    regression = MODEL_CLASSES["sequence-classification"].from_pretrained(case.directory, num_labels=1,
+                                                                          ignore_mismatched_sizes=True)
+    regression.save_pretrained(tmp_path / "regression")
+    out.append(("v3/regression", regression, dict(case.model_inputs, labels=np.array([0.5, -1.0, 2.0])),
+                str(tmp_path / "regression")))
+    return [(label, model, inputs, directory, TASK_TABLE[model.task].class_name("tf"))
+            for label, model, inputs, directory in out]
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+def test_losses_are_shaped_and_valued_as_the_live_reference_tf(tmp_path):
+    """Every head's loss has the reference TF's shape and values (transformers 4.57.6 + tf-keras, live)."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    pytest.importorskip("tf_keras")
+    cases = _loss_cases(tmp_path)
+    jobs = []
+    for i, (label, model, inputs, directory, cls) in enumerate(cases):
+        np.savez(tmp_path / f"inputs{i}.npz", **inputs)
+        jobs.append({"cls": cls, "dir": str(directory), "inputs": str(tmp_path / f"inputs{i}.npz"),
+                     "out": str(tmp_path / f"loss{i}.npy")})
+    script = tmp_path / "runner.py"
+    script.write_text(REFERENCE_LOSS_RUNNER)
+    result = subprocess.run([sys.executable, str(script), json.dumps(jobs)], capture_output=True, text=True,
+                            env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for (label, model, inputs, _, _), job in zip(cases, jobs):
+        want = np.load(job["out"])
+        got = model(**inputs).loss.numpy()
+        assert got.shape == want.shape, f"{label}: loss shape {got.shape}, the reference TF's {want.shape}"
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=label)
+
+
+@pytest.mark.parametrize("task", list(LOSS_SHAPES))
+def test_loss_shapes_and_their_mean_is_the_reference_pytorch_loss(task):
+    """The committed fixtures (fixture labels, a question-answering start beyond the sequence included): the TF
+    loss has the reference TF's shape, and its mean (what Keras minimises, what parity compares) is the reference
+    PyTorch loss."""
+    case = load_case("v3", task)
+    loss = MODEL_CLASSES[task].from_pretrained(case.directory)(**case.inputs).loss
+    assert tuple(loss.shape) == LOSS_SHAPES[task] and loss.dtype == tf.float32
+    assert float(np.mean(loss)) == pytest.approx(float(case.pt["loss"]), abs=1e-5)
+    assert flatten_outputs({"loss": loss})["loss"].shape == ()  # deberta_xf.compare takes the mean
+
+
+def test_ignored_rows_keep_the_pytorch_mean():
+    """Rows the reference PyTorch ignores (a -100 multiple-choice label, negative sequence-classification labels)
+    are 0 and the others scaled, so the mean stays PyTorch's; all ignored: nan (cross entropy) or 0 (negative
+    sequence-classification labels), as PyTorch."""
+    import torch
+
+    from deberta_xf.torch import modeling_deberta_v2 as torch_deberta
+
+    case = load_case("v3", "multiple-choice")
+    model = MODEL_CLASSES["multiple-choice"].from_pretrained(case.directory)
+    logits = model(**case.model_inputs).logits.numpy()
+    kept = torch.nn.functional.cross_entropy(torch.from_numpy(logits[1:]), torch.tensor([2]))
+    loss = model(**case.model_inputs, labels=np.array([-100, 2])).loss.numpy()
+    assert loss[0] == 0.0 and float(loss.mean()) == pytest.approx(float(kept), abs=1e-6)
+    assert np.isnan(model(**case.model_inputs, labels=np.array([-100, -100])).loss.numpy()).all()
+    case = load_case("v3", "sequence-classification")
+    model = MODEL_CLASSES["sequence-classification"].from_pretrained(case.directory)
+    logits = model(**case.model_inputs).logits.numpy()
+    labels = np.array([-1, 1, 0])
+    want = torch_deberta.sequence_classification_loss(model.config, torch.from_numpy(logits), torch.from_numpy(labels))
+    loss = model(**case.model_inputs, labels=labels).loss.numpy()
+    assert loss.shape == (3,) and loss[0] == 0.0 and float(loss.mean()) == pytest.approx(float(want), abs=1e-6)
+    np.testing.assert_array_equal(model(**case.model_inputs, labels=np.array([-1, -1, -1])).loss.numpy(), 0.0)

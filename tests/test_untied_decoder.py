@@ -6,18 +6,11 @@ loaded in every framework, compared with the reference outputs, and converted be
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import os
 
 import numpy as np
 import pytest
-
-# torch's compiler stack (imported by the reference's modeling) loads triton, whose LLVM clashes with the one of
-# TensorFlow and XLA when it comes after them: load it first.
-with contextlib.suppress(ImportError):
-    importlib.import_module("torch._dynamo")
 
 import deberta_xf
 from deberta_xf import schema

@@ -8,8 +8,10 @@ from the schema's layout table, so state <-> canonical names is mechanical.
 
 Parity choices: exact (erf) GELU for "gelu", the explicit tanh formula for "gelu_new", LayerNorm with the two-pass
 variance and ``layer_norm_eps``, ``masked_fill(finfo.min)`` + softmax, and every matmul at
-``Precision.HIGHEST`` in float32 (full fp32 on every backend, no TF32). ``dtype`` sets the compute dtype (e.g.
-bfloat16, whose matmuls use the backend's default precision); parameters stay float32.
+``Precision.HIGHEST`` in float32 (full fp32 on every backend, no TF32). ``dtype`` is the parameter dtype, as in
+every framework (DESIGN §1; ``"auto"``: the checkpoint's), and by default the compute dtype too;
+``compute_dtype`` computes in another one (Flax's own names: ``param_dtype`` / ``dtype``). Half-precision matmuls
+use the backend's default precision.
 
 The forward is jit-compilable: relative positions and gather indices are NumPy constants computed at trace time
 from static shapes (``deberta_xf.relative_position``), and flags that change the output structure are Python bools.
@@ -18,6 +20,7 @@ from static shapes (``deberta_xf.relative_position``), and flags that change the
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -32,6 +35,7 @@ from flax import nnx
 from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
 from deberta_xf.errors import CheckpointError
+from deberta_xf.flax.fused_attention import fused_attention, position_tables
 from deberta_xf.loading import dtype_name, load_checkpoint, resized_rows, resolve_config, save_arrays
 from deberta_xf.outputs import ModelOutput, finish, output_flags
 from deberta_xf.relative_position import attention_distance_window
@@ -42,7 +46,7 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 def matmul_precision(dtype) -> Optional[jax.lax.Precision]:
     """Full fp32 for float32 compute (``dtype`` None); the backend's default for half-precision compute."""
-    return HIGHEST if dtype is None else None
+    return HIGHEST if dtype is None or jnp.dtype(dtype) == jnp.float32 else None
 
 
 def gelu_new(x: jax.Array) -> jax.Array:
@@ -196,7 +200,12 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 class FlaxDisentangledSelfAttention(nnx.Module):
-    """softmax((c2c + c2p + p2c) / sqrt(d * scale_factor)) V, heads as [B, heads, L, d]."""
+    """softmax((c2c + c2p + p2c) / sqrt(d * scale_factor)) V, heads as [B, heads, L, d].
+
+    ``config._attn_implementation`` picks how: "eager" (the scores as [B, h, L, L], as the reference), "sdpa"
+    (c2p + p2c and the mask as one additive bias to ``jax.nn.dot_product_attention``) or "fused" (the Pallas
+    kernel of ``fused_attention``: tiles, no [L, L] tensor). sdpa and fused run eager for ``output_attentions``
+    (they have no probabilities to return) and while attention dropout is active (they have no dropout)."""
 
     def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
         self.num_attention_heads = config.num_attention_heads
@@ -210,6 +219,7 @@ class FlaxDisentangledSelfAttention(nnx.Module):
         self.relative_attention = config.relative_attention
         self.share_att_key = config.share_att_key
         self.scale_factor = config.scale_factor
+        self.attn_implementation = config._attn_implementation
         if self.relative_attention:
             self.pos_dropout = dropout(config.hidden_dropout_prob, rngs)
             if not self.share_att_key:
@@ -231,31 +241,76 @@ class FlaxDisentangledSelfAttention(nnx.Module):
         value = self.split_heads(self.value_proj(hidden_states))
 
         scale = math.sqrt(self.attention_head_size * self.scale_factor)
-        scores = _matmul(query, jnp.swapaxes(key, -1, -2) / scale)  # c2c, K scaled first as the reference
         if self.relative_attention:
             rel_embeddings = self.pos_dropout(rel_embeddings)
-            scores = scores + self.disentangled_attention_bias(query, key, rel_embeddings, position_index, scale)
-
-        # masked_fill(finfo.min) + softmax; in float32 when computing in a half-precision dtype
-        scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
-        scores = jnp.where(attention_mask, scores, jnp.finfo(scores.dtype).min)
-        probs = self.dropout(jax.nn.softmax(scores, axis=-1).astype(value.dtype))
-        context = _matmul(probs, value)  # [B, h, L, d]
+        implementation = self.attn_implementation
+        if output_attentions or (not self.dropout.deterministic and self.dropout.rate > 0):
+            implementation = "eager"
+        probs = None
+        if implementation in ("sdpa", "fused"):
+            attend = self.sdpa_attention if implementation == "sdpa" else self.fused_kernel_attention
+            context = attend(query, key, value, attention_mask, rel_embeddings, position_index, scale)
+        else:
+            scores = _matmul(query, jnp.swapaxes(key, -1, -2) / scale)  # c2c, K scaled first as the reference
+            if self.relative_attention:
+                scores = scores + self.disentangled_attention_bias(query, key, rel_embeddings, position_index,
+                                                                   scale)
+            # masked_fill(finfo.min) + softmax; in float32 when computing in a half-precision dtype
+            scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
+            scores = jnp.where(attention_mask, scores, jnp.finfo(scores.dtype).min)
+            probs = self.dropout(jax.nn.softmax(scores, axis=-1).astype(value.dtype))
+            context = _matmul(probs, value)  # [B, h, L, d]
         context = jnp.swapaxes(context, 1, 2).reshape(context.shape[0], context.shape[2], -1)
         return context, (probs if output_attentions else None)
+
+    def sdpa_attention(self, query, key, value, attention_mask, rel_embeddings, position_index, scale):
+        """``jax.nn.dot_product_attention`` with c2p + p2c (the eager path's, same scale) and the mask folded into
+        one additive bias [B, h, L, L]: ``finfo.min`` where masked, as eager fills the scores (a fully masked row
+        is uniform, as eager's)."""
+        bias_dtype = jnp.promote_types(query.dtype, jnp.float32)
+        bias = jnp.zeros((), bias_dtype)
+        if self.relative_attention:
+            bias = self.disentangled_attention_bias(query, key, rel_embeddings, position_index, scale)
+            bias = bias.astype(bias_dtype)
+        bias = jnp.where(attention_mask, bias, jnp.finfo(bias_dtype).min)  # [B, h or 1, L, L]
+        with jax.default_matmul_precision("highest" if query.dtype == jnp.float32 else "default"):
+            context = jax.nn.dot_product_attention(jnp.swapaxes(query, 1, 2), jnp.swapaxes(key, 1, 2),
+                                                   jnp.swapaxes(value, 1, 2), bias=bias, scale=1.0 / scale)
+        return jnp.swapaxes(context, 1, 2)  # [B, h, L, d]
+
+    def fused_kernel_attention(self, query, key, value, attention_mask, rel_embeddings, position_index, scale):
+        """The Pallas kernel: the position projections q @ K_posᵀ and k @ Q_posᵀ over the relative rows once
+        ([B, h, L, rows], float32), gathered per tile by distance through ``position_index``'s tables."""
+        c2p = p2c = c2p_table = p2c_table = None
+        if self.relative_attention:
+            pos_query, pos_key = self.position_projections(rel_embeddings)
+            precision = HIGHEST if query.dtype == jnp.float32 else None
+            if "c2p" in self.pos_att_type:
+                c2p = jnp.matmul(query, jnp.swapaxes(pos_key, -1, -2), precision=precision,
+                                 preferred_element_type=jnp.float32) / scale
+                c2p_table = position_index["c2p_table"]
+            if "p2c" in self.pos_att_type:
+                p2c = jnp.matmul(key, jnp.swapaxes(pos_query, -1, -2), precision=precision,
+                                 preferred_element_type=jnp.float32) / scale
+                p2c_table = position_index["p2c_table"]
+        return fused_attention(query, key / scale, value, attention_mask, c2p, c2p_table, p2c, p2c_table)
+
+    def position_projections(self, rel_embeddings):
+        """(pos_query, pos_key) [h, rows, d]: the relative rows through the query / key projections (shared) or
+        their own ones; None for a term that is off."""
+        if self.share_att_key:
+            return (self.split_heads(self.query_proj(rel_embeddings)),
+                    self.split_heads(self.key_proj(rel_embeddings)))
+        pos_key = self.split_heads(self.pos_key_proj(rel_embeddings)) if "c2p" in self.pos_att_type else None
+        pos_query = self.split_heads(self.pos_query_proj(rel_embeddings)) if "p2c" in self.pos_att_type else None
+        return pos_query, pos_key
 
     def disentangled_attention_bias(self, query, key, rel_embeddings, position_index, scale):
         """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``.
 
         ``rel_embeddings`` holds the rows of the relative-embedding table this length reads (at most 2 span);
         ``position_index`` gives, per term, the row of each distance L - 1 .. -(L - 1) (see relative_shift)."""
-        if self.share_att_key:
-            pos_query = self.split_heads(self.query_proj(rel_embeddings))  # [h, rows, d]
-            pos_key = self.split_heads(self.key_proj(rel_embeddings))
-        else:
-            pos_key = self.split_heads(self.pos_key_proj(rel_embeddings)) if "c2p" in self.pos_att_type else None
-            pos_query = (self.split_heads(self.pos_query_proj(rel_embeddings))
-                         if "p2c" in self.pos_att_type else None)
+        pos_query, pos_key = self.position_projections(rel_embeddings)  # [h, rows, d]
         score = 0
         if "c2p" in self.pos_att_type:
             pos_key = jnp.take(pos_key, position_index["c2p"], axis=-2)  # [h, 2L, d]: distances L-1 .. -(L-1)
@@ -362,6 +417,7 @@ class FlaxDebertaV2Encoder(nnx.Module):
         self.layer = nnx.List([FlaxDebertaV2Layer(config, dtype=dtype, rngs=rngs)
                                for _ in range(config.num_hidden_layers)])
         self.relative_attention = config.relative_attention
+        self.attn_implementation = config._attn_implementation
         self.rel_embeddings_layer_norm = config.rel_embeddings_layer_norm
         if config.relative_attention:
             self.rel_embeddings = embedding(config, 2 * config.att_span, config.hidden_size, dtype, rngs)
@@ -384,6 +440,10 @@ class FlaxDebertaV2Encoder(nnx.Module):
         rel_embeddings = position_index = None
         if self.relative_attention:
             rows, position_index = relative_position_window(self._config.value, hidden_states.shape[1])
+            if self.attn_implementation == "fused":  # the kernel's tables distance -> row, over the same rows
+                table_rows, tables = position_tables(self._config.value, hidden_states.shape[1])
+                assert table_rows == rows, (table_rows, rows)
+                position_index = {**position_index, **{f"{term}_table": t for term, t in tables.items()}}
             rel_embeddings = self.get_rel_embedding()[rows]
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
@@ -427,12 +487,27 @@ _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16
            "float16": jnp.float16, "fp16": jnp.float16}
 
 
-def compute_dtype(dtype: Any):
-    """None / "float32" / "bfloat16" / "float16" / a numpy or JAX dtype -> the compute dtype (None = float32)."""
+def parameter_dtype(dtype: Any) -> np.dtype:
+    """None / "float32" / "bfloat16" / "float16" / a numpy, JAX, torch or TF dtype -> the parameters' dtype (None:
+    float32; "auto" is resolved by from_pretrained)."""
     name = dtype_name(dtype)  # strings, numpy / JAX / torch / TF dtype objects
-    if name is None or name == "auto":  # "auto" is resolved by from_pretrained
-        return None
-    return None if _DTYPES[name] == jnp.float32 else _DTYPES[name]
+    return jnp.dtype(jnp.float32 if name is None or name == "auto" else _DTYPES[name])
+
+
+def resolve_compute_dtype(dtype: Any, param_dtype: Any = jnp.float32):
+    """The layers' compute dtype for ``compute_dtype=dtype`` (None: the parameters' dtype): None for float32 over
+    float32 parameters (full fp32 matmuls), else the dtype itself."""
+    dtype = parameter_dtype(param_dtype if dtype is None else dtype)
+    return None if dtype == jnp.float32 and jnp.dtype(param_dtype) == jnp.float32 else dtype
+
+
+def with_attn_implementation(config: DebertaV2Config, attn_implementation: Optional[str]) -> DebertaV2Config:
+    """``config`` with ``_attn_implementation`` set (a copy when that changes it; None keeps the config's)."""
+    if attn_implementation is None or attn_implementation == config._attn_implementation:
+        return config
+    config = copy.deepcopy(config)
+    config._attn_implementation = attn_implementation  # raises ConfigError for an unknown name
+    return config
 
 
 def _as_array(x, dtype=None):
@@ -470,10 +545,30 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
     task = "base"
     base_model_prefix = "deberta"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None):
-        self._config = Static(config)
-        self.dtype = compute_dtype(dtype)
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None):
+        """``dtype``: the parameters' dtype (None: float32); ``compute_dtype``: the layers' (None: ``dtype``)."""
+        self._config = Static(config.validate())  # the one aggregated ConfigError, before any layer is built
+        self._param_dtype = Static(parameter_dtype(dtype))
+        self._compute_dtype = Static(resolve_compute_dtype(compute_dtype, self._param_dtype.value))
         self._loaded_from = Static(None)  # (LoadReport, weights path) after from_pretrained
+
+    def _cast_parameters(self) -> None:
+        """Every parameter in the parameter dtype (the layers initialise float32, as ``model.to(dtype)`` in
+        PyTorch casts after init); the last step of every model's ``__init__``."""
+        dtype = self._param_dtype.value
+        if dtype != jnp.float32:
+            nnx.update(self, jax.tree.map(lambda x: x.astype(dtype), nnx.state(self, nnx.Param)))
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The parameters' dtype (``jnp.float32``, ``jnp.bfloat16``, ``jnp.float16``), as ``model.dtype`` in
+        PyTorch; the compute dtype is :attr:`compute_dtype`."""
+        return self._param_dtype.value
+
+    @property
+    def compute_dtype(self) -> np.dtype:
+        """The dtype the layers compute in (by default the parameters')."""
+        return self._compute_dtype.value or jnp.dtype(jnp.float32)
 
     @property
     def config(self) -> DebertaV2Config:
@@ -489,34 +584,48 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
 
     # ---------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: DebertaV2Config, dtype: Any = None, seed: int | None = None):
+    def from_config(cls, config: DebertaV2Config, dtype: Any = None, seed: int | None = None,
+                    attn_implementation: Optional[str] = None, compute_dtype: Any = None):
         """A randomly initialised model (normal(0, initializer_range) weights, as the reference), in eval mode.
 
-        ``seed`` seeds the parameters and the dropout stream; None draws a fresh seed.
+        ``dtype``: the parameters' dtype (None: float32); ``compute_dtype``: the layers' (None: ``dtype``).
+        ``seed`` seeds the parameters and the dropout stream; None draws a fresh seed. ``attn_implementation``:
+        "eager" | "sdpa" | "fused" (None: the config's ``_attn_implementation``, eager by default).
         """
+        config = with_attn_implementation(config, attn_implementation)
+        from deberta_xf.limits import check_memory
+
+        check_memory(config, cls.task, None, FRAMEWORK)  # float32 parameters: refused before allocating
         seed = secrets.randbits(31) if seed is None else int(seed)
-        return cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed))
+        return cls(config, dtype=dtype, compute_dtype=compute_dtype, rngs=nnx.Rngs(params=seed, dropout=seed))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
                         dtype: Any = None, seed: int = 0, ignore_mismatched_sizes: bool = False,
+                        attn_implementation: Optional[str] = None, compute_dtype: Any = None,
                         **config_overrides: Any):
         """Load a checkpoint directory (``config.json`` + any supported weights file, ``flax_model.msgpack``
         first) or a weights file (then ``config`` is required).
 
         The model is built abstractly (``nnx.eval_shape``, no parameter is initialised) and filled from the
-        checkpoint; a head missing from it is freshly initialised (with a warning). Parameters are float32,
-        ``dtype`` is the compute dtype (``"auto"``: the checkpoint's stored floating dtype).
-        ``ignore_mismatched_sizes=True`` re-initialises head tensors of another shape. Returned in eval mode.
+        checkpoint; a head missing from it is freshly initialised (with a warning). ``dtype`` is the parameters'
+        dtype (None: float32, ``"auto"``: the checkpoint's stored floating dtype); ``compute_dtype`` the layers'
+        (None: ``dtype``).
+        ``ignore_mismatched_sizes=True`` re-initialises head tensors of another shape. ``attn_implementation``:
+        "eager" | "sdpa" | "fused" (None: the config's ``_attn_implementation``, eager by default). Returned in
+        eval mode.
         """
         cfg = resolve_config(pretrained_model_name_or_path, config)
+        attn_implementation = attn_implementation or cfg._attn_implementation
         if config_overrides:
-            cfg = DebertaV2Config.from_dict({**cfg.to_dict(), **config_overrides})
+            cfg = DebertaV2Config.from_dict(cfg.to_dict(), **config_overrides)
+        cfg = with_attn_implementation(cfg, attn_implementation)
         loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, FRAMEWORK, config=cfg,
                                  ignore_mismatched_sizes=ignore_mismatched_sizes)
         if dtype_name(dtype) == "auto":
             dtype = loaded.stored_dtype
-        model = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed)))
+        model = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, compute_dtype=compute_dtype,
+                                           rngs=nnx.Rngs(params=seed, dropout=seed)))
         model._assign(loaded.arrays, init_seed=seed)  # every parameter becomes concrete
         nnx.reseed(model, dropout=seed)  # and so do the dropout streams' keys and counts
         model._loaded_from = Static((loaded.report, loaded.weights_path))
@@ -536,10 +645,10 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
         for path, variable in nnx.to_flat_state(nnx.state(self, nnx.Param)):
             name = names[_path_key(path)]
             if name in arrays:
-                value = jnp.asarray(schema.to_framework(name, np.asarray(arrays[name]), FRAMEWORK), jnp.float32)
+                value = jnp.asarray(schema.to_framework(name, np.asarray(arrays[name]), FRAMEWORK), self.dtype)
             elif key is not None:
                 key, subkey = jax.random.split(key)
-                value = _initial_value(name, tuple(variable.shape), self.config, subkey)
+                value = _initial_value(name, tuple(variable.shape), self.config, subkey).astype(self.dtype)
             else:
                 continue
             if tuple(value.shape) != tuple(variable.shape):
@@ -587,23 +696,25 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
         old = self.get_input_embeddings()
         if new_num_tokens is None and pad_to_multiple_of is None:
             return old
-        table = np.asarray(old.embedding[...])
+        table = np.asarray(old.embedding[...], np.float32)
         new_num_tokens = table.shape[0] if new_num_tokens is None else int(new_num_tokens)
         if pad_to_multiple_of is not None:
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         rng = np.random.default_rng(seed)
         std = self.config.initializer_range
-        new = nnx.eval_shape(lambda: embedding(self.config, new_num_tokens, table.shape[1], self.dtype, nnx.Rngs(0)))
-        new.embedding = nnx.Param(jnp.asarray(resized_rows(table, new_num_tokens, std, mean_resizing, rng)))
+        new = nnx.eval_shape(lambda: embedding(self.config, new_num_tokens, table.shape[1], self._compute_dtype.value,
+                                               nnx.Rngs(0)))
+        new.embedding = nnx.Param(jnp.asarray(resized_rows(table, new_num_tokens, std, mean_resizing, rng), self.dtype))
         self.set_input_embeddings(new)
         if self.task == "masked-lm":
             head = self.cls.predictions if self.config.legacy else self.lm_predictions.lm_head
-            head.bias = nnx.Param(jnp.asarray(resized_rows(np.asarray(head.bias[...]), new_num_tokens, 0.0,
-                                                            mean_resizing, rng)))
+            head.bias = nnx.Param(jnp.asarray(resized_rows(np.asarray(head.bias[...], np.float32), new_num_tokens,
+                                                            0.0, mean_resizing, rng), self.dtype))
             decoder = head.decoder if self.config.legacy else None
             if decoder is not None:  # kernel [E, V] (flax layout): rows of the canonical [V, E]
-                kernel = resized_rows(np.asarray(decoder.kernel[...]).T, new_num_tokens, std, mean_resizing, rng)
-                decoder.kernel = nnx.Param(jnp.asarray(kernel.T))
+                kernel = resized_rows(np.asarray(decoder.kernel[...], np.float32).T, new_num_tokens, std,
+                                      mean_resizing, rng)
+                decoder.kernel = nnx.Param(jnp.asarray(kernel.T, self.dtype))
                 decoder.out_features = new_num_tokens
         self.config.vocab_size = new_num_tokens
         return new
@@ -648,10 +759,11 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
 # =============================================================================================================
 # The encoder model
 class FlaxDebertaV2Model(FlaxDebertaV2PreTrainedModel):
-    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
-        super().__init__(config, dtype=dtype)
-        self.embeddings = FlaxDebertaV2Embeddings(config, dtype=self.dtype, rngs=rngs)
-        self.encoder = FlaxDebertaV2Encoder(config, dtype=self.dtype, rngs=rngs)
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
+        self.embeddings = FlaxDebertaV2Embeddings(config, dtype=self._compute_dtype.value, rngs=rngs)
+        self.encoder = FlaxDebertaV2Encoder(config, dtype=self._compute_dtype.value, rngs=rngs)
+        self._cast_parameters()
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None):
@@ -796,14 +908,15 @@ def sequence_classification_loss(num_labels: int, problem_type: Optional[str], l
 class FlaxDebertaV2ForMaskedLM(FlaxDebertaV2PreTrainedModel):
     task = "masked-lm"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
-        super().__init__(config, dtype=dtype)
-        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
         if config.legacy:
-            self.cls = FlaxLegacyDebertaV2OnlyMLMHead(config, dtype=self.dtype, rngs=rngs)
+            self.cls = FlaxLegacyDebertaV2OnlyMLMHead(config, dtype=self._compute_dtype.value, rngs=rngs)
         else:
             schema.expected_shapes(config, self.task)  # raises for embedding_size != hidden_size
-            self.lm_predictions = FlaxDebertaV2OnlyMLMHead(config, dtype=self.dtype, rngs=rngs)
+            self.lm_predictions = FlaxDebertaV2OnlyMLMHead(config, dtype=self._compute_dtype.value, rngs=rngs)
+        self._cast_parameters()
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
@@ -824,14 +937,15 @@ class FlaxDebertaV2ForMaskedLM(FlaxDebertaV2PreTrainedModel):
 class FlaxDebertaV2ForSequenceClassification(FlaxDebertaV2PreTrainedModel):
     task = "sequence-classification"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
-        super().__init__(config, dtype=dtype)
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
         self.num_labels = config.num_labels
         self.problem_type = config.problem_type
-        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
-        self.pooler = FlaxContextPooler(config, dtype=self.dtype, rngs=rngs)
-        self.classifier = linear(config, config.hidden_size, config.num_labels, self.dtype, rngs)
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
+        self.pooler = FlaxContextPooler(config, dtype=self._compute_dtype.value, rngs=rngs)
+        self.classifier = linear(config, config.hidden_size, config.num_labels, self._compute_dtype.value, rngs)
         self.dropout = dropout(config.classifier_dropout, rngs)
+        self._cast_parameters()
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
@@ -850,12 +964,13 @@ class FlaxDebertaV2ForSequenceClassification(FlaxDebertaV2PreTrainedModel):
 class FlaxDebertaV2ForTokenClassification(FlaxDebertaV2PreTrainedModel):
     task = "token-classification"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
-        super().__init__(config, dtype=dtype)
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
         self.num_labels = config.num_labels
-        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
         self.dropout = dropout(config.hidden_dropout_prob, rngs)
-        self.classifier = linear(config, config.hidden_size, config.num_labels, self.dtype, rngs)
+        self.classifier = linear(config, config.hidden_size, config.num_labels, self._compute_dtype.value, rngs)
+        self._cast_parameters()
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
@@ -874,11 +989,12 @@ class FlaxDebertaV2ForTokenClassification(FlaxDebertaV2PreTrainedModel):
 class FlaxDebertaV2ForQuestionAnswering(FlaxDebertaV2PreTrainedModel):
     task = "question-answering"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
-        super().__init__(config, dtype=dtype)
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
         self.num_labels = config.num_labels
-        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
-        self.qa_outputs = linear(config, config.hidden_size, config.num_labels, self.dtype, rngs)
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
+        self.qa_outputs = linear(config, config.hidden_size, config.num_labels, self._compute_dtype.value, rngs)
+        self._cast_parameters()
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
@@ -903,12 +1019,13 @@ class FlaxDebertaV2ForQuestionAnswering(FlaxDebertaV2PreTrainedModel):
 class FlaxDebertaV2ForMultipleChoice(FlaxDebertaV2PreTrainedModel):
     task = "multiple-choice"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, rngs: nnx.Rngs):
-        super().__init__(config, dtype=dtype)
-        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, rngs=rngs)
-        self.pooler = FlaxContextPooler(config, dtype=self.dtype, rngs=rngs)
-        self.classifier = linear(config, config.hidden_size, 1, self.dtype, rngs)
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
+        self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
+        self.pooler = FlaxContextPooler(config, dtype=self._compute_dtype.value, rngs=rngs)
+        self.classifier = linear(config, config.hidden_size, 1, self._compute_dtype.value, rngs)
         self.dropout = dropout(config.classifier_dropout, rngs)
+        self._cast_parameters()
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,

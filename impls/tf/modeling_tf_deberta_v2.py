@@ -19,7 +19,13 @@ Behaviour:
   of the same functions over ``i - j``;
 - ``dtype``: ``None``/``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: every variable is created in that
   dtype and the model computes in it (a Keras dtype policy of that name, like ``model.to(dtype)`` in PyTorch);
-  LayerNorm and the losses are computed in float32 and cast back.
+  LayerNorm and the losses are computed in float32 and cast back;
+- ``loss`` is shaped as the reference TF returns it: one per example ([batch]) for sequence classification, question
+  answering and multiple choice, the masked mean as (1,) for masked LM and token classification. Its mean (what
+  ``fit`` minimises, what parity compares) is the reference PyTorch loss (see the losses section);
+- the reference TF's model methods: ``get_input_embeddings`` / ``set_input_embeddings`` /
+  ``get_output_embeddings`` / ``set_output_embeddings`` / ``get_lm_head`` / ``get_bias`` / ``set_bias``, and
+  gradient checkpointing as in PyTorch (``gradient_checkpointing_enable()``: ``tf.recompute_grad`` per layer).
 """
 
 from __future__ import annotations
@@ -74,9 +80,33 @@ ACT2FN = {
 }
 
 
+_LAYER_SEEDS: list = []  # [seed, dropouts so far] of the encoder layer being run (see seeded_dropout)
+
+
+@contextlib.contextmanager
+def seeded_dropout(seed: Optional[tf.Tensor]):
+    """Within: each dropout mask is drawn statelessly from ``seed`` and its order in the block (``seed`` None: no
+    change). Each encoder layer runs inside it while training, so ``tf.recompute_grad`` recomputing the layer draws
+    the same masks."""
+    if seed is None:
+        yield
+        return
+    _LAYER_SEEDS.append([seed, 0])
+    try:
+        yield
+    finally:
+        _LAYER_SEEDS.pop()
+
+
 def dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
     """nn.Dropout: identity unless training (no Keras Dropout layer, so no seed-generator variables)."""
-    return tf.nn.dropout(x, rate=rate) if training and rate > 0 else x
+    if not (training and rate > 0):
+        return x
+    if _LAYER_SEEDS:
+        state = _LAYER_SEEDS[-1]
+        state[1] += 1
+        return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=state[0] + tf.constant([0, state[1]]))
+    return tf.nn.dropout(x, rate=rate)
 
 
 def _normal(std: float, zero_row: Optional[int] = None):
@@ -136,6 +166,11 @@ class Embedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.embeddings = self.add_weight(name="embeddings", shape=(num, dim), initializer=_normal(std, padding_idx))
         self.built = True
+
+    @property
+    def weight(self):
+        """The table, under the reference TF's name for it (``get_input_embeddings().weight``)."""
+        return self.embeddings
 
     def call(self, ids):
         return tf.gather(self.embeddings, ids)
@@ -479,6 +514,7 @@ class TFDebertaV2Encoder(keras.layers.Layer):
             self.LayerNorm = (LayerNorm(H, config.layer_norm_eps, name="LayerNorm", dtype=dt)
                               if config.rel_embeddings_layer_norm else None)
             self.conv = TFConvLayer(config, name="conv", dtype=dt) if config.conv_kernel_size > 0 else None
+        self.gradient_checkpointing = False  # model.gradient_checkpointing_enable(): tf.recompute_grad per layer
         self.built = True
 
     def get_rel_embedding(self):
@@ -502,9 +538,16 @@ class TFDebertaV2Encoder(keras.layers.Layer):
         all_attentions = [] if output_attentions else None
         embedding_output = hidden_states
         for i, layer in enumerate(self.layer):
-            hidden_states, probs = layer(hidden_states, attention_mask, rel_embeddings=rel_embeddings,
-                                         position_index=position_index, output_attentions=output_attentions,
-                                         training=training)
+            # training: the layer's dropout masks come from one seed (the same again when recomputed)
+            seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32) if training else None
+            if self.gradient_checkpointing:
+                hidden_states, probs = self.recomputed(layer, hidden_states, attention_mask, rel_embeddings,
+                                                       position_index, output_attentions, training, seed)
+            else:
+                with seeded_dropout(seed):
+                    hidden_states, probs = layer(hidden_states, attention_mask, rel_embeddings=rel_embeddings,
+                                                 position_index=position_index, output_attentions=output_attentions,
+                                                 training=training)
             if i == 0 and self.conv is not None:
                 hidden_states = self.conv(embedding_output, hidden_states, input_mask, training=training)
             if output_hidden_states:
@@ -514,6 +557,25 @@ class TFDebertaV2Encoder(keras.layers.Layer):
         return ModelOutput(last_hidden_state=hidden_states,
                            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
                            attentions=tuple(all_attentions) if output_attentions else None)
+
+
+    @staticmethod
+    def recomputed(layer, hidden_states, attention_mask, rel_embeddings, position_index, output_attentions,
+                   training, seed):
+        """``layer(...)`` under ``tf.recompute_grad``: its activations are not kept but recomputed in the backward
+        pass (the same gradients, less memory). The tensors gradients flow to (hidden states, relative embeddings)
+        are its arguments; the masks, indices and dropout ``seed`` are closed over (the recomputation draws the
+        same dropout masks)."""
+
+        def run(hidden, *rel):
+            with seeded_dropout(seed):
+                out, probs = layer(hidden, attention_mask, rel_embeddings=rel[0] if rel else None,
+                                   position_index=position_index, output_attentions=output_attentions,
+                                   training=training)
+            return (out, probs) if output_attentions else out
+
+        out = tf.recompute_grad(run)(hidden_states, *([] if rel_embeddings is None else [rel_embeddings]))
+        return out if output_attentions else (out, None)
 
 
 def attention_masks(attention_mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -618,7 +680,7 @@ class TFDebertaV2PreTrainedModel(keras.Model):
 
     def __init__(self, config: DebertaV2Config, dtype: Any = None, name: Optional[str] = None, **kwargs):
         super().__init__(name=name or _snake_case(type(self).__name__), dtype=dtype_policy(dtype), **kwargs)
-        self.config = config
+        self.config = config.validate()  # the one aggregated ConfigError, before any layer is built
         self._allow_non_tensor_positional_args = True  # a list of inputs may hold None and flags (reference order)
 
     def __call__(self, *args, **kwargs):
@@ -638,6 +700,9 @@ class TFDebertaV2PreTrainedModel(keras.Model):
             name, config = config.get("name"), config["deberta_config"]
         if isinstance(config, dict):
             config = DebertaV2Config.from_dict(config)
+        from deberta_xf.limits import check_memory
+
+        check_memory(config, cls.task, dtype, "tf")  # refused before allocating
         if seed is not None:
             keras.utils.set_random_seed(seed)
         return cls(config, dtype=dtype, name=name)
@@ -694,7 +759,7 @@ class TFDebertaV2PreTrainedModel(keras.Model):
         checkpoint's); ``ignore_mismatched_sizes=True`` re-initialises head tensors of another shape."""
         cfg = resolve_config(pretrained_model_name_or_path, config)
         if config_overrides:
-            cfg = DebertaV2Config.from_dict({**cfg.to_dict(), **config_overrides})
+            cfg = DebertaV2Config.from_dict(cfg.to_dict(), **config_overrides)
         loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "tf", config=cfg,
                                  ignore_mismatched_sizes=ignore_mismatched_sizes)
         dtype = dtype_name(dtype)
@@ -707,9 +772,29 @@ class TFDebertaV2PreTrainedModel(keras.Model):
         return model
 
     # ---------------------------------------------------------------------------------------------------------
-    # The reference's model methods: embeddings and parameter counts (``.dtype`` is Keras' own: the variables')
+    # The reference's model methods: embeddings, parameter counts, gradient checkpointing (``.dtype`` is Keras'
+    # own: the variables')
     def get_input_embeddings(self) -> Embedding:
+        """The word-embedding layer (its table: ``.embeddings``, or ``.weight`` as the reference TF names it)."""
         return getattr(self, self.base_model_prefix, self).embeddings.word_embeddings
+
+    def set_input_embeddings(self, value) -> None:
+        """Replace the word-embedding table by ``value`` ([vocab, E]: a variable, tensor or array as in the
+        reference TF, or an embedding layer) and set ``config.vocab_size``; the variable keeps its Keras path. A
+        tied masked-LM decoder reads this table, so it stays tied."""
+        table = value.embeddings if isinstance(value, Embedding) else value
+        layer = self.get_input_embeddings()
+        if len(table.shape) != 2 or table.shape[1] != layer.embeddings.shape[1]:
+            raise ValueError(f"set_input_embeddings: expected a [vocab, {layer.embeddings.shape[1]}] table, got shape "
+                             f"{list(table.shape)}")
+        _replace_variable(layer, "embeddings", _as_float32(table))
+        self.config.vocab_size = int(table.shape[0])
+
+    def get_lm_head(self) -> Optional[keras.layers.Layer]:
+        """The masked-LM prediction head (the layer holding the output ``bias``); None for the other models."""
+        if self.task != "masked-lm":
+            return None
+        return self.cls.predictions if self.config.legacy else self.lm_predictions.lm_head
 
     def get_output_embeddings(self):
         """The masked-LM decoder: the untied legacy head's own ``decoder``, else the word embeddings it is tied to;
@@ -719,6 +804,44 @@ class TFDebertaV2PreTrainedModel(keras.Model):
         if self.config.legacy and self.cls.predictions.decoder is not None:
             return self.cls.predictions.decoder
         return self.get_input_embeddings()
+
+    def set_output_embeddings(self, value) -> None:
+        """Replace the masked-LM decoder's [vocab, E] weights: the word embeddings when the decoder is tied to them
+        (as the reference TF), else the untied decoder's own (a [vocab, E] table or a Dense layer)."""
+        decoder = self.get_output_embeddings()
+        if decoder is None or isinstance(decoder, Embedding):
+            if decoder is not None:
+                self.set_input_embeddings(value)
+            return
+        kernel = value.kernel if isinstance(value, Dense) else tf.transpose(_as_tensor(value))  # [E, vocab]
+        if kernel.shape[0] != decoder.kernel.shape[0]:
+            raise ValueError(f"set_output_embeddings: expected a [vocab, {decoder.kernel.shape[0]}] table, got shape "
+                             f"{list(reversed(kernel.shape))}")
+        _replace_variable(decoder, "kernel", _as_float32(kernel))
+
+    def get_bias(self) -> Optional[dict[str, Any]]:
+        """``{"bias": the masked-LM output bias}`` as a ``tf.Variable`` (the storage of the Keras variable ``bias``:
+        assigning it sets the model's), as the reference TF; None for the other models."""
+        head = self.get_lm_head()
+        return None if head is None else {"bias": head.bias.value}
+
+    def set_bias(self, value: Mapping[str, Any]) -> None:
+        """Replace the masked-LM output bias by ``value["bias"]`` ([vocab])."""
+        head = self.get_lm_head()
+        if head is not None:
+            _replace_variable(head, "bias", _as_float32(value["bias"]))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        """Recompute each encoder layer in the backward pass (``tf.recompute_grad``): the same gradients, less
+        memory, as the PyTorch and Flax models' method of this name."""
+        getattr(self, self.base_model_prefix, self).encoder.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        getattr(self, self.base_model_prefix, self).encoder.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return getattr(self, self.base_model_prefix, self).encoder.gradient_checkpointing
 
     def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
                                 mean_resizing: bool = True, seed: int = 0) -> Embedding:
@@ -789,9 +912,14 @@ class TFDebertaV2PreTrainedModel(keras.Model):
             out[name] = schema.contiguous(schema.from_framework(name, value, "tf"))
         return out
 
-    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "tf_h5") -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "tf_h5", saved_model: bool = False) \
+            -> None:
         """Write ``config.json`` and ``tf_model.h5`` (the reference's layout), or ``model.weights.h5`` (Keras 3)
-        with ``format="keras_h5"``. Tensors are streamed one at a time."""
+        with ``format="keras_h5"``. Tensors are streamed one at a time. ``saved_model``: the reference TF's flag
+        for also writing a SavedModel; only False (its default) is supported (``model.export(dir)`` is Keras')."""
+        if saved_model:
+            raise NotImplementedError("save_pretrained(saved_model=True) is not supported: save_pretrained writes "
+                                      "tf_model.h5; for a SavedModel use Keras' model.export(directory)")
         self.check_variables()
         variables = self.canonical_variables()
         expected = schema.expected_shapes(self.config, self.task)
@@ -969,46 +1097,68 @@ def _with_encoder_outputs(outputs: ModelOutput, **fields) -> ModelOutput:
     return ModelOutput(**fields, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
-# Losses: the reference PyTorch rules (torch.nn.functional semantics), computed in float32.
-def cross_entropy(logits, labels, ignore_index: int = -100):
-    """F.cross_entropy(logits [N, C], labels [N]): mean over labels != ignore_index (nan if there are none)."""
-    logits = tf.cast(logits, tf.float32)
+# Losses, shaped as the reference TF returns them (its hf_compute_loss; computed in float32): one loss per example
+# [B] for sequence classification, question answering and multiple choice, the masked mean reshaped to (1,) for
+# masked LM and token classification. Keras reduces them to their mean (compute_loss below), and that mean is the
+# reference PyTorch loss: where the reference TF would fail (a label out of range, which PyTorch ignores), the
+# ignored rows are 0 and the kept ones are scaled by rows / kept, so the mean is still PyTorch's mean over the kept
+# rows. Parity and deberta_xf.compare compare that mean with the other frameworks' scalar.
+def _per_example(losses, keep, none_kept: float = float("nan")):
+    """[N] losses, ``keep`` [N] bool: kept rows scaled by N / kept, ignored rows 0 (all ``none_kept`` if none is
+    kept: nan as PyTorch's cross entropy, 0 for sequence classification's negative labels)."""
+    keep = tf.cast(keep, tf.float32)
+    count = tf.reduce_sum(keep)
+    rows = tf.cast(tf.size(keep), tf.float32)
+    scaled = tf.where(keep > 0, losses * rows / tf.maximum(count, 1.0), 0.0)
+    return tf.where(count > 0, scaled, tf.fill(tf.shape(scaled), none_kept))
+
+
+def _sparse_cross_entropy(logits, labels):
+    """Per-row cross entropy of logits [N, C] and integer labels [N] (any label; rows with a label outside [0, C)
+    give 0: the caller masks them)."""
     labels = tf.cast(labels, tf.int32)
-    keep = tf.not_equal(labels, ignore_index)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0), logits=logits)
-    losses = tf.where(keep, losses, 0.0)
-    return tf.reduce_sum(losses) / tf.reduce_sum(tf.cast(keep, tf.float32))
+    inside = (labels >= 0) & (labels < tf.shape(logits)[-1])
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(inside, labels, 0),
+                                                            logits=tf.cast(logits, tf.float32))
+    return tf.where(inside, losses, 0.0)
 
 
-def mse_loss(a, b):
-    return tf.reduce_mean(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32)))
+def masked_mean_cross_entropy(logits, labels, keep):
+    """The reference TF's masked-LM / token-classification loss: the mean over the kept labels, shape (1,)."""
+    logits = tf.reshape(logits, tf.concat([[-1], tf.shape(logits)[-1:]], 0))
+    labels, keep = tf.reshape(labels, [-1]), tf.cast(tf.reshape(keep, [-1]), tf.float32)
+    loss = tf.reduce_sum(_sparse_cross_entropy(logits, labels) * keep) / tf.reduce_sum(keep)
+    return tf.reshape(loss, (1,))
+
+
+def cross_entropy_per_example(logits, labels, ignore_index: int = -100):
+    """[B] cross entropy of logits [B, C] and labels [B]; rows labelled ``ignore_index`` are ignored (see
+    :func:`_per_example`)."""
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    return _per_example(_sparse_cross_entropy(logits, labels), tf.not_equal(labels, ignore_index))
 
 
 def sequence_classification_loss(config: DebertaV2Config, logits, labels):
-    """The reference's loss rules for sequence classification (incl. regression for num_labels == 1)."""
+    """One loss per example [B], as the reference TF (mean squared error for ``num_labels == 1``, else cross
+    entropy), under the reference PyTorch's rules (``problem_type``, soft labels, negative labels ignored)."""
     num_labels = config.num_labels
     logits32 = tf.cast(logits, tf.float32)
-    if config.problem_type is None:
-        if num_labels == 1:
-            return mse_loss(tf.reshape(logits32, [-1]), tf.reshape(labels, [-1]))
-        if labels.shape.rank == 1 or labels.shape[-1] == 1:
-            labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-            keep = labels >= 0  # rows with a negative label are ignored
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0),
-                                                                    logits=tf.reshape(logits32, [-1, num_labels]))
-            count = tf.reduce_sum(tf.cast(keep, tf.float32))
-            total = tf.reduce_sum(tf.where(keep, losses, 0.0))
-            return tf.where(count > 0, total / tf.maximum(count, 1.0), 0.0)  # 0 when no row is kept
-        labels = tf.cast(labels, tf.float32)  # soft labels
-        return -tf.reduce_mean(tf.reduce_sum(tf.nn.log_softmax(logits32, axis=-1) * labels, axis=-1))
-    if config.problem_type == "regression":
-        if num_labels == 1:
-            return mse_loss(tf.squeeze(logits32), tf.squeeze(labels))
-        return mse_loss(logits32, labels)
-    if config.problem_type == "single_label_classification":
-        return cross_entropy(tf.reshape(logits32, [-1, num_labels]), tf.reshape(labels, [-1]))
-    labels = tf.cast(labels, tf.float32)  # multi_label_classification
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits32))
+    batch = tf.shape(logits32)[0]
+    problem_type = config.problem_type
+    if problem_type is None and num_labels == 1:
+        problem_type = "regression"
+    if problem_type == "regression":
+        labels = tf.reshape(tf.cast(labels, tf.float32), [batch, -1])
+        return tf.reduce_mean(tf.square(tf.reshape(logits32, [batch, -1]) - labels), axis=-1)
+    if problem_type == "multi_label_classification":
+        labels = tf.cast(labels, tf.float32)
+        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits32), axis=-1)
+    if problem_type is None and labels.shape.rank == 2 and labels.shape[-1] != 1:  # soft labels
+        return -tf.reduce_sum(tf.nn.log_softmax(logits32, axis=-1) * tf.cast(labels, tf.float32), axis=-1)
+    if problem_type is None:  # rows with a negative label are ignored, 0 when none is left
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        return _per_example(_sparse_cross_entropy(logits32, labels), labels >= 0, none_kept=0.0)
+    return cross_entropy_per_example(logits32, labels)  # single_label_classification
 
 
 def _loss_dtype(loss, logits):
@@ -1036,8 +1186,8 @@ class TFDebertaV2ForMaskedLM(_TaskModel):
         logits = head(outputs.last_hidden_state, word_embeddings)
         loss = None
         if labels is not None:
-            loss = cross_entropy(tf.reshape(logits, [-1, self.config.vocab_size]), tf.reshape(_as_tensor(labels), [-1]))
-            loss = _loss_dtype(loss, logits)
+            labels = _as_tensor(labels)  # the reference TF: labels != -100 count, other negatives as label 0
+            loss = _loss_dtype(masked_mean_cross_entropy(logits, tf.nn.relu(labels), labels != -100), logits)
         return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
@@ -1083,8 +1233,8 @@ class TFDebertaV2ForTokenClassification(_TaskModel):
         logits = self.classifier(dropout(outputs.last_hidden_state, self.dropout_rate, training))
         loss = None
         if labels is not None:
-            loss = cross_entropy(tf.reshape(logits, [-1, self.config.num_labels]), tf.reshape(_as_tensor(labels), [-1]))
-            loss = _loss_dtype(loss, logits)
+            labels = _as_tensor(labels)  # the reference TF: labels >= 0 count (-100 and -1 are ignored)
+            loss = _loss_dtype(masked_mean_cross_entropy(logits, labels, labels >= 0), logits)
         return finish(_with_encoder_outputs(outputs, loss=loss, logits=logits), return_dict)
 
 
@@ -1111,7 +1261,7 @@ class TFDebertaV2ForQuestionAnswering(_TaskModel):
             def span_loss(span_logits, positions):
                 positions = tf.clip_by_value(tf.reshape(tf.cast(_as_tensor(positions), tf.int32), [-1]), 0,
                                              ignored_index)
-                return cross_entropy(span_logits, positions, ignore_index=ignored_index)
+                return cross_entropy_per_example(span_logits, positions, ignore_index=ignored_index)
 
             loss = _loss_dtype((span_loss(start_logits, start_positions) + span_loss(end_logits, end_positions)) / 2,
                                logits)
@@ -1153,7 +1303,7 @@ class TFDebertaV2ForMultipleChoice(_TaskModel):
         reshaped_logits = tf.reshape(logits, tf.stack([-1, num_choices]))
         loss = None
         if labels is not None:
-            loss = _loss_dtype(cross_entropy(reshaped_logits, tf.reshape(_as_tensor(labels), [-1])), logits)
+            loss = _loss_dtype(cross_entropy_per_example(reshaped_logits, _as_tensor(labels)), logits)
         return finish(_with_encoder_outputs(outputs, loss=loss, logits=reshaped_logits), return_dict)
 
 

@@ -7,6 +7,7 @@ nGiE convolution of v2) -> task heads. Module attribute names are the canonical 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -95,13 +96,39 @@ def relative_position_index(table: DistanceTable, by_distance: dict[str, torch.T
     return slice(start, stop), {term: column[distance] - start for term, column in by_distance.items()}
 
 
+def relative_position_table(table: DistanceTable, by_distance: dict[str, torch.Tensor],
+                            seq_length) -> tuple[slice, dict[str, torch.Tensor]]:
+    """:func:`relative_position_index` without the [L, L] gather: each term's column by clamped distance
+    (``[2 reach + 1]``, relative to the window's first row), for the fused kernel to look up per (query, key)."""
+    start, stop = (0, 2 * table.span) if torch.compiler.is_compiling() else table.window(seq_length)
+    return slice(start, stop), {term: column - start for term, column in by_distance.items()}
+
+
+def attention_implementation(config: DebertaV2Config, output_attentions: bool, training: bool) -> str:
+    """The implementation a forward pass runs: the config's ``_attn_implementation``, except eager when attention
+    probabilities are returned (as the reference's sdpa paths do) and, for "fused", in training with attention
+    dropout (the kernel has no dropout)."""
+    implementation = config._attn_implementation
+    if output_attentions:
+        return "eager"
+    if implementation == "fused" and training and config.attention_probs_dropout_prob > 0:
+        return "eager"
+    return implementation
+
+
 # =============================================================================================================
 # Disentangled self-attention
 class DisentangledSelfAttention(nn.Module):
-    """softmax((c2c + c2p + p2c) / sqrt(d * scale_factor)) V, heads as [B, heads, L, d]."""
+    """softmax((c2c + c2p + p2c) / sqrt(d * scale_factor)) V, heads as [B, heads, L, d].
+
+    Three implementations of the same math (``config._attn_implementation``, read at each call): "eager" (the
+    reference's ops: [B, heads, L, L] scores), "sdpa" (the relative terms and the mask as one additive bias per head
+    into ``F.scaled_dot_product_attention``) and "fused" (one Triton kernel, no [L, L] tensor: fused_attention.py).
+    """
 
     def __init__(self, config: DebertaV2Config):
         super().__init__()
+        self.config = config
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.head_size
         all_head_size = config.num_attention_heads * config.head_size
@@ -134,6 +161,13 @@ class DisentangledSelfAttention(nn.Module):
         value = self.split_heads(self.value_proj(hidden_states))
 
         scale = math.sqrt(self.attention_head_size * self.scale_factor)
+        implementation = attention_implementation(self.config, output_attentions, self.training)
+        if implementation == "sdpa":
+            return self.merge_heads(self.sdpa_attention(query, key, value, attention_mask, rel_embeddings,
+                                                        position_index, scale)), None
+        if implementation == "fused":
+            return self.merge_heads(self.fused_attention(query, key, value, attention_mask, rel_embeddings,
+                                                         position_index, scale)), None
         scores = torch.matmul(query, key.transpose(-1, -2) / scale)  # c2c, K scaled first as the reference
         if self.relative_attention:
             rel_embeddings = self.pos_dropout(rel_embeddings)
@@ -142,14 +176,46 @@ class DisentangledSelfAttention(nn.Module):
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         probs = self.dropout(torch.softmax(scores, dim=-1))
         context = torch.matmul(probs, value)  # [B, h, L, d]
-        context = context.transpose(1, 2).reshape(*context.shape[:1], context.shape[2], -1)
-        return context, (probs if output_attentions else None)
+        return self.merge_heads(context), (probs if output_attentions else None)
 
-    def disentangled_attention_bias(self, query, key, rel_embeddings, position_index, scale):
-        """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``.
+    @staticmethod
+    def merge_heads(context: torch.Tensor) -> torch.Tensor:
+        """[B, heads, L, d] -> [B, L, heads * d]"""
+        return context.transpose(1, 2).reshape(*context.shape[:1], context.shape[2], -1)
 
-        ``rel_embeddings`` holds the rows of the relative-embedding table this length reads (at most 2 span);
-        ``position_index`` indexes into them."""
+    def sdpa_attention(self, query, key, value, attention_mask, rel_embeddings, position_index, scale):
+        """The relative terms (already divided by ``scale``) with the mask folded in as eager does (masked pairs at
+        ``finfo.min``: a fully masked row comes out uniform) as one additive bias [B, heads, L, L] per head."""
+        fill = torch.finfo(query.dtype).min
+        bias = 0
+        if self.relative_attention:
+            bias = self.disentangled_attention_bias(query, key, self.pos_dropout(rel_embeddings), position_index,
+                                                    scale)
+        if not torch.is_tensor(bias):  # no relative terms: the mask alone
+            bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
+        bias = bias.masked_fill(~attention_mask, fill)
+        dropout = self.dropout.p if self.training else 0.0
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=1 / scale)
+
+    def fused_attention(self, query, key, value, attention_mask, rel_embeddings, position_index, scale):
+        """The Triton kernel: the position projections (q . k^pos and k . q^pos over the window's rows, O(L x rows)
+        per head) are made here; the kernel reads them by distance (``position_index``: the per-distance tables)."""
+        from deberta_xf.torch.fused_attention import fused_attention  # Triton only for this implementation
+
+        c2p_proj = p2c_proj = None
+        tables = {}
+        if self.relative_attention:
+            pos_query, pos_key = self.position_projections(self.pos_dropout(rel_embeddings))
+            if "c2p" in self.pos_att_type:
+                c2p_proj = torch.matmul(query, pos_key.transpose(-1, -2))  # [B, h, L, rows]
+            if "p2c" in self.pos_att_type:
+                p2c_proj = torch.matmul(key, pos_query.transpose(-1, -2))  # [B, h, L, rows]
+            tables = position_index
+        return fused_attention(query, key, value, c2p_proj, p2c_proj, tables, attention_mask, scale)
+
+    def position_projections(self, rel_embeddings):
+        """(position queries, position keys) [heads, rows, d] of the relative embeddings; None for a term that is
+        off when the keys are not shared."""
         if self.share_att_key:
             pos_query = self.split_heads(self.query_proj(rel_embeddings))  # [h, rows, d]
             pos_key = self.split_heads(self.key_proj(rel_embeddings))
@@ -157,6 +223,14 @@ class DisentangledSelfAttention(nn.Module):
             pos_key = self.split_heads(self.pos_key_proj(rel_embeddings)) if "c2p" in self.pos_att_type else None
             pos_query = (self.split_heads(self.pos_query_proj(rel_embeddings))
                          if "p2c" in self.pos_att_type else None)
+        return pos_query, pos_key
+
+    def disentangled_attention_bias(self, query, key, rel_embeddings, position_index, scale):
+        """c2p(i, j) = q_i . k^r_{c2p(i,j)}   and   p2c(i, j) = k_j . q^r_{p2c(j,i)}, both divided by ``scale``.
+
+        ``rel_embeddings`` holds the rows of the relative-embedding table this length reads (at most 2 span);
+        ``position_index`` indexes into them."""
+        pos_query, pos_key = self.position_projections(rel_embeddings)
         batch_heads_len = query.shape[:3]
         score = 0
         if "c2p" in self.pos_att_type:
@@ -277,11 +351,14 @@ class DebertaV2Encoder(nn.Module):
 
     def forward(self, hidden_states, attention_mask, input_mask, output_hidden_states=False,
                 output_attentions=False):
-        """``attention_mask``: bool [B, 1, L, L]; ``input_mask``: [B, L] (1 = token, 0 = padding)."""
+        """``attention_mask``: bool [B, 1, L, L] (or [B, 1, 1, L] token mask for "fused", see attention_masks);
+        ``input_mask``: [B, L] (1 = token, 0 = padding)."""
         rel_embeddings = position_index = None
         if self.config.relative_attention:
             by_distance = {term: getattr(self, f"{term}_by_distance") for term in self.position_table.index}
-            rows, position_index = relative_position_index(self.position_table, by_distance, hidden_states.shape[1])
+            fused = attention_implementation(self.config, output_attentions, self.training) == "fused"
+            positions = relative_position_table if fused else relative_position_index  # fused: no [L, L] index
+            rows, position_index = positions(self.position_table, by_distance, hidden_states.shape[1])
             rel_embeddings = self.get_rel_embedding()[rows]
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
@@ -305,12 +382,15 @@ class DebertaV2Encoder(nn.Module):
                            attentions=tuple(all_attentions) if output_attentions else None)
 
 
-def attention_masks(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_masks(attention_mask: torch.Tensor, tokens_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """2-D [B, L] or 3-D [B, Lq, Lk] mask -> (bool [B, 1, L, L] pair mask, [B, L] token mask).
 
     A 2-D mask becomes the outer product (padding query rows are masked too). A token of a 3-D mask counts as
-    present when any query attends to it, as the reference's ConvLayer reads it.
+    present when any query attends to it, as the reference's ConvLayer reads it. ``tokens_only`` (the fused
+    kernel): a 2-D mask stays a bool [B, 1, 1, L] token mask that stands for that outer product (no [L, L] tensor).
     """
+    if attention_mask.dim() == 2 and tokens_only:
+        return attention_mask.bool()[:, None, None, :], attention_mask
     if attention_mask.dim() == 2:
         input_mask = attention_mask
         pair = attention_mask[:, None, :, None] * attention_mask[:, None, None, :]
@@ -370,6 +450,16 @@ def _resized_rows(old: torch.Tensor, new_rows: int, std: float, mean_resizing: b
     return out
 
 
+def with_attn_implementation(config: DebertaV2Config, attn_implementation: str | None) -> DebertaV2Config:
+    """``config``, or a copy of it whose ``_attn_implementation`` is ``attn_implementation`` (checked there: a
+    ConfigError names the accepted values)."""
+    if attn_implementation is None:
+        return config
+    config = copy.deepcopy(config)
+    config._attn_implementation = attn_implementation
+    return config
+
+
 class DebertaV2PreTrainedModel(nn.Module):
     """Base of every PyTorch DeBERTa-v2 model: weight init, ``from_pretrained`` and ``save_pretrained``."""
 
@@ -378,7 +468,7 @@ class DebertaV2PreTrainedModel(nn.Module):
 
     def __init__(self, config: DebertaV2Config):
         super().__init__()
-        self.config = config
+        self.config = config.validate()  # the one aggregated ConfigError, before any layer is built
 
     def post_init(self) -> None:
         self.apply(self._init_weights)
@@ -401,8 +491,14 @@ class DebertaV2PreTrainedModel(nn.Module):
             module.bias.data.zero_()
 
     @classmethod
-    def from_config(cls, config: DebertaV2Config, dtype: Any = None, seed: int | None = None):
-        """A randomly initialised model (normal(0, initializer_range) weights, as the reference)."""
+    def from_config(cls, config: DebertaV2Config, dtype: Any = None, seed: int | None = None,
+                    attn_implementation: str | None = None):
+        """A randomly initialised model (normal(0, initializer_range) weights, as the reference).
+        ``attn_implementation``: "eager" (default) | "sdpa" | "fused", set on a copy of ``config``."""
+        config = with_attn_implementation(config, attn_implementation)
+        from deberta_xf.limits import check_memory
+
+        check_memory(config, cls.task, None, "torch")  # built in float32, then cast: refused before allocating
         if seed is not None:
             torch.manual_seed(seed)
         model = cls(config)
@@ -412,16 +508,19 @@ class DebertaV2PreTrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
-                        dtype: Any = None, ignore_mismatched_sizes: bool = False, **config_overrides: Any):
+                        dtype: Any = None, ignore_mismatched_sizes: bool = False,
+                        attn_implementation: str | None = None, **config_overrides: Any):
         """Load a checkpoint directory (``config.json`` + any supported weights file) or a weights file.
 
         The parameters are float32, or ``dtype`` (``"auto"``: the checkpoint's stored floating dtype; a string,
         numpy or torch dtype). ``ignore_mismatched_sizes=True`` re-initialises head tensors whose shape differs
-        from the checkpoint's (listed in ``model.loading_report.reinitialized``). Returned in eval mode.
+        from the checkpoint's (listed in ``model.loading_report.reinitialized``). ``attn_implementation``:
+        "eager" (default) | "sdpa" | "fused" (docs/attention.md). Returned in eval mode.
         """
         cfg = resolve_config(pretrained_model_name_or_path, config)
         if config_overrides:
-            cfg = DebertaV2Config.from_dict({**cfg.to_dict(), **config_overrides})
+            cfg = DebertaV2Config.from_dict(cfg.to_dict(), **config_overrides)
+        cfg = with_attn_implementation(cfg, attn_implementation)
         loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "torch", config=cfg,
                                  ignore_mismatched_sizes=ignore_mismatched_sizes)
         model = cls(cfg)
@@ -559,7 +658,8 @@ class DebertaV2Model(DebertaV2PreTrainedModel):
             self.config, output_attentions, output_hidden_states, return_dict)
         input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = self._prepare(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
-        pair_mask, input_mask = attention_masks(attention_mask)
+        fused = attention_implementation(self.config, output_attentions, self.training) == "fused"
+        pair_mask, input_mask = attention_masks(attention_mask, tokens_only=fused)
         embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, input_mask, inputs_embeds)
         return finish(self.encoder(embedding_output, pair_mask, input_mask, output_hidden_states, output_attentions),
                       return_dict)
