@@ -42,6 +42,11 @@ class CheckpointError(DebertaXfError):
     """A checkpoint that cannot be read or does not fit the model (missing, corrupt, wrong shape, unsafe)."""
 
 
+class CheckpointNotFoundError(CheckpointError, OSError):
+    """No checkpoint where one was asked for (a missing path, a directory without a weights file): a CheckpointError
+    that is also the ``OSError`` the reference's ``from_pretrained`` raises."""
+
+
 class MemoryLimitError(DebertaXfError):
     """A model whose parameters would need more memory than the machine has available (deberta_xf.limits)."""
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from deberta_xf import schema
 from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
-from deberta_xf.errors import CheckpointError, ConfigError, ConfigNotFoundError
+from deberta_xf.errors import CheckpointError, CheckpointNotFoundError, ConfigError, ConfigNotFoundError
 from deberta_xf.fileio import atomic_path, check_space
 from deberta_xf.formats import (FORMATS, Producer, TensorInfo, array_source, find_weights, open_weights,
                                 write_weights)
@@ -53,7 +53,7 @@ def _read_config(path: str | os.PathLike | None, config: Any = None) -> DebertaV
             raise ConfigNotFoundError(f"{path}: no {CONFIG_NAME} in this checkpoint directory")
         return DebertaV2Config.from_json_file(file)
     if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint file or directory")
     raise ConfigError(f"{path}: loading a weights file needs a config (pass config=...)")
 
 
@@ -142,7 +142,7 @@ def weights_path_for(path: str, framework: str) -> str:
     if os.path.isdir(path):
         return find_weights(path, framework)[0]
     if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint file or directory")
     return path
 
 

@@ -93,6 +93,8 @@ def test_torch_refuses_a_model_larger_than_memory(capped):
     config = DebertaV2Config(**HUGE)
     assert_refused(_refused_fast(lambda: dx.DebertaV2ForMaskedLM.from_config(config)), "DebertaV2ForMaskedLM")
     assert_refused(_refused_fast(lambda: dx.create_model("torch", "base", config=config)), "DebertaV2Model")
+    assert_refused(_refused_fast(lambda: dx.DebertaV2ForTokenClassification(config)),  # the class itself
+                   "DebertaV2ForTokenClassification")
 
 
 def test_tf_refuses_a_model_larger_than_memory(capped):
@@ -103,6 +105,7 @@ def test_tf_refuses_a_model_larger_than_memory(capped):
     assert_refused(_refused_fast(lambda: dx.TFDebertaV2Model.from_config(config)), "TFDebertaV2Model")
     assert_refused(_refused_fast(lambda: dx.create_model("tf", "masked-lm", config=config.to_dict())),
                    "TFDebertaV2ForMaskedLM")
+    assert_refused(_refused_fast(lambda: dx.TFDebertaV2ForQuestionAnswering(config)), "TFDebertaV2ForQuestionAnswering")
 
 
 def test_flax_refuses_a_model_larger_than_memory(capped):
@@ -112,6 +115,10 @@ def test_flax_refuses_a_model_larger_than_memory(capped):
     config = DebertaV2Config(**HUGE)
     assert_refused(_refused_fast(lambda: dx.FlaxDebertaV2Model.from_config(config)), "FlaxDebertaV2Model")
     assert_refused(_refused_fast(lambda: dx.create_model("flax", "base", config=config)), "FlaxDebertaV2Model")
+    import flax.nnx as nnx
+
+    assert_refused(_refused_fast(lambda: dx.FlaxDebertaV2ForMultipleChoice(config, rngs=nnx.Rngs(0))),
+                   "FlaxDebertaV2ForMultipleChoice")
 
 
 def test_from_pretrained_refuses_before_reading(tmp_path, capped):

@@ -548,3 +548,20 @@ def test_tf_gradient_checkpointing_keeps_gradients(tf_mod, task):
             np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-6, err_msg=how)
     model.gradient_checkpointing_disable()
     assert not model.is_gradient_checkpointing
+
+
+def test_from_pretrained_of_a_missing_checkpoint_raises_an_oserror(fw, tmp_path):
+    """As the reference's from_pretrained: a missing path, a directory without config.json and a directory without
+    weights raise an OSError (also our CheckpointError / ConfigError, naming the path)."""
+    from deberta_xf.errors import ConfigError
+
+    cls = fw.model_class("base")
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    tiny_config().save_pretrained(str(no_weights))
+    for path, ours, words in ((tmp_path / "missing", CheckpointError, "no such checkpoint file or directory"),
+                              (tmp_path, ConfigError, "no config.json in this checkpoint directory"),
+                              (no_weights, CheckpointError, "no weights file found")):
+        with pytest.raises(OSError) as info:
+            cls.from_pretrained(str(path))
+        assert isinstance(info.value, ours) and str(path) in str(info.value) and words in str(info.value)

@@ -34,7 +34,7 @@ if not torch.cuda.is_available() and not _TRITON_IMPORTED_BEFORE:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import deberta_xf  # noqa: E402
-from deberta_xf.compare import (BF16_THRESHOLDS, FP32_GRAD_THRESHOLDS, FP32_THRESHOLDS,  # noqa: E402
+from deberta_xf.compare import (DTYPE_THRESHOLDS, FP32_GRAD_THRESHOLDS, FP32_THRESHOLDS,  # noqa: E402
                                 compare_outputs, flatten_outputs)
 from deberta_xf.errors import ConfigError  # noqa: E402
 from deberta_xf.frameworks import REGISTRY  # noqa: E402
@@ -200,17 +200,19 @@ def test_gradients_match_eager(implementation, variant, task):
     assert max(float(np.abs(g).max()) for g in grads.values()) > 1e-3  # real gradients flowed
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa", pytest.param("fused", marks=needs_triton)])
-def test_bfloat16_forward(implementation):
-    """bf16 against the fp32 reference outputs, within the documented bf16 tolerance."""
+def test_half_precision_forward(implementation, dtype):
+    """bf16 / fp16 against the fp32 reference outputs, within the documented tolerance of that dtype."""
     case = load_case("v3", "masked-lm")
-    model = MODEL_CLASSES["masked-lm"].from_pretrained(case.directory, dtype="bfloat16",
+    model = MODEL_CLASSES["masked-lm"].from_pretrained(case.directory, dtype=dtype,
                                                        attn_implementation=implementation)
     got = run(model, case.inputs)
-    assert model.dtype == torch.bfloat16
-    results = compare_outputs(without_attentions(case.pt), got, "masked-lm", case.attention_mask, BF16_THRESHOLDS)
+    assert model.dtype == getattr(torch, dtype)
+    results = compare_outputs(without_attentions(case.pt), got, "masked-lm", case.attention_mask,
+                              DTYPE_THRESHOLDS[dtype])
     failed = [f"{r.name}: {r.max_abs:.3e} > {r.atol}" for r in results if not r.passed]
-    assert results and not failed, f"bf16 {implementation}: " + "; ".join(failed)
+    assert results and not failed, f"{dtype} {implementation}: " + "; ".join(failed)
     worst_hidden = max(r.max_abs for r in results if r.name.startswith("hidden_states"))
     assert worst_hidden > FP32_THRESHOLDS["hidden"]  # it really ran in bf16
 

@@ -83,13 +83,21 @@ def _lookup(table: jax.Array, distance: jax.Array) -> jax.Array:
     return table[jnp.clip(distance, -near, near) + near]
 
 
+def is_token_mask(mask: jax.Array, length: int) -> bool:
+    """A [B, 1, 1, L] (or [B, L]) token mask standing for its outer product, rather than [B, (1,) L, L] pairs."""
+    return mask.ndim == 2 or (mask.ndim == 4 and mask.shape[-2] == 1 and length > 1)
+
+
 # =============================================================================================================
 # The kernel: one (batch, head, query tile) per program
-def _kernel(*refs, terms: tuple[str, ...], length: int, block_k: int, num_k_blocks: int, precision):
+def _kernel(*refs, terms: tuple[str, ...], tokens: bool, length: int, block_k: int, num_k_blocks: int, precision):
     refs = list(refs)
     q_ref, k_ref, v_ref, mask_ref = refs[:4]
-    term_refs = {}
     position = 4
+    if tokens:  # a token mask: this tile's queries (mask_ref) and every key (the next ref)
+        key_tokens_ref = refs[position]
+        position += 1
+    term_refs = {}
     for term in terms:
         term_refs[term] = (refs[position], refs[position + 1])  # (projections, table)
         position += 2
@@ -118,7 +126,10 @@ def _kernel(*refs, terms: tuple[str, ...], length: int, block_k: int, num_k_bloc
             relative = p2c if relative is None else relative + p2c
         if relative is not None:
             scores = scores + relative
-        keep = mask_ref[:, pl.ds(start, block_k)] != 0
+        if tokens:  # pair (i, j) kept when both tokens are: the outer product, one tile at a time
+            keep = (mask_ref[...][:, None] != 0) & (key_tokens_ref[pl.ds(start, block_k)][None, :] != 0)
+        else:
+            keep = mask_ref[:, pl.ds(start, block_k)] != 0
         scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)  # masked as eager (a fully masked row
         scores = jnp.where(key_ids < length, scores, -jnp.inf)  # averages the real keys); padding keys absent
         m_new = jnp.maximum(m, scores.max(axis=1))
@@ -141,7 +152,7 @@ def _forward(options, query, key, value, mask, c2p, c2p_table, p2c, p2c_table):
     block = _block_size(length, block)
     padded = -(-length // block) * block
     terms = tuple(t for t, x in zip(TERMS, (c2p, p2c)) if x is not None)
-    mask = _pad(mask.reshape(batch, length, length).astype(jnp.int8), (1, 2), padded)
+    tokens = is_token_mask(mask, length)
     q, k, v = (_pad(x, (2,), padded) for x in (query, key, value))
 
     def query_tile(width):  # [B, h, L, width] -> this program's block of queries
@@ -150,9 +161,16 @@ def _forward(options, query, key, value, mask, c2p, c2p_table, p2c, p2c_table):
     def every_row(width):  # [B, h, L, width] -> all rows of this (batch, head)
         return pl.BlockSpec((None, None, padded, width), lambda b, h, i: (b, h, 0, 0))
 
-    in_specs = [query_tile(head_size), every_row(head_size), every_row(head_size),
-                pl.BlockSpec((None, block, padded), lambda b, h, i: (b, i, 0))]  # mask rows of the query tile
-    args = [q, k, v, mask]
+    in_specs = [query_tile(head_size), every_row(head_size), every_row(head_size)]
+    if tokens:  # [B, L]: the query tile's tokens, and every key's
+        mask = _pad(mask.reshape(batch, length).astype(jnp.int8), (1,), padded)
+        in_specs += [pl.BlockSpec((None, block), lambda b, h, i: (b, i)),
+                     pl.BlockSpec((None, padded), lambda b, h, i: (b, 0))]
+        args = [q, k, v, mask, mask]
+    else:  # [B, L, L]: the mask rows of the query tile
+        mask = _pad(mask.reshape(batch, length, length).astype(jnp.int8), (1, 2), padded)
+        in_specs.append(pl.BlockSpec((None, block, padded), lambda b, h, i: (b, i, 0)))
+        args = [q, k, v, mask]
     for term, projections, table in (("c2p", c2p, c2p_table), ("p2c", p2c, p2c_table)):
         if term not in terms:
             continue
@@ -161,8 +179,8 @@ def _forward(options, query, key, value, mask, c2p, c2p_table, p2c, p2c_table):
         in_specs.append(pl.BlockSpec(table.shape, lambda b, h, i: (0,)))
         args += [_pad(projections.astype(jnp.float32), (2,), padded), table]
     precision = jax.lax.Precision.HIGHEST if query.dtype == jnp.float32 else None
-    kernel = functools.partial(_kernel, terms=terms, length=length, block_k=block, num_k_blocks=padded // block,
-                               precision=precision)
+    kernel = functools.partial(_kernel, terms=terms, tokens=tokens, length=length, block_k=block,
+                               num_k_blocks=padded // block, precision=precision)
     out = pl.pallas_call(
         kernel,
         grid=(batch, heads, padded // block),
@@ -194,6 +212,9 @@ def reference_attention(query, key, value, mask, c2p=None, c2p_table=None, p2c=N
         relative = term if relative is None else relative + term
     if relative is not None:
         scores = scores + relative
+    if is_token_mask(mask, length):
+        tokens = mask.reshape(mask.shape[0], length)
+        mask = tokens[:, :, None] & tokens[:, None, :]
     scores = jnp.where(mask.reshape(mask.shape[0], 1, length, length), scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     return jnp.matmul(probs.astype(value.dtype), value, precision=precision,
@@ -233,7 +254,8 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: ja
     """Disentangled attention through the Pallas kernel.
 
     ``query``, ``value`` [B, h, L, d]; ``key`` [B, h, L, d] already divided by the scale (as the eager path
-    does); ``mask`` bool [B, L, L] or [B, 1, L, L] (True = attend); ``c2p`` = q @ K_posᵀ / scale and ``p2c`` =
+    does); ``mask`` bool [B, L, L] or [B, 1, L, L] (True = attend), or a [B, 1, 1, L] token mask that stands for
+    its outer product (pair (i, j) kept when tokens i and j both are; no [L, L] mask is made); ``c2p`` = q @ K_posᵀ / scale and ``p2c`` =
     k @ Q_posᵀ / scale, [B, h, L, R] over the relative rows (None for an absent term), with their
     :func:`position_tables`. ``block``: the tile size (default: up to 64); ``interpret``: None = on CPU.
     Returns the context [B, h, L, d] in ``query``'s dtype.

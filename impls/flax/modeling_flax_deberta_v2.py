@@ -36,6 +36,7 @@ from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
 from deberta_xf.errors import CheckpointError
 from deberta_xf.flax.fused_attention import fused_attention, position_tables
+from deberta_xf.limits import check_memory
 from deberta_xf.loading import dtype_name, load_checkpoint, resized_rows, resolve_config, save_arrays
 from deberta_xf.outputs import ModelOutput, finish, output_flags
 from deberta_xf.relative_position import attention_distance_window
@@ -243,9 +244,7 @@ class FlaxDisentangledSelfAttention(nnx.Module):
         scale = math.sqrt(self.attention_head_size * self.scale_factor)
         if self.relative_attention:
             rel_embeddings = self.pos_dropout(rel_embeddings)
-        implementation = self.attn_implementation
-        if output_attentions or (not self.dropout.deterministic and self.dropout.rate > 0):
-            implementation = "eager"
+        implementation = self.implementation(output_attentions)
         probs = None
         if implementation in ("sdpa", "fused"):
             attend = self.sdpa_attention if implementation == "sdpa" else self.fused_kernel_attention
@@ -262,6 +261,13 @@ class FlaxDisentangledSelfAttention(nnx.Module):
             context = _matmul(probs, value)  # [B, h, L, d]
         context = jnp.swapaxes(context, 1, 2).reshape(context.shape[0], context.shape[2], -1)
         return context, (probs if output_attentions else None)
+
+    def implementation(self, output_attentions: bool) -> str:
+        """What this call runs: the configured implementation, or eager for ``output_attentions`` and while
+        attention dropout is active (the model asks too, to hand "fused" a token mask instead of the [L, L] one)."""
+        if output_attentions or (not self.dropout.deterministic and self.dropout.rate > 0):
+            return "eager"
+        return self.attn_implementation
 
     def sdpa_attention(self, query, key, value, attention_mask, rel_embeddings, position_index, scale):
         """``jax.nn.dot_product_attention`` with c2p + p2c (the eager path's, same scale) and the mask folded into
@@ -463,12 +469,15 @@ class FlaxDebertaV2Encoder(nnx.Module):
                            attentions=tuple(all_attentions) if output_attentions else None)
 
 
-def attention_masks(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+def attention_masks(attention_mask: jax.Array, tokens_only: bool = False) -> tuple[jax.Array, jax.Array]:
     """2-D [B, L] or 3-D [B, Lq, Lk] mask -> (bool [B, 1, L, L] pair mask, [B, L] token mask).
 
     A 2-D mask becomes the outer product (padding query rows are masked too). A token of a 3-D mask counts as
-    present when any query attends to it, as the reference's ConvLayer reads it.
+    present when any query attends to it, as the reference's ConvLayer reads it. ``tokens_only`` (the fused
+    kernel): a 2-D mask stays a bool [B, 1, 1, L] token mask that stands for that outer product (no [L, L] tensor).
     """
+    if attention_mask.ndim == 2 and tokens_only:
+        return attention_mask[:, None, None, :] != 0, attention_mask
     if attention_mask.ndim == 2:
         input_mask = attention_mask
         pair = attention_mask[:, None, :, None] * attention_mask[:, None, None, :]
@@ -548,6 +557,7 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
     def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None):
         """``dtype``: the parameters' dtype (None: float32); ``compute_dtype``: the layers' (None: ``dtype``)."""
         self._config = Static(config.validate())  # the one aggregated ConfigError, before any layer is built
+        check_memory(config, self.task, None, FRAMEWORK)  # float32 parameters: refused before allocating
         self._param_dtype = Static(parameter_dtype(dtype))
         self._compute_dtype = Static(resolve_compute_dtype(compute_dtype, self._param_dtype.value))
         self._loaded_from = Static(None)  # (LoadReport, weights path) after from_pretrained
@@ -593,9 +603,6 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
         "eager" | "sdpa" | "fused" (None: the config's ``_attn_implementation``, eager by default).
         """
         config = with_attn_implementation(config, attn_implementation)
-        from deberta_xf.limits import check_memory
-
-        check_memory(config, cls.task, None, FRAMEWORK)  # float32 parameters: refused before allocating
         seed = secrets.randbits(31) if seed is None else int(seed)
         return cls(config, dtype=dtype, compute_dtype=compute_dtype, rngs=nnx.Rngs(params=seed, dropout=seed))
 
@@ -771,7 +778,9 @@ class FlaxDebertaV2Model(FlaxDebertaV2PreTrainedModel):
             self.config, output_attentions, output_hidden_states, return_dict)
         input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds = self._prepare(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
-        pair_mask, input_mask = attention_masks(attention_mask)
+        layers = self.encoder.layer
+        fused = len(layers) > 0 and layers[0].attention.self.implementation(output_attentions) == "fused"
+        pair_mask, input_mask = attention_masks(attention_mask, tokens_only=fused)
         embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, input_mask, inputs_embeds)
         return finish(self.encoder(embedding_output, pair_mask, input_mask, output_hidden_states, output_attentions),
                       return_dict)

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from deberta_xf.errors import CheckpointError, DebertaXfError
+from deberta_xf.errors import CheckpointError, CheckpointNotFoundError, DebertaXfError
 from deberta_xf.fileio import atomic_write_text
 from deberta_xf.frameworks import REGISTRY
 
@@ -264,7 +264,7 @@ def detect_format(path: str) -> Format:
 def find_weights(directory: str, framework: str = "torch") -> tuple[str, Format]:
     """The weights file a framework loads from a checkpoint directory: its own format first, then any other."""
     if not os.path.isdir(directory):
-        raise CheckpointError(f"{directory}: not a directory")
+        raise CheckpointNotFoundError(f"{directory}: not a directory")
     for fmt_name in SEARCH_ORDER[framework]:
         fmt = FORMATS[fmt_name]
         for filename in reversed(fmt.filenames):  # prefer the index of a sharded checkpoint
@@ -272,14 +272,14 @@ def find_weights(directory: str, framework: str = "torch") -> tuple[str, Format]
             if os.path.isfile(path):
                 return path, fmt
     wanted = ", ".join(f for n in SEARCH_ORDER[framework] for f in FORMATS[n].filenames)
-    raise CheckpointError(f"{directory}: no weights file found (looked for {wanted})")
+    raise CheckpointNotFoundError(f"{directory}: no weights file found (looked for {wanted})")
 
 
 def open_weights(path: str, **kwargs) -> TensorReader:
     """Open a weights file (or the index of a sharded one) lazily, in canonical names and layouts."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise CheckpointError(f"{path}: weights file not found")
+        raise CheckpointNotFoundError(f"{path}: weights file not found")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: not a regular file")
     return detect_format(path).open(path, **kwargs)

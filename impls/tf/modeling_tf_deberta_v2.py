@@ -49,6 +49,7 @@ import tensorflow as tf  # noqa: E402
 from deberta_xf import schema  # noqa: E402
 from deberta_xf.configuration import DebertaV2Config  # noqa: E402
 from deberta_xf.formats import TensorInfo  # noqa: E402
+from deberta_xf.limits import check_memory
 from deberta_xf.loading import dtype_name, load_checkpoint, resized_rows, resolve_config, \
     save_checkpoint  # noqa: E402
 from deberta_xf.outputs import ModelOutput, finish, output_flags  # noqa: E402
@@ -681,6 +682,7 @@ class TFDebertaV2PreTrainedModel(keras.Model):
     def __init__(self, config: DebertaV2Config, dtype: Any = None, name: Optional[str] = None, **kwargs):
         super().__init__(name=name or _snake_case(type(self).__name__), dtype=dtype_policy(dtype), **kwargs)
         self.config = config.validate()  # the one aggregated ConfigError, before any layer is built
+        check_memory(self.config, self.task, dtype, "tf")  # refused before any variable is allocated
         self._allow_non_tensor_positional_args = True  # a list of inputs may hold None and flags (reference order)
 
     def __call__(self, *args, **kwargs):
@@ -700,9 +702,6 @@ class TFDebertaV2PreTrainedModel(keras.Model):
             name, config = config.get("name"), config["deberta_config"]
         if isinstance(config, dict):
             config = DebertaV2Config.from_dict(config)
-        from deberta_xf.limits import check_memory
-
-        check_memory(config, cls.task, dtype, "tf")  # refused before allocating
         if seed is not None:
             keras.utils.set_random_seed(seed)
         return cls(config, dtype=dtype, name=name)

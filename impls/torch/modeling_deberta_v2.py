@@ -21,6 +21,7 @@ from torch import nn
 
 from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
+from deberta_xf.limits import check_memory
 from deberta_xf.loading import dtype_name, load_checkpoint, resolve_config, save_arrays
 from deberta_xf.outputs import ModelOutput, finish, output_flags
 from deberta_xf.relative_position import DistanceTable, distance_table
@@ -469,6 +470,7 @@ class DebertaV2PreTrainedModel(nn.Module):
     def __init__(self, config: DebertaV2Config):
         super().__init__()
         self.config = config.validate()  # the one aggregated ConfigError, before any layer is built
+        check_memory(self.config, self.task, None, "torch")  # built in float32: refused before allocating
 
     def post_init(self) -> None:
         self.apply(self._init_weights)
@@ -496,9 +498,6 @@ class DebertaV2PreTrainedModel(nn.Module):
         """A randomly initialised model (normal(0, initializer_range) weights, as the reference).
         ``attn_implementation``: "eager" (default) | "sdpa" | "fused", set on a copy of ``config``."""
         config = with_attn_implementation(config, attn_implementation)
-        from deberta_xf.limits import check_memory
-
-        check_memory(config, cls.task, None, "torch")  # built in float32, then cast: refused before allocating
         if seed is not None:
             torch.manual_seed(seed)
         model = cls(config)
