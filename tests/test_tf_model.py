@@ -466,3 +466,25 @@ def test_ignored_rows_keep_the_pytorch_mean():
     loss = model(**case.model_inputs, labels=labels).loss.numpy()
     assert loss.shape == (3,) and loss[0] == 0.0 and float(loss.mean()) == pytest.approx(float(want), abs=1e-6)
     np.testing.assert_array_equal(model(**case.model_inputs, labels=np.array([-1, -1, -1])).loss.numpy(), 0.0)
+
+
+def test_weights_the_checkpoint_lacks_are_drawn_at_random():
+    """from_pretrained builds its variables as zeros only when the checkpoint holds every one of them (they are all
+    assigned); a head the checkpoint lacks is drawn from normal(0, initializer_range) as in from_config."""
+    from reference_cases import REFERENCE
+
+    base = os.path.join(REFERENCE, "v3", "base")
+    model = MODEL_CLASSES["sequence-classification"].from_pretrained(base)
+    kernel = np.asarray(model.classifier.kernel.numpy())
+    std = model.config.initializer_range
+    assert 0.5 * std < kernel.std() < 2 * std  # random, not the zeros of a skipped init
+    pooler = np.asarray(model.pooler.dense.kernel.numpy())
+    assert 0.5 * std < pooler.std() < 2 * std
+    full = MODEL_CLASSES["base"].from_pretrained(base)
+    state = full.canonical_state()
+    from deberta_xf.formats import open_checked
+
+    with open_checked(os.path.join(base, "model.safetensors")) as reader:  # the same weights, canonical names
+        assert set(state) <= set(reader.keys())
+        for name, array in state.items():
+            assert np.array_equal(array, reader.read(name)), name  # every variable assigned from the checkpoint

@@ -110,10 +110,26 @@ def dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
     return tf.nn.dropout(x, rate=rate)
 
 
+_SKIP_RANDOM_INIT = [False]  # True while from_pretrained builds a model whose every weight the checkpoint holds
+
+
+@contextlib.contextmanager
+def _weights_from_checkpoint(complete: bool):
+    """While the model is built by from_pretrained with every weight in the checkpoint, its normal(0, std) variables
+    start as zeros: they are all assigned right after, and drawing them costs seconds for a base-size model."""
+    _SKIP_RANDOM_INIT[0] = complete
+    try:
+        yield
+    finally:
+        _SKIP_RANDOM_INIT[0] = False
+
+
 def _normal(std: float, zero_row: Optional[int] = None):
     """normal(0, std) initializer, as the reference's _init_weights (with the padding row zeroed)."""
 
     def init(shape, dtype=None):
+        if _SKIP_RANDOM_INIT[0]:
+            return tf.zeros(shape, dtype or "float32")
         values = keras.random.normal(shape, stddev=std, dtype="float32")
         if zero_row is not None:
             values = tf.tensor_scatter_nd_update(values, [[zero_row]], tf.zeros([1, shape[1]]))
@@ -764,7 +780,8 @@ class TFDebertaV2PreTrainedModel(keras.Model):
         dtype = dtype_name(dtype)
         if dtype == "auto":
             dtype = loaded.stored_dtype
-        model = cls(cfg, dtype=dtype)
+        with _weights_from_checkpoint(set(loaded.arrays) >= set(schema.expected_shapes(cfg, cls.task))):
+            model = cls(cfg, dtype=dtype)
         model.load_canonical(loaded.arrays)
         model.loading_report = loaded.report
         model.weights_path = loaded.weights_path
