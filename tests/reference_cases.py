@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -115,3 +117,31 @@ def assert_matches(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarr
     assert not failed, f"{label}: " + "; ".join(failed)
     assert results, f"{label}: nothing compared"
     return max(r.max_abs for r in results)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference TF in a subprocess: its TF classes need tf-keras (Keras 2, ``TF_USE_LEGACY_KERAS=1``), while our TF
+# implementation runs on Keras 3 in the test process.
+REFERENCE_TF_PREAMBLE = r"""
+import json, os, sys
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+try:  # triton (loaded by torch, which transformers imports) must come before TensorFlow: both bundle LLVM
+    import triton  # noqa: F401
+except ImportError:
+    pass
+import numpy as np
+import tensorflow as tf
+import transformers
+"""
+
+
+def run_reference_tf(body: str, jobs: list[dict], tmp_path) -> str:
+    """Run ``body`` (after REFERENCE_TF_PREAMBLE; it reads the jobs from ``sys.argv[1]``) with the reference TF;
+    return its stdout, failing the test with its stderr when it fails."""
+    script = tmp_path / "reference_tf_runner.py"
+    script.write_text(REFERENCE_TF_PREAMBLE + body)
+    result = subprocess.run([sys.executable, str(script), json.dumps(jobs)], capture_output=True, text=True,
+                            env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -25,23 +23,12 @@ import deberta_xf  # noqa: E402
 from deberta_xf.tf.modeling_tf_deberta_v2 import MODEL_CLASSES  # noqa: E402
 from deberta_xf.compare import flatten_outputs  # noqa: E402
 from deberta_xf.tasks import TASK_TABLE  # noqa: E402
-from reference_cases import TF_CASES, assert_matches, load_case  # noqa: E402
+from reference_cases import TF_CASES, assert_matches, load_case, run_reference_tf  # noqa: E402
 
 
 # Loads each job's directory with the reference TF class (tf_model.h5 only), runs it on the job's inputs and
 # saves its outputs; prints the loading report as one JSON line per job.
 REFERENCE_RUNNER = r"""
-import json, os, sys
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-try:  # triton (loaded by torch, which transformers imports) must come before TensorFlow: both bundle LLVM
-    import triton  # noqa: F401
-except ImportError:
-    pass
-import numpy as np
-import tensorflow as tf
-import transformers
-
 for job in json.loads(sys.argv[1]):
     cls = getattr(transformers, job["cls"])
     model, info = cls.from_pretrained(job["dir"], use_safetensors=False, output_loading_info=True)
@@ -58,14 +45,9 @@ WEIGHTLESS = re.compile(r"^(cls_)?dropout(_\d+)?$")
 
 
 def run_reference(jobs: list[dict], tmp_path) -> list[dict]:
-    script = tmp_path / "reference_runner.py"
-    script.write_text(REFERENCE_RUNNER)
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
-    result = subprocess.run([sys.executable, str(script), json.dumps(jobs)], capture_output=True, text=True,
-                            env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(reports) == len(jobs), result.stdout[-2000:]
+    stdout = run_reference_tf(REFERENCE_RUNNER, jobs, tmp_path)
+    reports = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == len(jobs), stdout[-2000:]
     for job, report in zip(jobs, reports):
         assert report["mismatched_keys"] == [], job
         for key in ("missing_keys", "unexpected_keys"):

@@ -22,7 +22,7 @@ from deberta_xf.errors import CheckpointError  # noqa: E402
 from deberta_xf.frameworks import REGISTRY  # noqa: E402
 from deberta_xf.tf.modeling_tf_deberta_v2 import MODEL_CLASSES, relative_position_indices  # noqa: E402
 from deberta_xf.compare import flatten_outputs  # noqa: E402
-from reference_cases import FIXTURE_FRACTION, KERNEL_FRACTION, assert_matches, load_case  # noqa: E402
+from reference_cases import FIXTURE_FRACTION, KERNEL_FRACTION, assert_matches, load_case, run_reference_tf  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -359,17 +359,6 @@ LOSS_SHAPES = {"masked-lm": (1,), "token-classification": (1,), "sequence-classi
 # The reference TF runs in a subprocess (it needs tf-keras): each job's model from its tf_model.h5, on its inputs and
 # labels; the loss is written to the job's out file.
 REFERENCE_LOSS_RUNNER = r"""
-import json, os, sys
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-try:  # triton (loaded by torch, which transformers imports) must come before TensorFlow: both bundle LLVM
-    import triton  # noqa: F401
-except ImportError:
-    pass
-import numpy as np
-import tensorflow as tf
-import transformers
-
 for job in json.loads(sys.argv[1]):
     model = getattr(transformers, job["cls"]).from_pretrained(job["dir"], use_safetensors=False)
     inputs = {k: tf.constant(v) for k, v in np.load(job["inputs"]).items()}
@@ -407,10 +396,6 @@ def _loss_cases(tmp_path):
 @pytest.mark.slow
 def test_losses_are_shaped_and_valued_as_the_live_reference_tf(tmp_path):
     """Every head's loss has the reference TF's shape and values (transformers 4.57.6 + tf-keras, live)."""
-    import json
-    import subprocess
-    import sys
-
     pytest.importorskip("transformers")
     pytest.importorskip("tf_keras")
     cases = _loss_cases(tmp_path)
@@ -419,11 +404,7 @@ def test_losses_are_shaped_and_valued_as_the_live_reference_tf(tmp_path):
         np.savez(tmp_path / f"inputs{i}.npz", **inputs)
         jobs.append({"cls": cls, "dir": str(directory), "inputs": str(tmp_path / f"inputs{i}.npz"),
                      "out": str(tmp_path / f"loss{i}.npy")})
-    script = tmp_path / "runner.py"
-    script.write_text(REFERENCE_LOSS_RUNNER)
-    result = subprocess.run([sys.executable, str(script), json.dumps(jobs)], capture_output=True, text=True,
-                            env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_reference_tf(REFERENCE_LOSS_RUNNER, jobs, tmp_path)
     for (label, model, inputs, _, _), job in zip(cases, jobs):
         want = np.load(job["out"])
         got = model(**inputs).loss.numpy()
