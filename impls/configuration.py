@@ -2,8 +2,8 @@
 
 The reference reads some fields with ``getattr(config, name, default)`` (``position_buckets``, ``share_att_key``,
 ``conv_kernel_size``, ...); here they are ordinary fields with those defaults, so a config that omits them means
-what it means to the reference. Keys this class does not know (``architectures``, ``torch_dtype``, ...) are kept
-and written back, so a ``config.json`` survives a round trip.
+what it means to the reference. Keys this class does not know (``architectures``, ``transformers_version``, ...) are
+kept and written back, so a ``config.json`` survives a round trip.
 
 Construction accepts what the reference accepts (docs/config.md): ``pos_att_type`` as ``"p2c|c2p"``, ``"None"``
 (-> ``["none"]``) or a list, kept as the reference keeps it; ``num_labels`` is a property over ``id2label``
@@ -17,6 +17,7 @@ what the reference itself refuses at construction, and values that could not eve
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -185,12 +186,26 @@ def _check_construction(values: dict[str, Any], labels: dict[str, Any], extra: d
     for name, v in {**values, **labels, **extra}.items():
         if isinstance(v, _HugeInt):
             problems.append(f"{name} is {v!r}, out of any range")
-    for name in ("torch_dtype", "dtype", "_name_or_path", "transformers_version"):
+    for name in ("dtype", "torch_dtype"):
+        v = extra.get(name)
+        if v is not None and not isinstance(v, str) and type(v).__module__ != "torch":
+            problems.append(f"{name} must be a string (e.g. \"float32\") or a torch.dtype, got {type(v).__name__}")
+    for name in ("_name_or_path", "transformers_version"):
         v = extra.get(name)
         if v is not None and not isinstance(v, str):
             problems.append(f"{name} must be a string, got {type(v).__name__} {str(v)[:50]}")
     if problems:
         raise _invalid(problems)
+
+
+def _parse_pos_att_type(value: Any) -> Any:
+    """As the reference: "p2c|c2p" -> ["p2c", "c2p"], "None" -> ["none"]; anything else as given."""
+    return [x.strip() for x in value.lower().split("|")] if isinstance(value, str) else value
+
+
+def _dtype_name(dtype: Any) -> Any:
+    """A torch.dtype as the name config.json stores ("float16"); anything else as given."""
+    return str(dtype).rsplit(".", 1)[-1] if type(dtype).__module__ == "torch" else dtype
 
 
 class DebertaV2Config:
@@ -214,8 +229,9 @@ class DebertaV2Config:
         labels = {name: kwargs.pop(name, None) for name in _LABEL_FIELDS}
         values = {**_DEFAULTS, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DEFAULTS}}
         _check_construction(values, labels, kwargs)  # before anything below converts a value of the wrong type
-        if isinstance(values["pos_att_type"], str):  # as the reference: "p2c|c2p" -> ["p2c", "c2p"], "None" -> ["none"]
-            values["pos_att_type"] = [x.strip() for x in values["pos_att_type"].lower().split("|")]
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)  # `dtype` wins over the alias
+        self.__dict__["_dtype"] = (_dtype_name(torch_dtype if dtype is None else dtype), True)  # (value, from init)
+        values["pos_att_type"] = _parse_pos_att_type(values["pos_att_type"])
         self.__dict__.update(values)
         # The label maps as PretrainedConfig makes them: id2label given wins (keys made ints, values and label2id
         # kept as given); otherwise LABEL_i maps for num_labels (default 2), replacing any label2id given.
@@ -234,6 +250,36 @@ class DebertaV2Config:
             object.__setattr__(self, name, value)
         else:
             self._extra[name] = value
+
+    # ----------------------------------------------------------------------------------------------------------
+    # dtype, as PretrainedConfig has it: a name given at construction ("float16", or the deprecated `torch_dtype=`)
+    # reads as that torch.dtype when torch is installed (imported here, on first read, never at import), else as
+    # the name; config.json gets the name under "dtype". A value set later is kept as set, as in the reference.
+    @property
+    def dtype(self) -> Any:
+        value, from_init = self._dtype
+        if from_init and isinstance(value, str) and value != "auto" and importlib.util.find_spec("torch"):
+            import torch
+
+            resolved = getattr(torch, value, None)
+            if not isinstance(resolved, torch.dtype):
+                raise ConfigError(f"dtype {value!r} is not a torch dtype (e.g. \"float32\", \"bfloat16\")")
+            self.__dict__["_dtype"] = (resolved, False)
+            return resolved
+        return value
+
+    @dtype.setter
+    def dtype(self, value: Any) -> None:
+        self.__dict__["_dtype"] = (value, False)
+
+    @property
+    def torch_dtype(self) -> Any:
+        """The deprecated name of `dtype` (reads and writes it)."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: Any) -> None:
+        self.dtype = value
 
     # ----------------------------------------------------------------------------------------------------------
     # Labels and the output flags, as PretrainedConfig has them.
@@ -288,8 +334,10 @@ class DebertaV2Config:
 
     @property
     def pos_att_types(self) -> tuple[str, ...]:
-        """The relative terms, "c2p" and/or "p2c" ("none" entries, as in the reference, add nothing)."""
-        return tuple(t for t in (self.pos_att_type or ()) if t not in POS_ATT_NOTHING)
+        """The relative terms, "c2p" and/or "p2c" ("none" entries, as in the reference, add nothing). A string set
+        after construction (``from_pretrained(..., pos_att_type="p2c|c2p")``, kept as set, as the reference keeps
+        it) reads as at construction."""
+        return tuple(t for t in (_parse_pos_att_type(self.pos_att_type) or ()) if t not in POS_ATT_NOTHING)
 
     @property
     def scale_factor(self) -> int:
@@ -371,7 +419,7 @@ class DebertaV2Config:
         for name in ("relative_attention", "position_biased_input", "share_att_key", "legacy", *_COMMON_FLAGS):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {getattr(self, name)!r}"[:200])
-        pos = self.pos_att_type
+        pos = _parse_pos_att_type(self.pos_att_type)
         if pos is not None and not (isinstance(pos, (list, tuple)) and all(isinstance(x, str) for x in pos)):
             problems.append(f"pos_att_type must be a string like 'p2c|c2p' or a list of strings, got {str(pos)[:50]}")
         else:
@@ -506,6 +554,8 @@ class DebertaV2Config:
         out["num_labels"] = self.num_labels  # derived; what older tools read
         for name, value in self._extra.items():
             out.setdefault(name, copy.deepcopy(value))
+        if self._dtype[0] is not None:  # written only when given, as the reference's config.json
+            out["dtype"] = _dtype_name(self._dtype[0])
         return dict(sorted(out.items()))
 
     def to_json_string(self) -> str:

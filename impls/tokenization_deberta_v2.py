@@ -30,6 +30,7 @@ from deberta_xf.tokenization_utils import (
     BatchEncoding,
     CallOptions,
     DebertaV2TokenizerBase,
+    check_ids_or_text,
 )
 
 _WORD_START = "\u2581"  # "▁", sentencepiece's word-boundary marker
@@ -121,6 +122,11 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         added_tokens_decoder: Optional[dict[int, AddedToken]] = None,
         **kwargs,
     ) -> None:
+        init_kwargs = dict(
+            do_lower_case=do_lower_case, split_by_punct=split_by_punct, bos_token=bos_token, eos_token=eos_token,
+            unk_token=unk_token, sep_token=sep_token, pad_token=pad_token, cls_token=cls_token,
+            mask_token=mask_token, sp_model_kwargs=sp_model_kwargs, added_tokens_decoder=added_tokens_decoder,
+        )
         self.sp_model_kwargs = dict(sp_model_kwargs or {})
         self.sp_model = load_sentencepiece(vocab_file, self.sp_model_kwargs)
         self.vocab_file = os.fspath(vocab_file)
@@ -139,6 +145,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
                 pad_token=pad_token, cls_token=cls_token, mask_token=mask_token,
             ),
             kwargs,
+            init_kwargs,
         )
 
         # Added tokens: those read from a saved tokenizer, then every special token not yet among them.
@@ -234,9 +241,9 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
 
     # --- tokenization ---
 
-    def _split_added_tokens(self, text: str, add_prefix_space: bool) -> list[str]:
+    def _split_added_tokens(self, text: str, add_prefix_space: bool, split_special_tokens: bool = False) -> list[str]:
         """The text cut into plain chunks and added-token strings (the reference's `tokenize` up to the
-        call of `_tokenize`)."""
+        call of `_tokenize`); with `split_special_tokens` no added token is cut out, as in the reference."""
         if not isinstance(text, str):
             raise TypeError(f"`text` must be a string, got {type(text).__name__}")
         if add_prefix_space:
@@ -248,7 +255,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
                 parts = self._lowercase_protect_re.split(text)
                 parts[::2] = [_lower(part) for part in parts[::2]]
                 text = "".join(parts)
-        if self._added_split_re is None:
+        if self._added_split_re is None or split_special_tokens:
             return [text] if text else []
         chunks = [chunk for chunk in self._added_split_re.split(text) if chunk]
         if self._has_strip_rules:
@@ -284,11 +291,11 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
             return [chunk]
         return [word for word in _punctuation_splitter().split(chunk) if word]
 
-    def _encode_text(self, text: str, add_prefix_space: bool, out_type) -> list:
+    def _encode_text(self, text: str, add_prefix_space: bool, out_type, split_special_tokens: bool = False) -> list:
         encode = self.sp_model.encode
         out = []
-        for chunk in self._split_added_tokens(text, add_prefix_space):
-            index = self._added_tokens_encoder.get(chunk)
+        for chunk in self._split_added_tokens(text, add_prefix_space, split_special_tokens):
+            index = None if split_special_tokens else self._added_tokens_encoder.get(chunk)
             if index is not None:
                 out.append(chunk if out_type is str else index)
                 continue
@@ -296,14 +303,58 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
                 out.extend(encode(piece_input, out_type=out_type))
         return out
 
-    def tokenize(self, text: str, *, add_prefix_space: bool = False, is_split_into_words: bool = False) -> list[str]:
-        """Text to tokens (sentencepiece pieces and added-token strings), without [CLS]/[SEP]."""
-        return self._encode_text(text, add_prefix_space or is_split_into_words, str)
+    def tokenize(
+        self, text: str, *, add_prefix_space: bool = False, is_split_into_words: bool = False,
+        split_special_tokens: Optional[bool] = None,
+    ) -> list[str]:
+        """Text to tokens (sentencepiece pieces and added-token strings), without [CLS]/[SEP].
+        `split_special_tokens` (default: the tokenizer's attribute): added-token strings are tokenized as text."""
+        if split_special_tokens is None:
+            split_special_tokens = self.split_special_tokens
+        return self._encode_text(text, add_prefix_space or is_split_into_words, str, split_special_tokens)
 
-    def _input_ids(self, text, is_split_into_words: bool, add_prefix_space: bool) -> list[int]:
-        if is_split_into_words:
-            return [i for word in text for i in self._encode_text(word, True, int)]
-        return self._encode_text(text, add_prefix_space, int)
+    def _input_ids(self, text, is_split_into_words: bool, add_prefix_space: bool, split_special: bool) -> list[int]:
+        """The reference's `get_input_ids`: a text is tokenized; a list of strings is a list of words
+        (is_split_into_words) or of tokens; a list of token ids is kept as given."""
+        if isinstance(text, str):
+            return self._encode_text(text, add_prefix_space, int, split_special)
+        if text and all(isinstance(item, str) for item in text):
+            if is_split_into_words:
+                return [i for word in text for i in self._encode_text(word, True, int, split_special)]
+            return self.convert_tokens_to_ids(list(text))
+        return list(text)
+
+    def _single_input(self, text, text_pair, is_split_into_words: bool) -> tuple:
+        """`encode_plus` takes, for `text` and `text_pair`, what the reference's `get_input_ids` takes: a text, a
+        list of tokens (a list of words with is_split_into_words) or a list of token ids."""
+        check_ids_or_text(text, "text")
+        if text_pair is not None:
+            check_ids_or_text(text_pair, "text_pair")
+        return text, text_pair
+
+    def _batch_inputs(self, batch: list, is_split_into_words: bool) -> list[tuple]:
+        """`batch_encode_plus` rows as the reference's: an item is an input (as for `encode_plus`) or an
+        (input, input_pair) pair; with is_split_into_words a list of strings or ids is one input."""
+        rows = []
+        for i, item in enumerate(batch):
+            name = f"batch_text_or_text_pairs[{i}]"
+            single = not isinstance(item, (list, tuple)) or (
+                is_split_into_words and bool(item) and not isinstance(item[0], (list, tuple))
+            )
+            if single:
+                first, second = item, None
+            elif len(item) == 2:
+                first, second = item
+            else:
+                raise ValueError(
+                    f"`{name}` has {len(item)} items: a list in a batch is an (input, input_pair) pair "
+                    "(a list of token ids or tokens is one input only with is_split_into_words=True)"
+                )
+            check_ids_or_text(first, name)
+            if second is not None:
+                check_ids_or_text(second, f"{name}[1]")
+            rows.append((first, second))
+        return rows
 
     # --- call ---
 
@@ -320,11 +371,13 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
                 "Asking to return token_type_ids while setting add_special_tokens to False is undefined; "
                 "set add_special_tokens=True or leave return_token_type_ids unset"
             )
-        words = options.is_split_into_words
+        words, split = options.is_split_into_words, options.split_special_tokens
+        if options.batched:  # the reference's batch path drops the call's split_special_tokens: the attribute rules
+            split = self.split_special_tokens
         encoded = [
             (
-                self._input_ids(first, words, add_prefix_space),
-                None if second is None else self._input_ids(second, words, add_prefix_space),
+                self._input_ids(first, words, add_prefix_space, split),
+                None if second is None else self._input_ids(second, words, add_prefix_space, split),
             )
             for first, second in inputs
         ]
@@ -411,7 +464,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         out += self.sp_model.decode_pieces(pending)
         return out.strip()
 
-    def _decode(self, token_ids, skip_special_tokens: bool = False) -> str:
+    def _decode(self, token_ids, skip_special_tokens: bool = False, spaces_between_special_tokens: bool = True) -> str:
         if isinstance(token_ids, int):
             token_ids = [token_ids]
         tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
@@ -436,7 +489,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
                 current.append(token)
         if current:
             sub_texts.append(self.convert_tokens_to_string(current))
-        return " ".join(sub_texts)
+        return (" " if spaces_between_special_tokens else "").join(sub_texts)
 
     # --- saving ---
 

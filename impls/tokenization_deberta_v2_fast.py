@@ -128,7 +128,14 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
         added_tokens_decoder: Optional[dict[int, AddedToken]] = None,
         **kwargs,
     ) -> None:
+        init_kwargs = dict(
+            do_lower_case=do_lower_case, split_by_punct=split_by_punct, bos_token=bos_token, eos_token=eos_token,
+            unk_token=unk_token, sep_token=sep_token, pad_token=pad_token, cls_token=cls_token,
+            mask_token=mask_token, added_tokens_decoder=added_tokens_decoder,
+        )
         self.vocab_file = None if vocab_file is None else os.fspath(vocab_file)
+        # Kept (and saved) as the reference keeps it; the Metaspace pre-tokenizer always prepends "▁" here.
+        self.add_prefix_space = kwargs.get("add_prefix_space", False)
         self.do_lower_case = do_lower_case
         self.split_by_punct = split_by_punct
         if tokenizer_file is not None:
@@ -155,6 +162,7 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
                 pad_token=pad_token, cls_token=cls_token, mask_token=mask_token,
             ),
             kwargs,
+            init_kwargs,
         )
 
         # As the reference: the saved added tokens, then the special tokens the backend does not have yet.
@@ -164,7 +172,7 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
         to_add += [token for token in self.all_special_tokens_extended if token.content not in known]
         if to_add:
             self._tokenizer.add_tokens(to_add)
-        self._tokenizer.encode_special_tokens = False
+        self._tokenizer.encode_special_tokens = self.split_special_tokens
         self._backend_settings = None  # (truncation, padding) last set on the backend
 
     # --- vocabulary ---
@@ -221,12 +229,19 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
 
     # --- tokenization ---
 
-    def tokenize(self, text: str, pair: Optional[str] = None, add_special_tokens: bool = False) -> list[str]:
-        """Text (and optional pair) to tokens, without [CLS]/[SEP] unless `add_special_tokens`."""
+    def tokenize(
+        self, text: str, pair: Optional[str] = None, add_special_tokens: bool = False,
+        split_special_tokens: Optional[bool] = None,
+    ) -> list[str]:
+        """Text (and optional pair) to tokens, without [CLS]/[SEP] unless `add_special_tokens`.
+        `split_special_tokens` (default: the tokenizer's attribute): added-token strings are tokenized as text."""
         for name, value in (("text", text), ("pair", pair)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"`{name}` must be a string, got {type(value).__name__}")
         self._set_truncation_and_padding(None, None)
+        self._tokenizer.encode_special_tokens = (
+            self.split_special_tokens if split_special_tokens is None else split_special_tokens
+        )
         return self._tokenizer.encode(text, pair or None, add_special_tokens=add_special_tokens).tokens
 
     def _set_truncation_and_padding(self, truncation: Optional[dict], padding: Optional[dict]) -> None:
@@ -264,6 +279,7 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
                 pad_to_multiple_of=options.pad_to_multiple_of,
             )
         self._set_truncation_and_padding(truncation, padding)
+        self._tokenizer.encode_special_tokens = options.split_special_tokens
 
         special, pretokenized = options.add_special_tokens, options.is_split_into_words
         if options.batched:
@@ -278,6 +294,7 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
 
         rows, sample_mapping = [], []
         for index, encoding in enumerate(encodings):
+            self._warn_if_too_long(len(encoding.ids), options)
             windows = [encoding] + (encoding.overflowing if options.return_overflowing_tokens else [])
             rows += windows
             sample_mapping += [index] * len(windows)
@@ -311,7 +328,7 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
 
     # --- decoding ---
 
-    def _decode(self, token_ids, skip_special_tokens: bool = False) -> str:
+    def _decode(self, token_ids, skip_special_tokens: bool = False, spaces_between_special_tokens: bool = True) -> str:
         if isinstance(token_ids, int):
             token_ids = [token_ids]
         return self._tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
@@ -335,11 +352,19 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
             atomic_copy(self.vocab_file, path)
         return (path,)
 
-    def _save_model_files(self, save_directory: str, filename_prefix: Optional[str]) -> list[str]:
-        written = list(self.save_vocabulary(save_directory, filename_prefix)) if self.can_save_slow_tokenizer else []
+    def _save_model_files(
+        self, save_directory: str, filename_prefix: Optional[str], legacy_format: Optional[bool]
+    ) -> list[str]:
+        """`spm.model` (when there is one, unless legacy_format=False) and `tokenizer.json` (unless
+        legacy_format=True)."""
+        save_slow = legacy_format is not False and self.can_save_slow_tokenizer
+        written = list(self.save_vocabulary(save_directory, filename_prefix)) if save_slow else []
+        if legacy_format is True:
+            return written
         name = f"{filename_prefix}-{TOKENIZER_FILE}" if filename_prefix else TOKENIZER_FILE
         path = os.path.join(os.fspath(save_directory), name)
         self._set_truncation_and_padding(None, None)  # save the pipeline, not the last call's settings
+        self._tokenizer.encode_special_tokens = self.split_special_tokens
         with atomic_path(path) as tmp:
             self._tokenizer.save(tmp)
         return written + [path]

@@ -11,12 +11,19 @@ shared by both: `encode_plus` / `batch_encode_plus`, `prepare_for_model` (trunca
 overflowing tokens, special-token masks, lengths), `pad`, `add_tokens` / `add_special_tokens`, and the size
 limits of docs/limits.md ("Tokenizers").
 
-Each subclass provides the encoding itself (`_encode(inputs, CallOptions)`), the decoding (`_decode`) and
-`_add_tokens`.
+Inputs: `__call__` takes texts only (a TokenizerInputError, both the TypeError naming the argument and the
+ValueError the reference raises, otherwise); `encode` / `encode_plus` / `batch_encode_plus` take what each
+reference class takes: the sentencepiece tokenizer also lists of tokens or token ids (its `get_input_ids`), the
+fast one reads a list of two strings as a pair and refuses ids with a TypeError.
+
+Each subclass provides the encoding itself (`_encode(inputs, CallOptions)`), the decoding (`_decode`),
+`_add_tokens`, and may override what `encode_plus` / `batch_encode_plus` accept (`_single_input`,
+`_batch_inputs`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -31,6 +38,9 @@ from deberta_xf.errors import DebertaXfError
 from deberta_xf.fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
+# The warnings the reference logs to its users go to the reference's logger name, so that what silences or
+# captures them there (logging.getLogger("transformers").setLevel(...), assertLogs("transformers")) still does.
+reference_logger = logging.getLogger("transformers.tokenization_utils_base")
 
 VERY_LARGE_INTEGER = int(1e30)  # the reference's "no model_max_length" value
 LARGE_INTEGER = int(1e20)
@@ -164,6 +174,21 @@ class BatchEncoding(UserDict):
         batch_index, char_index = _batch_and_index(batch_or_char_index, char_index)
         return self._encoding("char_to_token", batch_index).char_to_token(char_index, sequence_index)
 
+    def char_to_word(
+        self, batch_or_char_index: int, char_index: Optional[int] = None, sequence_index: int = 0
+    ) -> Optional[int]:
+        """The word holding character `char_index` of text `sequence_index` (0 or 1), or None."""
+        batch_index, char_index = _batch_and_index(batch_or_char_index, char_index)
+        return self._encoding("char_to_word", batch_index).char_to_word(char_index, sequence_index)
+
+    def word_to_chars(
+        self, batch_or_word_index: int, word_index: Optional[int] = None, sequence_index: int = 0
+    ) -> Optional[CharSpan]:
+        """The characters of word `word_index` of text `sequence_index` (0 or 1)."""
+        batch_index, word_index = _batch_and_index(batch_or_word_index, word_index)
+        span = self._encoding("word_to_chars", batch_index).word_to_chars(word_index, sequence_index)
+        return None if span is None else CharSpan(*span)
+
     def word_to_tokens(
         self, batch_or_word_index: int, word_index: Optional[int] = None, sequence_index: int = 0
     ) -> Optional[TokenSpan]:
@@ -250,19 +275,39 @@ def _check_length(value: str, name: str) -> None:
         )
 
 
+class TokenizerInputError(TypeError, ValueError):
+    """An input of the wrong type, named in the message: a TypeError that is also the ValueError the
+    reference raises for it (e.g. `tokenizer([1, 2])`), so callers catching either see it."""
+
+
+class SpecialTokensError(ValueError, AssertionError):
+    """A special-tokens argument of the wrong form: a ValueError that is also the AssertionError the reference
+    raises for it (e.g. `add_special_tokens({"additional_special_tokens": "<x>"})`)."""
+
+
+def _wrong_type(name: str, value, expected: str) -> TokenizerInputError:
+    hint = ""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+        hint = (
+            "; token ids go to prepare_for_model (both tokenizers) or to encode / encode_plus / batch_encode_plus "
+            "of DebertaV2Tokenizer, as in the reference"
+        )
+    return TokenizerInputError(f"`{name}` must be {expected}, got {type(value).__name__}: {value!r:.80}{hint}")
+
+
 def _check_text(value, name: str, is_split_into_words: bool) -> bool:
-    """Raise TypeError naming the argument unless `value` is valid input, DebertaXfError past the size limits
-    (MAX_TEXT_CHARS per string, MAX_BATCH_SIZE items per list); return whether it is a batch."""
+    """Raise TokenizerInputError naming the argument unless `value` is valid text input (the reference's
+    `__call__` rules), DebertaXfError past the size limits (MAX_TEXT_CHARS per string, MAX_BATCH_SIZE items
+    per list); return whether it is a batch."""
     if isinstance(value, str):
         if is_split_into_words:
-            raise TypeError(f"`{name}` must be a list of words (or a list of such lists) when is_split_into_words=True")
+            raise TokenizerInputError(
+                f"`{name}` must be a list of words (or a list of such lists) when is_split_into_words=True"
+            )
         _check_length(value, name)
         return False
     if not isinstance(value, (list, tuple)):
-        raise TypeError(
-            f"`{name}` must be a string, a list of strings or a list of (text, text_pair) pairs, "
-            f"got {type(value).__name__}"
-        )
+        raise _wrong_type(name, value, "a string, a list of strings or a list of (text, text_pair) pairs")
     if len(value) > MAX_BATCH_SIZE:
         raise DebertaXfError(
             f"`{name}` has {len(value):,} items; the tokenizers accept at most {MAX_BATCH_SIZE:,} per call "
@@ -273,20 +318,47 @@ def _check_text(value, name: str, is_split_into_words: bool) -> bool:
             _check_length(item, f"{name}[{i}]")
             continue
         if isinstance(item, (list, tuple)):
-            want_pair = not is_split_into_words and name == "text"
+            want_pair = not is_split_into_words and name != "text_pair"
             if _is_str_list(item) and (not want_pair or len(item) == 2):
                 if len(item) > MAX_BATCH_SIZE:
                     raise DebertaXfError(f"`{name}[{i}]` has {len(item):,} words; at most {MAX_BATCH_SIZE:,}")
                 for j, word in enumerate(item):
                     _check_length(word, f"{name}[{i}][{j}]")
                 continue
+        if not is_split_into_words and all(isinstance(v, int) for v in value):  # token ids: say where they go
+            raise _wrong_type(name, value, "a string, a list of strings or a list of (text, text_pair) pairs")
         expected = "a list of words" if is_split_into_words else "a string" + (
-            " or a (text, text_pair) pair of strings" if name == "text" else ""
+            " or a (text, text_pair) pair of strings" if name != "text_pair" else ""
         )
-        raise TypeError(f"`{name}[{i}]` must be {expected}, got {type(item).__name__}: {item!r}")
+        raise TokenizerInputError(f"`{name}[{i}]` must be {expected}, got {type(item).__name__}: {item!r:.80}")
     if is_split_into_words:
         return bool(value) and isinstance(value[0], (list, tuple))
     return True
+
+
+def check_ids_or_text(value, name: str) -> None:
+    """What the reference's slow `get_input_ids` accepts: a text, a non-empty list of strings (tokens, or
+    words with is_split_into_words) or of token ids; else a ValueError naming the argument."""
+    if isinstance(value, str):
+        _check_length(value, name)
+        return
+    if isinstance(value, (list, tuple)) and value:
+        if len(value) > MAX_TEXT_CHARS:
+            raise DebertaXfError(f"`{name}` has {len(value):,} items; at most {MAX_TEXT_CHARS:,} (docs/limits.md)")
+        if _is_str_list(value):
+            for j, word in enumerate(value):
+                _check_length(word, f"{name}[{j}]")
+            return
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return
+        raise TokenizerInputError(
+            f"`{name}` mixes types: a list must hold only strings (tokens or words) or only token ids (ints), "
+            f"got {value!r:.80}"
+        )
+    raise ValueError(
+        f"`{name}` = {value!r:.80} is not valid: it should be a string, a list/tuple of strings or a list/tuple "
+        "of integers (token ids)"
+    )
 
 
 def check_size_option(name: str, value, minimum: int, maximum: int = MAX_LENGTH_OPTION) -> None:
@@ -397,6 +469,23 @@ class CallOptions:
     return_special_tokens_mask: bool
     return_length: bool
     token_type_ids_requested: Optional[bool]  # the argument as given (None: not asked for explicitly)
+    split_special_tokens: bool  # encode special-token strings as text (default: the tokenizer's attribute)
+    verbose: bool = True  # warn (once per tokenizer) about a row longer than model_max_length
+
+
+_CALL_OPTION_NAMES = (
+    "add_special_tokens", "padding", "truncation", "max_length", "stride", "is_split_into_words",
+    "pad_to_multiple_of", "padding_side", "return_tensors", "return_token_type_ids", "return_attention_mask",
+    "return_overflowing_tokens", "return_special_tokens_mask", "return_offsets_mapping", "return_length",
+    "split_special_tokens", "verbose",
+)
+
+
+def _batch_rows(batch: list, is_split_into_words: bool) -> list[tuple]:
+    """(first, second) per item of a checked batch: a text (or list of words), or a (text, text_pair) pair."""
+    if is_split_into_words:
+        return [(words, None) for words in batch]
+    return [(item, None) if isinstance(item, str) else (item[0], item[1]) for item in batch]
 
 
 # === Files ===
@@ -505,8 +594,16 @@ class DebertaV2TokenizerBase:
 
     # --- construction and files ---
 
-    def _init_common(self, special_tokens: dict[str, Any], kwargs: dict[str, Any]) -> None:
-        """Store the special tokens and the generic options; the rest of `kwargs` is kept for saving."""
+    def _init_common(self, special_tokens: dict[str, Any], kwargs: dict[str, Any], init_kwargs: dict[str, Any]) -> None:
+        """Store the special tokens and the generic options; the rest of `kwargs` is kept for saving.
+        `init_kwargs`: the constructor's named arguments, kept with `kwargs` as the reference's `init_kwargs`."""
+        for key in kwargs:  # as the reference: a keyword may not shadow a method (`add_special_tokens=True`)
+            if callable(getattr(type(self), key, None)):
+                raise AttributeError(f"{key} conflicts with the method {key} in {type(self).__name__}")
+        self.init_inputs = ()
+        self.init_kwargs = {**init_kwargs, **copy.deepcopy(kwargs)}
+        self.split_special_tokens = kwargs.pop("split_special_tokens", False)
+        self.deprecation_warnings: dict[str, bool] = {}  # warnings already given, by key (the reference's)
         self.model_max_length = kwargs.pop("model_max_length", None) or VERY_LARGE_INTEGER
         self.clean_up_tokenization_spaces = kwargs.pop("clean_up_tokenization_spaces", False)
         self.padding_side = kwargs.pop("padding_side", self.padding_side)
@@ -525,6 +622,7 @@ class DebertaV2TokenizerBase:
         self._additional_special_tokens = [
             t if isinstance(t, AddedToken) else AddedToken(t, normalized=False, special=True) for t in additional
         ]
+        self._additional_special_tokens_unset = False  # set to None: the attribute reads None, as the reference's
         self.extra_init_kwargs = kwargs  # unknown keys (e.g. vocab_type) survive save_pretrained
 
     @classmethod
@@ -558,6 +656,8 @@ class DebertaV2TokenizerBase:
             config["padding_side"] = self.padding_side
         if self.truncation_side != type(self).truncation_side:
             config["truncation_side"] = self.truncation_side
+        if self.split_special_tokens:
+            config["split_special_tokens"] = True
         for key, token in self._special_tokens.items():
             if token is not None:
                 config[key] = token.content
@@ -565,10 +665,20 @@ class DebertaV2TokenizerBase:
             config["additional_special_tokens"] = [t.content for t in self._additional_special_tokens]
         return config
 
-    def save_pretrained(self, save_directory: str, filename_prefix: Optional[str] = None) -> tuple[str, ...]:
+    def save_pretrained(
+        self, save_directory: str, legacy_format: Optional[bool] = None, filename_prefix: Optional[str] = None,
+        push_to_hub: bool = False, **kwargs,
+    ) -> tuple[str, ...]:
         """Write `tokenizer_config.json`, `special_tokens_map.json`, `added_tokens.json` (tokens past the
         sentencepiece vocabulary), `spm.model` and, for the fast tokenizer, `tokenizer.json`. Each file is
-        written to a temporary name and renamed when complete. Returns the paths written."""
+        written to a temporary name and renamed when complete. Returns the paths written. `legacy_format` (fast
+        tokenizer, as the reference): True writes only the sentencepiece files, False only `tokenizer.json`."""
+        if push_to_hub:
+            raise NotImplementedError("push_to_hub: deberta_xf does not upload; save to a directory instead")
+        if legacy_format is False and not self.is_fast:
+            raise ValueError(
+                "Only fast tokenizers (DebertaV2TokenizerFast) can be saved in non legacy format (legacy_format=False)"
+            )
         save_directory = os.fspath(save_directory)
         if os.path.isfile(save_directory):
             raise NotADirectoryError(f"{save_directory} is a file; save_pretrained expects a directory")
@@ -588,14 +698,16 @@ class DebertaV2TokenizerBase:
                 _token_to_dict(t, with_special=False) for t in self._additional_special_tokens
             ]
         _write_json(written[1], special_map)
-        written += self._save_model_files(save_directory, filename_prefix)
+        written += self._save_model_files(save_directory, filename_prefix, legacy_format)
         added = {t.content: i for i, t in sorted(self.added_tokens_decoder.items()) if i >= self.vocab_size}
-        if added:
+        if added and legacy_format is not False:
             _write_json(path(ADDED_TOKENS_FILE), added)
             written.append(path(ADDED_TOKENS_FILE))
         return tuple(written)
 
-    def _save_model_files(self, save_directory: str, filename_prefix: Optional[str]) -> list[str]:
+    def _save_model_files(
+        self, save_directory: str, filename_prefix: Optional[str], legacy_format: Optional[bool]
+    ) -> list[str]:
         return list(self.save_vocabulary(save_directory, filename_prefix=filename_prefix))
 
     # --- special tokens ---
@@ -643,13 +755,36 @@ class DebertaV2TokenizerBase:
         token = self._special_token(key)
         return None if token is None else self.convert_tokens_to_ids(token)
 
-    bos_token_id = property(lambda self: self._special_token_id("bos_token"))
-    eos_token_id = property(lambda self: self._special_token_id("eos_token"))
-    unk_token_id = property(lambda self: self._special_token_id("unk_token"))
-    sep_token_id = property(lambda self: self._special_token_id("sep_token"))
-    pad_token_id = property(lambda self: self._special_token_id("pad_token"))
-    cls_token_id = property(lambda self: self._special_token_id("cls_token"))
-    mask_token_id = property(lambda self: self._special_token_id("mask_token"))
+    def _set_special_token_id(self, key: str, value: Optional[int]) -> None:
+        """`tok.pad_token_id = 0` sets `pad_token` to the token of that id (None unsets it), as the reference."""
+        self._set_special_token(key, None if value is None else self.convert_ids_to_tokens(value))
+
+    bos_token_id = property(
+        lambda self: self._special_token_id("bos_token"), lambda self, v: self._set_special_token_id("bos_token", v)
+    )
+    eos_token_id = property(
+        lambda self: self._special_token_id("eos_token"), lambda self, v: self._set_special_token_id("eos_token", v)
+    )
+    unk_token_id = property(
+        lambda self: self._special_token_id("unk_token"), lambda self, v: self._set_special_token_id("unk_token", v)
+    )
+    sep_token_id = property(
+        lambda self: self._special_token_id("sep_token"), lambda self, v: self._set_special_token_id("sep_token", v)
+    )
+    pad_token_id = property(
+        lambda self: self._special_token_id("pad_token"), lambda self, v: self._set_special_token_id("pad_token", v)
+    )
+    cls_token_id = property(
+        lambda self: self._special_token_id("cls_token"), lambda self, v: self._set_special_token_id("cls_token", v)
+    )
+    mask_token_id = property(
+        lambda self: self._special_token_id("mask_token"), lambda self, v: self._set_special_token_id("mask_token", v)
+    )
+
+    @property
+    def _special_tokens_map(self) -> dict[str, Any]:
+        """The special tokens as AddedToken (None when unset), as the reference's private map."""
+        return {**self._special_tokens, "additional_special_tokens": list(self._additional_special_tokens)}
 
     @property
     def special_tokens_map(self) -> dict[str, Any]:
@@ -679,7 +814,10 @@ class DebertaV2TokenizerBase:
         return {token.content: index for index, token in sorted(self.added_tokens_decoder.items())}
 
     @property
-    def additional_special_tokens(self) -> list[str]:
+    def additional_special_tokens(self) -> Optional[list[str]]:
+        """The additional special tokens; None after `tok.additional_special_tokens = None`, as the reference."""
+        if self._additional_special_tokens_unset:
+            return None
         return [token.content for token in self._additional_special_tokens]
 
     @additional_special_tokens.setter
@@ -687,11 +825,17 @@ class DebertaV2TokenizerBase:
         self._additional_special_tokens = [
             t if isinstance(t, AddedToken) else AddedToken(t, normalized=False, special=True) for t in tokens or []
         ]
+        self._additional_special_tokens_unset = tokens is None
         self._special_tokens_changed()
 
     @property
-    def additional_special_tokens_ids(self) -> list[int]:
-        return self.convert_tokens_to_ids(self.additional_special_tokens)
+    def additional_special_tokens_ids(self) -> Optional[list[int]]:
+        tokens = self.additional_special_tokens
+        return None if tokens is None else self.convert_tokens_to_ids(tokens)
+
+    @additional_special_tokens_ids.setter
+    def additional_special_tokens_ids(self, ids) -> None:
+        self.additional_special_tokens = None if ids is None else [self.convert_ids_to_tokens(i) for i in ids]
 
     @property
     def max_len_single_sentence(self) -> int:
@@ -735,18 +879,21 @@ class DebertaV2TokenizerBase:
         for key, value in special_tokens_dict.items():
             if key == "additional_special_tokens":
                 if not isinstance(value, (list, tuple)) or not all(isinstance(t, (str, AddedToken)) for t in value):
-                    raise ValueError(f"additional_special_tokens must be a list of str or AddedToken, got {value!r}")
+                    raise SpecialTokensError(
+                        f"additional_special_tokens must be a list of str or AddedToken, got {value!r}"
+                    )
                 tokens = []
                 for token in value:
                     if isinstance(token, str):
                         token = AddedToken(token, rstrip=False, lstrip=False, normalized=False, special=True)
-                    if not replace_additional_special_tokens and str(token) in self.additional_special_tokens:
+                    if not replace_additional_special_tokens and str(token) in (self.additional_special_tokens or []):
                         continue
                     tokens.append(token)
                 if replace_additional_special_tokens and tokens:
                     self._additional_special_tokens = list(tokens)
                 else:
                     self._additional_special_tokens.extend(tokens)
+                self._additional_special_tokens_unset = False
                 to_add += tokens
             elif key in SPECIAL_TOKENS_ATTRIBUTES:
                 if not isinstance(value, (str, AddedToken)):
@@ -816,6 +963,7 @@ class DebertaV2TokenizerBase:
         return_special_tokens_mask: bool = False,
         return_offsets_mapping: bool = False,
         return_length: bool = False,
+        split_special_tokens: Optional[bool] = None,
         verbose: bool = True,
         **kwargs,
     ) -> BatchEncoding:
@@ -830,18 +978,72 @@ class DebertaV2TokenizerBase:
         `overflowing_tokens` and `num_truncated_tokens`, as the reference's. `return_token_type_ids` /
         `return_attention_mask` None mean True. `return_tensors`: None (lists) | "np" | "pt" | "tf" | "jax" (a
         batch axis is added to a single input). `return_offsets_mapping` is only available on the fast
-        tokenizer. Keyword arguments the slow tokenizer understands: `add_prefix_space`. Size limits: see
-        docs/limits.md.
+        tokenizer. `split_special_tokens` (default: the tokenizer's attribute, False): special-token strings
+        in the text are tokenized as text. Keyword arguments the slow tokenizer understands: `add_prefix_space`.
+        Size limits: see docs/limits.md.
         """
         batched = _check_text(text, "text", is_split_into_words)
         if text_pair is not None:
             pair_batched = _check_text(text_pair, "text_pair", is_split_into_words)
             if batched != pair_batched:
-                raise TypeError("`text` and `text_pair` must both be single inputs or both be lists of the same length")
+                raise TokenizerInputError(
+                    "`text` and `text_pair` must both be single inputs or both be lists of the same length"
+                )
             if batched and len(text) != len(text_pair):
                 raise ValueError(
                     f"batch length of `text`: {len(text)} does not match batch length of `text_pair`: {len(text_pair)}"
                 )
+        if not batched:
+            inputs = [(text, text_pair)]
+        elif text_pair is not None:
+            inputs = list(zip(text, text_pair, strict=True))
+        else:
+            inputs = _batch_rows(text, is_split_into_words)
+        options = self._call_options(
+            batched,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            stride=stride,
+            is_split_into_words=is_split_into_words,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side,
+            return_tensors=return_tensors,
+            return_token_type_ids=return_token_type_ids,
+            return_attention_mask=return_attention_mask,
+            return_overflowing_tokens=return_overflowing_tokens,
+            return_special_tokens_mask=return_special_tokens_mask,
+            return_offsets_mapping=return_offsets_mapping,
+            return_length=return_length,
+            split_special_tokens=split_special_tokens,
+        )
+        return self._encode(inputs, options, **kwargs)
+
+    def _call_options(
+        self,
+        batched: bool,
+        *,
+        add_special_tokens: bool = True,
+        padding=False,
+        truncation=None,
+        max_length: Optional[int] = None,
+        stride: int = 0,
+        is_split_into_words: bool = False,
+        pad_to_multiple_of: Optional[int] = None,
+        padding_side: Optional[str] = None,
+        return_tensors: Optional[str] = None,
+        return_token_type_ids: Optional[bool] = None,
+        return_attention_mask: Optional[bool] = None,
+        return_overflowing_tokens: bool = False,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
+        split_special_tokens: Optional[bool] = None,
+        verbose: bool = True,
+    ) -> CallOptions:
+        """The options of one call (`__call__`, `encode_plus`, `batch_encode_plus`, `prepare_for_model`),
+        checked and resolved as the reference resolves them: strategies as strings, None defaults applied."""
         if return_tensors is not None and return_tensors not in TENSOR_TYPES:
             raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got {return_tensors!r}")
         if padding_side not in (None, "left", "right"):
@@ -852,17 +1054,7 @@ class DebertaV2TokenizerBase:
         )
         if padding_strategy != "do_not_pad" and self.pad_token is None:
             raise ValueError("Asking to pad but the tokenizer has no pad_token")
-
-        if batched:
-            if text_pair is not None:
-                inputs = list(zip(text, text_pair, strict=True))
-            elif is_split_into_words:
-                inputs = [(words, None) for words in text]
-            else:
-                inputs = [(item, None) if isinstance(item, str) else (item[0], item[1]) for item in text]
-        else:
-            inputs = [(text, text_pair)]
-        options = CallOptions(
+        return CallOptions(
             batched=batched,
             add_special_tokens=add_special_tokens,
             padding_strategy=padding_strategy,
@@ -880,28 +1072,73 @@ class DebertaV2TokenizerBase:
             return_special_tokens_mask=return_special_tokens_mask,
             return_length=return_length,
             token_type_ids_requested=return_token_type_ids,
+            split_special_tokens=self.split_special_tokens if split_special_tokens is None else split_special_tokens,
+            verbose=verbose,
         )
-        return self._encode(inputs, options, **kwargs)
+
+    def _encode_with(self, inputs: list, batched: bool, kwargs: dict) -> BatchEncoding:
+        """`_encode` with `kwargs` split into the call options and the subclass's own keywords."""
+        options = {key: kwargs.pop(key) for key in _CALL_OPTION_NAMES if key in kwargs}
+        return self._encode(inputs, self._call_options(batched, **options), **kwargs)
 
     def encode_plus(self, text, text_pair=None, **kwargs) -> BatchEncoding:
-        """One text or pair (the reference's `encode_plus`): the same as calling the tokenizer."""
-        if not isinstance(text, str) and not (kwargs.get("is_split_into_words") and isinstance(text, (list, tuple))):
-            _check_text(text, "text", kwargs.get("is_split_into_words", False))
-            raise TypeError(f"encode_plus takes one text (a string), got {type(text).__name__}; use batch_encode_plus")
-        return self(text, text_pair, **kwargs)
+        """One input (the reference's `encode_plus`; keyword arguments as for calling the tokenizer): a text
+        or, with `is_split_into_words=True`, a list of words. The sentencepiece tokenizer also takes a list of
+        tokens or of token ids (`text` and `text_pair`), the fast one reads a list of two strings as a pair,
+        as the reference's do; see `_single_input`."""
+        kwargs = dict(kwargs)
+        inputs = [self._single_input(text, text_pair, kwargs.get("is_split_into_words", False))]
+        return self._encode_with(inputs, False, kwargs)
 
     def batch_encode_plus(self, batch_text_or_text_pairs, **kwargs) -> BatchEncoding:
-        """A list of texts or of (text, text_pair) pairs (the reference's `batch_encode_plus`)."""
+        """A list of inputs or of (input, input_pair) pairs (the reference's `batch_encode_plus`); what an input
+        may be is as for `encode_plus`, see `_batch_inputs`."""
         if not isinstance(batch_text_or_text_pairs, (list, tuple)):
-            raise TypeError(
+            raise TokenizerInputError(
                 "batch_encode_plus takes a list of texts or of (text, text_pair) pairs, "
                 f"got {type(batch_text_or_text_pairs).__name__}"
             )
-        return self(list(batch_text_or_text_pairs), **kwargs)
+        kwargs = dict(kwargs)
+        inputs = self._batch_inputs(list(batch_text_or_text_pairs), kwargs.get("is_split_into_words", False))
+        return self._encode_with(inputs, True, kwargs)
 
     def encode(self, text, text_pair=None, **kwargs) -> list[int]:
-        """The `input_ids` of one text or pair (the reference's `encode`)."""
-        return self(text, text_pair, return_token_type_ids=False, return_attention_mask=False, **kwargs)["input_ids"]
+        """The `input_ids` of one input or pair (the reference's `encode`; inputs as for `encode_plus`)."""
+        kwargs.setdefault("return_token_type_ids", False)
+        kwargs.setdefault("return_attention_mask", False)
+        return self.encode_plus(text, text_pair, **kwargs)["input_ids"]
+
+    def _single_input(self, text, text_pair, is_split_into_words: bool) -> tuple:
+        """The (text, text_pair) of `encode_plus` as the reference's fast tokenizer takes them: texts (lists of
+        words with is_split_into_words), and a list of two strings alone is a pair (the backend reads it so).
+        The sentencepiece tokenizer overrides this to take tokens and token ids."""
+        if text_pair is None and not is_split_into_words and isinstance(text, (list, tuple)) and len(text) == 2:
+            if _is_str_list(text):
+                return tuple(text)
+        for value, name in ((text, "text"), (text_pair, "text_pair")):
+            if (value is not None or name == "text") and _check_text(value, name, is_split_into_words):
+                raise _wrong_type(name, value, "one text (a string), or a list of words with is_split_into_words=True")
+        return text, text_pair
+
+    def _batch_inputs(self, batch: list, is_split_into_words: bool) -> list[tuple]:
+        """The rows of `batch_encode_plus` as the reference's fast tokenizer takes them: texts, (text, text_pair)
+        pairs, lists of words with is_split_into_words. Overridden by the sentencepiece tokenizer."""
+        if not is_split_into_words:
+            _check_text(batch, "batch_text_or_text_pairs", False)
+            return _batch_rows(batch, False)
+        if len(batch) > MAX_BATCH_SIZE:
+            raise DebertaXfError(f"batch_encode_plus got {len(batch):,} inputs; at most {MAX_BATCH_SIZE:,} per call")
+        rows = []
+        for i, item in enumerate(batch):
+            name = f"batch_text_or_text_pairs[{i}]"
+            is_pair = isinstance(item, (list, tuple)) and len(item) == 2
+            if is_pair and all(isinstance(part, (list, tuple)) for part in item):  # (words, pair words)
+                _check_text(list(item), name, True)
+                rows.append(tuple(item))
+            else:
+                _check_text(item, name, True)
+                rows.append((item, None))
+        return rows
 
     def prepare_for_model(
         self,
@@ -931,35 +1168,26 @@ class DebertaV2TokenizerBase:
             raise NotImplementedError(
                 "return_offsets_mapping is not available in prepare_for_model; call the tokenizer instead"
             )
-        if return_tensors is not None and return_tensors not in TENSOR_TYPES:
-            raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got {return_tensors!r}")
-        check_size_option("stride", stride, 0, MAX_PADDED_LENGTH)
-        padding_strategy, truncation_strategy, max_length = resolve_strategies(
-            padding, truncation, max_length, pad_to_multiple_of, self.model_max_length
-        )
         if return_token_type_ids and not add_special_tokens:
             raise ValueError(
                 "Asking to return token_type_ids while setting add_special_tokens to False is undefined; "
                 "set add_special_tokens=True or leave return_token_type_ids unset"
             )
-        options = CallOptions(
-            batched=False,
+        options = self._call_options(
+            False,
             add_special_tokens=add_special_tokens,
-            padding_strategy=padding_strategy,
-            truncation_strategy=truncation_strategy,
+            padding=padding,
+            truncation=truncation,
             max_length=max_length,
             stride=stride,
-            is_split_into_words=False,
             pad_to_multiple_of=pad_to_multiple_of,
-            padding_side=padding_side or self.padding_side,
+            padding_side=padding_side,
             return_tensors=return_tensors,
-            return_token_type_ids=True if return_token_type_ids is None else return_token_type_ids,
-            return_attention_mask=True if return_attention_mask is None else return_attention_mask,
-            return_offsets_mapping=False,
+            return_token_type_ids=return_token_type_ids,
+            return_attention_mask=return_attention_mask,
             return_overflowing_tokens=return_overflowing_tokens,
             return_special_tokens_mask=return_special_tokens_mask,
             return_length=return_length,
-            token_type_ids_requested=return_token_type_ids,
         )
         row = self._prepare_row(list(ids), None if pair_ids is None else list(pair_ids), options, pad=True)
         return BatchEncoding(row, tensor_type=return_tensors, prepend_batch_axis=prepend_batch_axis)
@@ -1014,9 +1242,23 @@ class DebertaV2TokenizerBase:
                 padding_side=options.padding_side,
                 return_attention_mask=options.return_attention_mask,
             ).data
+        self._warn_if_too_long(len(row["input_ids"]), options)
         if options.return_length:
             row["length"] = len(row["input_ids"])
         return row
+
+    def _warn_if_too_long(self, length: int, options: CallOptions) -> None:
+        """The reference's warning, once per tokenizer, about a row longer than model_max_length when no
+        max_length applies (the model would fail on it)."""
+        if options.max_length is None and length > self.model_max_length and options.verbose:
+            key = "sequence-length-is-longer-than-the-specified-maximum"
+            if not self.deprecation_warnings.get(key, False):
+                reference_logger.warning(
+                    "Token indices sequence length is longer than the specified maximum sequence length for this "
+                    f"model ({length} > {self.model_max_length}). Running this sequence through the model will "
+                    "result in indexing errors"
+                )
+            self.deprecation_warnings[key] = True
 
     def truncate_sequences(
         self, ids, pair_ids=None, num_tokens_to_remove: int = 0, truncation_strategy: str = "longest_first",
@@ -1088,10 +1330,11 @@ class DebertaV2TokenizerBase:
             if len(encoded_inputs) > MAX_BATCH_SIZE:
                 raise DebertaXfError(f"pad got {len(encoded_inputs):,} encodings; at most {MAX_BATCH_SIZE:,}")
             encoded_inputs = {key: [example[key] for example in encoded_inputs] for key in encoded_inputs[0]}
-        if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
+        main = self.model_input_names[0]  # "input_ids" (the reference pads the first model input)
+        if not isinstance(encoded_inputs, Mapping) or main not in encoded_inputs:
             found = list(encoded_inputs) if isinstance(encoded_inputs, Mapping) else type(encoded_inputs).__name__
             raise ValueError(
-                "pad expects an encoding or a list of encodings that includes input_ids, "
+                f"pad expects an encoding or a list of encodings that includes {main}, "
                 f"but got {found}"
             )
         if padding_side not in (None, "left", "right"):
@@ -1099,7 +1342,7 @@ class DebertaV2TokenizerBase:
         if return_tensors is not None and return_tensors not in TENSOR_TYPES:
             raise ValueError(f"return_tensors must be one of {TENSOR_TYPES} or None, got {return_tensors!r}")
         encoded_inputs = dict(encoded_inputs)
-        required_input = encoded_inputs["input_ids"]
+        required_input = encoded_inputs[main]
         if required_input is None or len(required_input) == 0:
             if return_attention_mask:
                 encoded_inputs["attention_mask"] = []
@@ -1115,7 +1358,7 @@ class DebertaV2TokenizerBase:
 
         padding_strategy, _, max_length = resolve_strategies(padding, None, max_length, None, self.model_max_length)
         check_size_option("pad_to_multiple_of", pad_to_multiple_of, 1, MAX_PADDED_LENGTH)
-        required_input = encoded_inputs["input_ids"]
+        required_input = encoded_inputs[main]
         if required_input and not isinstance(required_input[0], (list, tuple)):
             encoded_inputs = self._pad(
                 encoded_inputs, max_length, padding_strategy, pad_to_multiple_of, padding_side, return_attention_mask
@@ -1127,7 +1370,7 @@ class DebertaV2TokenizerBase:
             raise DebertaXfError(f"pad got {batch_size:,} rows; at most {MAX_BATCH_SIZE:,}")
         for key, value in encoded_inputs.items():
             if len(value) != batch_size:
-                raise ValueError(f"pad: `{key}` has {len(value)} rows but input_ids has {batch_size}")
+                raise ValueError(f"pad: `{key}` has {len(value)} rows but {main} has {batch_size}")
         if padding_strategy == "longest":
             max_length = max(len(row) for row in required_input)
             padding_strategy = "max_length"
@@ -1154,7 +1397,8 @@ class DebertaV2TokenizerBase:
         `attention_mask` goes last)."""
         if return_attention_mask is None:
             return_attention_mask = "attention_mask" in self.model_input_names
-        required_input = encoded_inputs["input_ids"]
+        main = self.model_input_names[0]
+        required_input = encoded_inputs[main]
         if padding_strategy == "longest":
             max_length = len(required_input)
         if max_length is not None and pad_to_multiple_of is not None and max_length % pad_to_multiple_of != 0:
@@ -1168,7 +1412,7 @@ class DebertaV2TokenizerBase:
         if padding_strategy == "do_not_pad" or len(required_input) == max_length:
             return out
         difference = max_length - len(required_input)
-        pads = {"input_ids": self.pad_token_id, "token_type_ids": self.pad_token_type_id, "special_tokens_mask": 1}
+        pads = {main: self.pad_token_id, "token_type_ids": self.pad_token_type_id, "special_tokens_mask": 1}
         if return_attention_mask:
             pads["attention_mask"] = 0
         right = (padding_side or self.padding_side) == "right"
@@ -1179,18 +1423,23 @@ class DebertaV2TokenizerBase:
 
     # --- decoding ---
 
-    def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None) -> str:
-        """Ids (a list, an int, or a 1-D numpy/torch/tf/jax tensor) back to text."""
+    def decode(
+        self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None,
+        spaces_between_special_tokens: bool = True, **kwargs,
+    ) -> str:
+        """Ids (a list, an int, or a 1-D numpy/torch/tf/jax tensor) back to text. `spaces_between_special_tokens`
+        (the sentencepiece tokenizer; the fast one ignores it, as the reference's): join the added tokens and
+        the text between them with spaces. Other keyword arguments are ignored, as the reference ignores them."""
         token_ids = _to_python(token_ids)
-        text = self._decode(token_ids, skip_special_tokens=skip_special_tokens)
+        text = self._decode(token_ids, skip_special_tokens, spaces_between_special_tokens)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         return clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
-    def batch_decode(self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None):
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs):
         return [
             self.decode(seq, skip_special_tokens=skip_special_tokens,
-                        clean_up_tokenization_spaces=clean_up_tokenization_spaces)
+                        clean_up_tokenization_spaces=clean_up_tokenization_spaces, **kwargs)
             for seq in _to_python(sequences)
         ]
 

@@ -279,3 +279,56 @@ def test_the_upstream_model_tester_config_builds_every_head(task):
 
 def test_missing_config_error_is_both_kinds():
     assert issubclass(ConfigNotFoundError, OSError) and issubclass(ConfigNotFoundError, ConfigError)
+
+
+# === dtype (and its deprecated alias torch_dtype), as PretrainedConfig 4.57.6 keeps it ===
+
+DTYPE_INPUTS = [dict(dtype="float16"), dict(torch_dtype="bfloat16"), dict(dtype="float32", torch_dtype="float16"), {}]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("kwargs", DTYPE_INPUTS, ids=["dtype", "torch_dtype", "both", "none"])
+def test_dtype_matches_the_reference(kwargs, tmp_path):
+    """A name given at construction reads as the torch.dtype; to_dict / config.json hold the name under "dtype"
+    (never "torch_dtype"), and nothing when none was given; the alias reads and writes the same value."""
+    Reference = reference_config()
+    torch = pytest.importorskip("torch")
+    ref, ours = Reference(**kwargs), DebertaV2Config(**kwargs)
+    assert ours.dtype == ref.dtype and (ours.dtype is None or isinstance(ours.dtype, torch.dtype))
+    assert ours.torch_dtype == ref.torch_dtype
+    ref.save_pretrained(tmp_path / "ref")
+    ours.save_pretrained(tmp_path / "ours")
+    saved = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in ("ref", "ours")}
+    for key in ("dtype", "torch_dtype"):
+        assert saved["ours"].get(key) == saved["ref"].get(key), key
+    assert ours.to_dict()["dtype"] == ref.to_dict()["dtype"] if kwargs else ours.to_dict().get("dtype") is None
+    reloaded = DebertaV2Config.from_pretrained(tmp_path / "ours")
+    assert reloaded.dtype == ref.dtype
+    # set later (a name or a torch.dtype), the value is kept as set and written as its name
+    for value, written in (("float16", "float16"), (torch.bfloat16, "bfloat16")):
+        ref.dtype, ours.torch_dtype = value, value
+        assert ours.dtype == ref.dtype and json.loads(ours.to_json_string())["dtype"] == written
+        assert json.loads(ref.to_json_string())["dtype"] == written
+
+
+def test_dtype_names_without_importing_torch(tmp_path):
+    """Framework-free: importing deberta_xf and building a config never imports torch; the name round-trips
+    through config.json under "dtype"; a value of the wrong type is refused naming the key."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from deberta_xf.configuration import DebertaV2Config\n"
+        "c = DebertaV2Config(torch_dtype='bfloat16')\n"
+        "d = json.loads(c.to_json_string())\n"
+        "assert d['dtype'] == 'bfloat16' and 'torch_dtype' not in d, d\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    with pytest.raises(ConfigError, match="dtype must be a string"):
+        DebertaV2Config(dtype=3)
+    with pytest.raises(ConfigError, match="torch_dtype must be a string"):
+        DebertaV2Config(torch_dtype=["float16"])
