@@ -1,6 +1,7 @@
 """Wall time and peak memory of ``deberta-xf convert`` on a deberta-v2-xlarge-sized checkpoint.
 
-    python bench/bench_convert.py [--workdir /tmp] [--layers 24] [--repeat 3] [--verify] [--keep] [--json out.json]
+    python bench/bench_convert.py [--workdir /tmp] [--layers 24] [--repeat 3] [--verify] [--verify-only]
+                                  [--src DIR] [--keep] [--json out.json]
 
 Generates a synthetic checkpoint with the published deberta-v2-xlarge config (/work/shared/reference/configs, or
 ``--config``): 884.6M parameters, fp32, random normal(0, 0.02) weights, ~3.5 GB ``model.safetensors``, under a
@@ -12,10 +13,12 @@ temporary directory (``--layers`` shrinks it for a quick run). Then, each step i
   -> flax   deberta-xf convert A   B --to flax --no-verify   (tf_model.h5        -> flax_model.msgpack)
   -> torch  deberta-xf convert B   C --to torch --no-verify  (flax_model.msgpack -> model.safetensors)
 
-and reports for each the wall time and the peak resident memory of that process (``ru_maxrss`` from
-``os.wait4``), against the checkpoint size and the copy. Targets: peak RSS < 0.25 x checkpoint size for the
+and reports for each the wall time and the peak resident memory of that process and the processes it runs
+(:func:`measure`: ``ru_maxrss`` from ``os.wait4``, and the sum over the processes alive at once, sampled), against
+the checkpoint size and the copy. Targets: peak RSS < 0.25 x checkpoint size for the
 streamed formats, wall time < 3 x the copy. The round trip's tensors are checked to equal the source bit for bit
-afterwards. ``--verify`` also times one verified conversion (safetensors -> tf_model.h5 with verification on).
+afterwards. ``--verify`` also times a verified conversion of model.safetensors to each format (``--verify-only``:
+only those; ``--src DIR``: of that checkpoint instead of a generated one).
 The page cache is warm for every step (the source was just written) and dirty pages are flushed (os.sync)
 before each one; the time does not include flushing a step's own output to disk. Nothing here is asserted.
 """
@@ -29,12 +32,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 XLARGE = "/work/shared/reference/configs/deberta-v2-xlarge.json"
 CLI = [sys.executable, "-m", "deberta_xf"]
+# The verified conversions of model.safetensors (--verify): --to, --format, the file written.
+VERIFIED = (("torch", "safetensors", "model.safetensors"), ("torch", "bin", "pytorch_model.bin"),
+            ("tf", "tf_h5", "tf_model.h5"), ("tf", "keras_h5", "model.weights.h5"),
+            ("flax", "msgpack", "flax_model.msgpack"))
 
 
 # What any tool that reads and writes the bytes itself has to do at least (shutil.copyfile copies inside the kernel).
@@ -79,17 +87,69 @@ def make_checkpoint(directory: str, config_path: str, layers: int | None) -> int
     return sum(int(np.prod(s)) for s in shapes.values())
 
 
+def _tree(pid: int) -> dict[int, list[int]]:
+    """``pid`` and every process below it, each with its children (from /proc/PID/task/TID/children)."""
+    tree, queue = {}, [pid]
+    while queue:
+        current = queue.pop()
+        tree[current] = []
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as f:
+                    tree[current] += [int(child) for child in f.read().split()]
+        except OSError:  # it ended meanwhile
+            continue
+        queue += tree[current]
+    return tree
+
+
+def _memory_kib(pid: int) -> dict[str, int]:
+    """The process's resident memory now (VmRSS) and its peak so far (VmHWM), KiB; empty once it has ended."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return {line.split(":")[0]: int(line.split()[1]) for line in f if line.startswith(("VmRSS:", "VmHWM:"))}
+    except OSError:
+        return {}
+
+
+class TreeMemory(threading.Thread):
+    """Samples a process tree every ``interval`` s; ``peak_kib``: the largest sum over the processes alive at once
+    of what each holds: its peak so far (VmHWM) for a process without children, its resident memory now (VmRSS)
+    for one that has children (it waits for them: what it holds now, it holds during their peaks)."""
+
+    def __init__(self, pid: int, interval: float = 0.01):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak_kib = pid, interval, 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            total = 0
+            for pid, children in _tree(self.pid).items():
+                memory = _memory_kib(pid)
+                total += memory.get("VmRSS" if children else "VmHWM", 0)
+            self.peak_kib = max(self.peak_kib, total)
+
+
 def measure(command: list[str]) -> tuple[float, int, str]:
-    """Run one command in its own process: (wall seconds, peak RSS bytes of that process, its output)."""
+    """Run one command in its own process: (wall seconds, peak RSS bytes of its process tree, its output).
+
+    The peak is the larger of ``ru_maxrss`` from ``os.wait4`` (the process's peak, or its largest waited-for
+    child's: Linux reports the maximum, not the sum) and :class:`TreeMemory`'s samples, which add up what the
+    processes alive at the same time hold (the command and the children it runs and waits for)."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    tree = TreeMemory(proc.pid)
+    tree.start()
     out = proc.stdout.read().decode("utf-8", "replace")
+    tree.stopped.set()  # the output is closed: the tree has (about) ended; the last samples are in
+    tree.join()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {proc.returncode}:\n{out}")
-    return wall, usage.ru_maxrss * 1024, out  # ru_maxrss is in KiB on Linux
+    return wall, max(usage.ru_maxrss, tree.peak_kib) * 1024, out  # ru_maxrss and VmHWM are in KiB on Linux
 
 
 def tensors_equal(a_path: str, b_path: str) -> list[str]:
@@ -113,7 +173,11 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=XLARGE, help="model config (default: deberta-v2-xlarge)")
     parser.add_argument("--layers", type=int, default=None, help="override num_hidden_layers (a quicker run)")
     parser.add_argument("--workdir", default=None, help="where the temporary directory goes (default: $TMPDIR)")
-    parser.add_argument("--verify", action="store_true", help="also time one conversion with verification")
+    parser.add_argument("--verify", action="store_true", help="also time a verified conversion of model.safetensors "
+                                                              "to each format")
+    parser.add_argument("--verify-only", action="store_true", help="only the copies and the verified conversions")
+    parser.add_argument("--src", help="convert this checkpoint directory (config.json + model.safetensors) instead "
+                                      "of generating one")
     parser.add_argument("--repeat", type=int, default=1, help="run each step this many times; the table shows the "
                                                               "fastest run and the largest peak RSS")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -134,14 +198,21 @@ def main(argv=None) -> int:
 
     work = tempfile.mkdtemp(prefix="bench_convert.", dir=args.workdir)
     try:
-        src = os.path.join(work, "src")
         me = [sys.executable, os.path.abspath(__file__), "--config", args.config]
-        wall, _, out = measure(me + ["--_generate", src, str(args.layers) if args.layers else "-"])
-        n_params = int(out.strip().splitlines()[-1])
-        src_file = os.path.join(src, "model.safetensors")
-        size = os.path.getsize(src_file)
-        print(f"synthetic checkpoint: {n_params / 1e6:.1f}M parameters, fp32, {size / 1e9:.2f} GB "
-              f"({wall:.1f} s to generate) in {work}", flush=True)
+        if args.src:
+            src = os.path.abspath(args.src)
+            src_file = os.path.join(src, "model.safetensors")
+            size = os.path.getsize(src_file)
+            n_params = size // 4  # fp32
+            print(f"checkpoint {src}: {size / 1e9:.2f} GB", flush=True)
+        else:
+            src = os.path.join(work, "src")
+            wall, _, out = measure(me + ["--_generate", src, str(args.layers) if args.layers else "-"])
+            n_params = int(out.strip().splitlines()[-1])
+            src_file = os.path.join(src, "model.safetensors")
+            size = os.path.getsize(src_file)
+            print(f"synthetic checkpoint: {n_params / 1e6:.1f}M parameters, fp32, {size / 1e9:.2f} GB "
+                  f"({wall:.1f} s to generate) in {work}", flush=True)
 
         steps = [
             ("python + imports (convert --help)", CLI + ["convert", "--help"], None),
@@ -158,9 +229,13 @@ def main(argv=None) -> int:
                                                         os.path.join(work, "torch"), "--to", "torch", "--no-verify"],
              "torch/model.safetensors"),
         ]
-        if args.verify:
-            steps.append(("safetensors -> tf_model.h5, verified", CLI + [
-                "convert", src, os.path.join(work, "tf-verified"), "--to", "tf"], "tf-verified/tf_model.h5"))
+        if args.verify_only:
+            steps = steps[:3]
+        if args.verify or args.verify_only:
+            for to, fmt, filename in VERIFIED:
+                steps.append((f"safetensors -> {filename}, verified", CLI + [
+                    "convert", src, os.path.join(work, f"{fmt}-verified"), "--to", to, "--format", fmt],
+                    f"{fmt}-verified/{filename}"))
         rows = []
         copy_wall = None
         for label, command, output in steps:
@@ -184,19 +259,21 @@ def main(argv=None) -> int:
             if "verified" in label:
                 print("    " + "\n    ".join(line for line in out.splitlines() if "verif" in line or "tensors:" in line))
 
-        compare = subprocess.run(me + ["--_compare", src_file, os.path.join(work, "torch", "model.safetensors")],
-                                 capture_output=True, text=True)
-        bad = compare.returncode != 0
-        print(f"round trip safetensors -> tf -> flax -> safetensors: {compare.stdout.strip() or compare.stderr}")
+        bad = False
+        if not args.verify_only:
+            compare = subprocess.run(me + ["--_compare", src_file, os.path.join(work, "torch", "model.safetensors")],
+                                     capture_output=True, text=True)
+            bad = compare.returncode != 0
+            print(f"round trip safetensors -> tf -> flax -> safetensors: {compare.stdout.strip() or compare.stderr}")
 
         print(f"\ncheckpoint {size / 1e9:.2f} GB ({n_params / 1e6:.1f}M params, fp32); targets: peak RSS < "
               f"0.25 x size = {0.25 * size / 2**20:.0f} MiB, wall < 3 x copy")
-        header = f"{'step':<40} {'wall s':>7} {'x copy':>7} {'peak RSS MiB':>13} {'x size':>7}"
+        header = f"{'step':<44} {'wall s':>7} {'x copy':>7} {'peak RSS MiB':>13} {'x size':>7}"
         print(header)
         print("-" * len(header))
         for row in rows:
             ratio = f"{row['wall_s'] / copy_wall:.1f}" if copy_wall else "-"
-            print(f"{row['step']:<40} {row['wall_s']:>7.1f} {ratio:>7} {row['peak_rss_bytes'] / 2**20:>13.0f} "
+            print(f"{row['step']:<44} {row['wall_s']:>7.1f} {ratio:>7} {row['peak_rss_bytes'] / 2**20:>13.0f} "
                   f"{row['peak_rss_bytes'] / size:>7.3f}")
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:

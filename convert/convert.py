@@ -449,7 +449,7 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
     if verify:
         from deberta_xf.convert import verify as verify_module
 
-        verifier = verify_module.Verifier(plan, atol=atol, rtol=rtol, frameworks=verify_frameworks)  # imports the frameworks now: a missing one fails before writing
+        verifier = verify_module.Verifier(plan, atol=atol, rtol=rtol, frameworks=verify_frameworks)  # checks the frameworks are installed: a missing one fails before writing
     log(describe_plan(plan))
     for stale in remove_stale_temporaries(destination):
         log(f"removed {stale}, left behind by an interrupted conversion")

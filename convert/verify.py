@@ -8,7 +8,10 @@ Two checks on the converted checkpoint, while it is still in its temporary direc
    torch, tf_model.h5 / .weights.h5: tf, msgpack: flax), the converted checkpoint in the target framework
    (``from_pretrained`` on the temporary directory), both in float32; they are run on one fixed, padded batch and
    every output (hidden states, last hidden state, logits) is compared by the DESIGN §5 rules of
-   :mod:`deberta_xf.compare` (token-level outputs where ``attention_mask == 1``).
+   :mod:`deberta_xf.compare` (token-level outputs where ``attention_mask == 1``). Each framework loads and runs in
+   a process of its own (:func:`run_in_subprocess`, one after the other), so that no two frameworks are imported
+   into one process and no two models are in memory at once: the conversion's peak memory is this process's
+   plus one framework's load and forward pass.
 
 The batch is tokenized from fixed sentence pairs with the checkpoint's own tokenizer when SRC has tokenizer files
 (``tokenizer.json`` -> the fast tokenizer, else ``spm.model`` -> the sentencepiece one); otherwise it is made of
@@ -29,19 +32,23 @@ Thresholds (max abs difference):
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
+import importlib.util
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from deberta_xf import schema
+from deberta_xf import errors, schema
 from deberta_xf.errors import DebertaXfError
 from deberta_xf.compare import FP32_THRESHOLDS, Comparison, compare_arrays, output_order, threshold, token_mask
 from deberta_xf.formats import open_checked
-from deberta_xf.frameworks import get_framework
+from deberta_xf.frameworks import Framework, get_framework
 
 if TYPE_CHECKING:  # the plan is made by deberta_xf.convert.convert, which imports this module
     from deberta_xf.convert.convert import ConversionPlan
@@ -171,6 +178,83 @@ def _without_loss(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return outputs
 
 
+def _not_installed(framework: Framework) -> str | None:
+    """Why ``framework`` cannot run here (a package it needs, or its implementation, is missing), found without
+    importing it: each framework is imported only in the process that runs it (:func:`run_in_subprocess`)."""
+    for package in framework.packages:
+        if importlib.util.find_spec(package) is None:
+            return f"{package} is not installed (pip install 'deberta-xf[{framework.extra}]')"
+    top = framework.module.split(".")[0]
+    if importlib.util.find_spec(top) is None:
+        return (f"the {framework.name!r} implementation needs the {framework.extra!r} extra ({top} is not installed): "
+                f"pip install 'deberta-xf[{framework.extra}]'")
+    return None
+
+
+class SubprocessError(Exception):
+    """A framework's load or forward pass failed in its process: the exception's type and message as it raised
+    them (``str()``: ``"Type: message"``), or how the process ended when it could not say."""
+
+    def __init__(self, framework: str, type_name: str, message: str, module: str = ""):
+        super().__init__(f"{type_name}: {message}")
+        self.framework, self.type_name, self.message, self.module = framework, type_name, message, module
+
+    def original(self) -> BaseException:
+        """The exception to raise in this process: the same deberta_xf error (a bad checkpoint keeps its exit code),
+        else a RuntimeError naming the framework and what it raised."""
+        cls = getattr(errors, self.type_name, None) if self.module == errors.__name__ else None
+        if isinstance(cls, type) and issubclass(cls, DebertaXfError):
+            return cls(self.message)
+        return RuntimeError(f"the {self.framework} process failed: {self}")
+
+
+def run_in_subprocess(framework: str, checkpoint: str, task: str, inputs: dict[str, np.ndarray],
+                      config_path: str | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """Load ``checkpoint`` (``config_path``: its config file, else the checkpoint's own) in ``framework`` in a new
+    Python process, run it in float32 on ``inputs``, and return its outputs (the loss left out) and the weights
+    file it loaded. Inputs and outputs travel as ``.npz`` files (no pickle). Raises :class:`SubprocessError`."""
+    with tempfile.TemporaryDirectory(prefix="deberta-xf-verify.") as work:
+        np.savez(os.path.join(work, "inputs.npz"), **inputs)
+        command = [sys.executable, "-m", "deberta_xf.convert.verify", framework,
+                   os.path.abspath(checkpoint), task, work, os.path.abspath(config_path) if config_path else ""]
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+        error_path = os.path.join(work, "error.json")
+        if os.path.isfile(error_path):
+            with open(error_path, encoding="utf-8") as f:
+                error = json.load(f)
+            raise SubprocessError(framework, error["type"], error["message"], error["module"])
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+            raise SubprocessError(framework, "ProcessError", f"the {framework} process exited with code "
+                                  f"{done.returncode}" + (f":\n{tail}" if tail else ""))
+        with np.load(os.path.join(work, "outputs.npz"), allow_pickle=False) as saved:
+            outputs = {name: saved[name] for name in saved.files}
+        with open(os.path.join(work, "result.json"), encoding="utf-8") as f:
+            return outputs, json.load(f)["weights"]
+
+
+def _subprocess_main(framework_name: str, checkpoint: str, task: str, work: str, config_path: str) -> int:
+    """The process of :func:`run_in_subprocess`: writes ``outputs.npz`` and ``result.json``, or ``error.json``."""
+    try:
+        from deberta_xf.configuration import DebertaV2Config
+
+        framework = get_framework(framework_name)
+        with np.load(os.path.join(work, "inputs.npz"), allow_pickle=False) as saved:
+            inputs = {name: saved[name] for name in saved.files}
+        config = DebertaV2Config.from_json_file(config_path) if config_path else None
+        with framework.precision("float32"):
+            model = framework.load(checkpoint, task, config=config)
+            outputs = _without_loss(framework.outputs(model, inputs))
+        np.savez(os.path.join(work, "outputs.npz"), **outputs)
+        with open(os.path.join(work, "result.json"), "w", encoding="utf-8") as f:
+            json.dump({"weights": os.fspath(getattr(model, "weights_path", "") or "")}, f)
+        return 0
+    except BaseException as err:  # noqa: BLE001 - handed to the parent process, which reports or raises it
+        with open(os.path.join(work, "error.json"), "w", encoding="utf-8") as f:
+            json.dump({"type": type(err).__name__, "module": type(err).__module__, "message": str(err)}, f)
+        return 1
+
+
 class Verifier:
     """Built before anything is written, so that a framework that is not installed is reported first.
 
@@ -187,12 +271,11 @@ class Verifier:
         self.targets = [get_framework(name) for name in names]  # get_framework names the known ones
         checks = [("source", self.frameworks["source"])] + [("converted", fw) for fw in self.targets]
         for role, framework in checks:
-            try:
-                framework.model_class(plan.task)
-            except ImportError as err:
+            missing = _not_installed(framework)
+            if missing:
                 raise DebertaXfError(
                     f"verification needs the {framework.name!r} framework to load the {role} checkpoint, and it is not "
-                    f"available ({err}); install it, or pass --no-verify to convert without verification") from None
+                    f"available ({missing}); install it, or pass --no-verify to convert without verification")
         for fmt in {plan.source_format, plan.target_format}:
             if not fmt.available():
                 raise DebertaXfError(f"verification cannot read {fmt.name} files: {fmt.module} is missing")
@@ -227,12 +310,12 @@ class Verifier:
         say(f"verifying: reading back {len(plan.names)} tensors")
         problems, identical = self.check_tensors(directory, digests)
         inputs, input_note = make_inputs(plan.config, plan.task, plan.source_dir)
-        source = self.frameworks["source"]
         say(f"verifying: loading and running the source in {plan.source_framework}")
-        with source.precision("float32"):
-            reference = _without_loss(source.outputs(source.load(plan.weights_path, plan.task, config=plan.config),
-                                                     inputs))
-        gc.collect()  # the source model is gone before the converted one is built
+        try:
+            reference, _ = run_in_subprocess(plan.source_framework, plan.weights_path, plan.task, inputs,
+                                             config_path=plan.config_path)
+        except SubprocessError as err:
+            raise err.original() from None
         mask = token_mask(inputs["attention_mask"])
         comparisons, labels, load_errors = [], [], []
         prefix = len(self.targets) > 1  # several frameworks: each output row names its framework
@@ -240,15 +323,10 @@ class Verifier:
             say(f"verifying: loading and running the converted checkpoint in {target.name}")
             used, candidate = plan.weights_filename, {}
             try:  # the source loaded, so a converted checkpoint that does not is a failed conversion (exit 1)
-                with target.precision("float32"):
-                    target_model = target.load(directory, plan.task)
-                    used = os.path.basename(getattr(target_model, "weights_path", "") or used)
-                    candidate = _without_loss(target.outputs(target_model, inputs))
-                del target_model
-            except Exception as err:  # noqa: BLE001 - reported in the table, the result is not kept
-                load_errors.append(f"the converted checkpoint failed to load or run in {target.name}: "
-                                   f"{type(err).__name__}: {err}")
-            gc.collect()
+                candidate, weights = run_in_subprocess(target.name, directory, plan.task, inputs)
+                used = os.path.basename(weights or used)
+            except SubprocessError as err:  # reported in the table, the result is not kept
+                load_errors.append(f"the converted checkpoint failed to load or run in {target.name}: {err}")
             labels.append(f"{target.name} ({used} of DST)")
             rows = []
             for name, ref in reference.items():
@@ -312,3 +390,7 @@ class Verifier:
                 else:
                     identical += 1
         return problems, identical
+
+
+if __name__ == "__main__":
+    sys.exit(_subprocess_main(*sys.argv[1:]))

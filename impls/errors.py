@@ -42,6 +42,12 @@ class CheckpointError(DebertaXfError):
     """A checkpoint that cannot be read or does not fit the model (missing, corrupt, wrong shape, unsafe)."""
 
 
+class CheckpointShapeError(CheckpointError, RuntimeError):
+    """A checkpoint tensor of another shape than the model's: a CheckpointError that is also the ``RuntimeError``
+    the reference's ``from_pretrained`` raises for a size mismatch (``ignore_mismatched_sizes=True`` re-initialises
+    such tensors instead)."""
+
+
 class CheckpointNotFoundError(CheckpointError, OSError):
     """No checkpoint where one was asked for (a missing path, a directory without a weights file): a CheckpointError
     that is also the ``OSError`` the reference's ``from_pretrained`` raises."""

@@ -1,9 +1,9 @@
 """Framework-free checkpoint loading and saving: find the config and weights, match them to the schema, read the
 arrays; check a model's tensors against the schema and write them with its config.
 
-Each framework's ``from_pretrained`` calls :func:`load_checkpoint` and only assigns the returned canonical
-arrays to its own parameters (through the schema's layout table); each ``save_pretrained`` hands its canonical
-tensors to :func:`save_checkpoint`.
+Each framework's ``from_pretrained`` opens the checkpoint with :func:`open_checkpoint` and assigns each canonical
+array to its own parameter (through the schema's layout table) as it is read (:func:`load_checkpoint` reads them
+all into a dict); each ``save_pretrained`` hands its canonical tensors to :func:`save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,19 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
+import tempfile
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from deberta_xf import schema
 from deberta_xf.configuration import CONFIG_NAME, DebertaV2Config
-from deberta_xf.errors import CheckpointError, CheckpointNotFoundError, ConfigError, ConfigNotFoundError
+from deberta_xf.errors import CheckpointNotFoundError, CheckpointShapeError, ConfigError, ConfigNotFoundError
 from deberta_xf.fileio import atomic_path, check_space
 from deberta_xf.formats import (FORMATS, Producer, TensorInfo, array_source, find_weights, open_weights,
-                                write_weights)
+                                parse_shard_size, plan_shards, sharded_filename, write_sharded, write_weights)
 from deberta_xf.frameworks import get_framework
 from deberta_xf.limits import check_memory
 
@@ -67,8 +69,73 @@ class LoadedCheckpoint:
     stored_dtype: str | None = None      # the checkpoint's floating dtype (for dtype="auto")
 
 
+@dataclasses.dataclass
+class CheckpointStream:
+    """A checkpoint matched to the schema, its tensors not read yet: :meth:`arrays` reads them one at a time, so
+    that a model takes each tensor as it is read (in memory: the model and one tensor, not the model and the whole
+    checkpoint). Made by :func:`open_checkpoint`; the fields are those of :class:`LoadedCheckpoint`."""
+    config: DebertaV2Config
+    task: str
+    reader: Any                          # the open TensorReader
+    mapping: dict[str, str]              # canonical name -> name in the checkpoint, in reading order
+    report: schema.LoadReport
+    missing_head: list[str]
+    weights_path: str
+    stored_dtype: str | None
+    dtype: Any
+
+    def arrays(self, stacklevel: int = 3) -> Iterator[tuple[str, np.ndarray]]:
+        """(canonical name, array in canonical layout) per tensor, read, cast to ``dtype`` and checked for NaN/Inf
+        when asked for; after the last one, :func:`load_checkpoint`'s warnings (``stacklevel`` for the NaN/Inf
+        warning, counted from this generator: 3 names the caller of the method that iterates)."""
+        nonfinite: list[str] = []
+        for name, ckpt_name in self.mapping.items():
+            array = self.reader.read(ckpt_name)
+            if is_floating(array):
+                if self.dtype is not None:
+                    array = array.astype(self.dtype, copy=False)
+                if not all_finite(array):
+                    nonfinite.append(ckpt_name)
+            yield name, array
+            del array  # not held while the next tensor is read
+        weights, report = self.weights_path, self.report
+        if nonfinite:
+            shown = ", ".join(nonfinite[:NONFINITE_SHOWN]) + (f" and {len(nonfinite) - NONFINITE_SHOWN} more"
+                                                              if len(nonfinite) > NONFINITE_SHOWN else "")
+            warnings.warn(f"{weights}: {len(nonfinite)} tensor{'s' if len(nonfinite) > 1 else ''} with NaN or Inf "
+                          f"values: {shown}; the model's outputs will be NaN or Inf where they are used",
+                          UserWarning, stacklevel=stacklevel)
+        if self.missing_head:
+            logger.warning("%s: no weights for the %s head (%s); it is freshly initialised and needs training",
+                           weights, self.task, ", ".join(self.missing_head))
+        if report.reinitialized:
+            logger.warning("%s: tensors re-initialised because their shapes differ from the checkpoint's "
+                           "(ignore_mismatched_sizes=True): %s", weights, ", ".join(
+                               f"{n} (checkpoint {list(got)}, model {list(want)})"
+                               for n, got, want in report.mismatched))
+        if report.unexpected:
+            logger.warning("%s: unused weights not part of the %s model: %s", weights, self.task,
+                           ", ".join(report.unexpected))
+
+
+def loading_info(report: schema.LoadReport) -> dict[str, list]:
+    """The dict the reference's ``from_pretrained(..., output_loading_info=True)`` returns beside the model:
+    ``missing_keys`` (model tensors absent from the checkpoint, freshly initialised), ``unexpected_keys``
+    (checkpoint tensors not used: :data:`deberta_xf.schema.IGNORED_ON_LOAD` extras are not listed),
+    ``mismatched_keys`` ((name, checkpoint shape, model shape), re-initialised with ``ignore_mismatched_sizes``)
+    and ``error_msgs`` (always empty: an error raises)."""
+    return {"missing_keys": list(report.missing), "unexpected_keys": list(report.unexpected),
+            "mismatched_keys": [(report.renamed.get(name, name), tuple(got), tuple(want))
+                                for name, got, want in report.mismatched],
+            "error_msgs": []}
+
+
 def is_floating(array: np.ndarray) -> bool:
-    return array.dtype.kind == "f" or array.dtype.name == "bfloat16"
+    return _floating_dtype(array.dtype)
+
+
+def _floating_dtype(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 _DTYPE_NAMES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32",
@@ -152,51 +219,43 @@ def load_checkpoint(path: str | os.PathLike, task: str, framework: str, config: 
 
     Floating-point tensors are cast to ``dtype`` (numpy dtype; fp32 by default, as the reference loads hub
     checkpoints stored in fp16); ``stored_dtype`` says what the checkpoint held. Missing backbone tensors and
-    shape mismatches raise :class:`CheckpointError`; missing head tensors are returned (the head keeps its fresh
-    initialisation, with a warning). With ``ignore_mismatched_sizes``, head tensors whose shape differs (a
-    classifier with another ``num_labels``) are skipped too: returned with the missing ones, listed in
-    ``report.reinitialized`` and in a warning; a backbone mismatch still fails.
+    shape mismatches raise :class:`CheckpointError` (a mismatch: :class:`CheckpointShapeError`, also a
+    RuntimeError as the reference's); missing head tensors are returned (the head keeps its fresh
+    initialisation, with a warning). With ``ignore_mismatched_sizes``, as in the reference, tensors whose shape
+    differs (a classifier with another ``num_labels``, embeddings for another ``vocab_size``) are skipped too:
+    returned with the missing ones, listed in ``report.reinitialized`` and in a warning.
 
     Before anything is read, a model whose parameters would not fit in the memory available raises
     :class:`~deberta_xf.errors.MemoryLimitError` (:func:`deberta_xf.limits.check_memory`). Floating-point tensors
     holding NaN or Inf are loaded, with one ``UserWarning`` naming the file, their count and the first few
     (``deberta-xf convert`` refuses them unless ``--allow-nonfinite``).
     """
+    with open_checkpoint(path, task, framework, config, dtype, ignore_mismatched_sizes) as stream:
+        arrays = dict(stream.arrays(stacklevel=4))
+    return LoadedCheckpoint(stream.config, arrays, stream.report, stream.missing_head + stream.report.reinitialized,
+                            stream.weights_path, stream.stored_dtype)
+
+
+@contextlib.contextmanager
+def open_checkpoint(path: str | os.PathLike, task: str, framework: str, config: Any = None,
+                    dtype: Any = np.float32, ignore_mismatched_sizes: bool = False) -> Iterator[CheckpointStream]:
+    """:func:`load_checkpoint` without reading the tensors: the config, the weights file, the schema match and its
+    checks (and the memory check), and a :class:`CheckpointStream` that reads the tensors one at a time while the
+    file is open."""
     cfg = resolve_config(path, config)
     weights = weights_path_for(os.fspath(path), framework)
-    check_memory(cfg, task, dtype, framework)  # the arrays read below: refused before reading any
-    stored_dtype = None
-    nonfinite: list[str] = []
+    check_memory(cfg, task, dtype, framework)  # the model's parameters: refused before reading any tensor
     with open_weights(weights) as reader:
-        mapping, report = schema.match_checkpoint(cfg, task, reader.shapes())
-        missing_head = schema.check_report(report, cfg, task, weights, ignore_mismatched_sizes=ignore_mismatched_sizes)
-        arrays = {}
-        for name, ckpt_name in mapping.items():
-            array = reader.read(ckpt_name)
-            if is_floating(array):
-                stored_dtype = stored_dtype or array.dtype.name
-                if dtype is not None:
-                    array = array.astype(dtype, copy=False)
-                if not all_finite(array):
-                    nonfinite.append(ckpt_name)
-            arrays[name] = array
-    if nonfinite:
-        shown = ", ".join(nonfinite[:NONFINITE_SHOWN]) + (f" and {len(nonfinite) - NONFINITE_SHOWN} more"
-                                                          if len(nonfinite) > NONFINITE_SHOWN else "")
-        warnings.warn(f"{weights}: {len(nonfinite)} tensor{'s' if len(nonfinite) > 1 else ''} with NaN or Inf "
-                      f"values: {shown}; the model's outputs will be NaN or Inf where they are used",
-                      UserWarning, stacklevel=3)
-    if missing_head:
-        logger.warning("%s: no weights for the %s head (%s); it is freshly initialised and needs training",
-                       weights, task, ", ".join(missing_head))
-    if report.reinitialized:
-        logger.warning("%s: head tensors re-initialised because their shapes differ from the checkpoint's "
-                       "(ignore_mismatched_sizes=True): %s", weights, ", ".join(
-                           f"{n} (checkpoint {list(got)}, model {list(want)})"
-                           for n, got, want in report.mismatched))
-    if report.unexpected:
-        logger.warning("%s: unused weights not part of the %s model: %s", weights, task, ", ".join(report.unexpected))
-    return LoadedCheckpoint(cfg, arrays, report, missing_head + report.reinitialized, weights, stored_dtype)
+        infos = reader.infos()
+        mapping, report = schema.match_checkpoint(cfg, task, {k: v.shape for k, v in infos.items()})
+        try:
+            missing_head = schema.check_report(report, cfg, task, weights,
+                                               ignore_mismatched_sizes=ignore_mismatched_sizes)
+        except CheckpointShapeError as err:
+            raise CheckpointShapeError(f"{err}\n(from_pretrained(..., ignore_mismatched_sizes=True) re-initialises "
+                                       "the tensors of another shape)") from None
+        stored_dtype = next((infos[n].dtype.name for n in mapping.values() if _floating_dtype(infos[n].dtype)), None)
+        yield CheckpointStream(cfg, task, reader, mapping, report, missing_head, weights, stored_dtype, dtype)
 
 
 def save_checkpoint(save_directory: str | os.PathLike, config: DebertaV2Config, task: str, framework: str,
@@ -236,6 +295,35 @@ def save_checkpoint(save_directory: str | os.PathLike, config: DebertaV2Config, 
                 os.rmdir(save_directory)  # only if nothing else is in it
         raise
     return path
+
+
+def save_sharded(save_directory: str | os.PathLike, config: DebertaV2Config, task: str, framework: str,
+                 state: dict[str, np.ndarray], format: str, max_shard_size: int | str) -> list[str]:
+    """Write ``config.json`` and ``state`` in ``format``: one file, or shards of at most ``max_shard_size`` and
+    the index (the reference's names and rule: deberta_xf.formats.write_sharded). Weights files of that format
+    left by an earlier save (a single file, an index, shards) are removed, as the reference removes stale shards,
+    so a loader cannot pick them up. Returns the file names written, the one a loader opens first."""
+    fmt = FORMATS[format]
+    infos, get = array_source(state)
+    max_bytes = parse_shard_size(max_shard_size)
+    shards = len(plan_shards(infos, max_bytes))
+    if shards == 1:  # the single-file save: schema-checked, atomic with config.json
+        files = [os.path.basename(save_arrays(save_directory, config, task, framework, state, format))]
+    else:
+        sharded_filename(fmt, shards)  # a format without an index file (msgpack): refused before writing
+        os.makedirs(save_directory, exist_ok=True)
+        # written beside the directory's files first: a failure (a full disk) leaves save_directory as it was
+        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".deberta_xf-shards-") as staging:
+            files = write_sharded(staging, fmt, infos, get, max_bytes, task=task)
+            config.save_pretrained(staging)
+            for filename in [*files[1:], files[0], CONFIG_NAME]:  # the index after its shards, config.json last
+                os.replace(os.path.join(staging, filename), os.path.join(save_directory, filename))
+    stem, _, ext = fmt.filenames[0].rpartition(".")
+    shard_name = re.compile(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.{re.escape(ext)}")
+    for filename in os.listdir(save_directory):
+        if filename not in files and (filename in fmt.filenames or shard_name.fullmatch(filename)):
+            os.remove(os.path.join(save_directory, filename))
+    return files
 
 
 def save_arrays(save_directory: str | os.PathLike, config: DebertaV2Config, task: str, framework: str,

@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from deberta_xf.configuration import DebertaV2Config
-from deberta_xf.errors import CheckpointError
+from deberta_xf.errors import CheckpointError, CheckpointShapeError
 from deberta_xf.tasks import check_task
 
 BACKBONE_PREFIX = "deberta."
@@ -354,20 +354,22 @@ def check_report(report: LoadReport, config: DebertaV2Config, task: str, source:
     """Raise CheckpointError for shape mismatches and missing backbone weights; return missing head keys.
 
     A task model loaded from a backbone-only checkpoint gets a freshly initialised head, as in the reference
-    (the caller warns); a missing backbone tensor is an error. With ``ignore_mismatched_sizes``, a head tensor of
-    another shape (e.g. a classifier for another ``num_labels``) is not an error: its canonical name goes to
-    ``report.reinitialized`` (the model keeps its fresh initialisation); backbone mismatches still fail.
+    (the caller warns); a missing backbone tensor is an error. A tensor of another shape raises
+    :class:`CheckpointShapeError` (also a RuntimeError, as the reference's); with ``ignore_mismatched_sizes``, as
+    in the reference, it is not an error: its canonical name goes to ``report.reinitialized`` (the model keeps
+    its fresh initialisation: a classifier for another ``num_labels``, embeddings for another ``vocab_size``).
     """
     problems = []
     head_names = set(head_shapes(config, task))
     for ckpt_name, got, want in report.mismatched:
         name = report.renamed.get(ckpt_name, ckpt_name)
-        if ignore_mismatched_sizes and name in head_names:
+        if ignore_mismatched_sizes:
             if name not in report.reinitialized:
                 report.reinitialized.append(name)
             continue
         problems.append(f"tensor {ckpt_name!r} has shape {list(got)} but the config expects {list(want)}"
                         f"{_shape_hint(ckpt_name, got, want, config)}")
+    mismatched = bool(problems)
     missing_backbone = [n for n in report.missing if n not in head_names]
     missing_head = [n for n in report.missing if n in head_names]
     if missing_backbone:
@@ -375,7 +377,8 @@ def check_report(report: LoadReport, config: DebertaV2Config, task: str, source:
     if missing_head and not allow_missing_head:
         problems.append(f"missing {len(missing_head)} head tensor(s): " + ", ".join(missing_head))
     if problems:
-        raise CheckpointError(f"{source}: checkpoint does not fit the {task} model:\n  - " + "\n  - ".join(problems))
+        message = f"{source}: checkpoint does not fit the {task} model:\n  - " + "\n  - ".join(problems)
+        raise (CheckpointShapeError if mismatched else CheckpointError)(message)
     return missing_head
 
 
