@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import deberta_xf
-from deberta_xf.errors import CheckpointError
+from deberta_xf.errors import CheckpointError, CheckpointShapeError
 from deberta_xf.frameworks import FRAMEWORKS, REGISTRY
 from deberta_xf.tasks import TASKS
 from reference_cases import load_case
@@ -171,11 +171,63 @@ def TINY_HIDDEN(case) -> int:
     return deberta_xf.DebertaV2Config.from_pretrained(case.directory).hidden_size
 
 
-def test_ignore_mismatched_sizes_still_refuses_a_backbone_mismatch(fw):
+def test_a_backbone_mismatch_is_a_runtime_error_and_re_initialised_when_asked(fw):
+    """As the reference: a tensor of another shape raises (a CheckpointError that is also the reference's
+    RuntimeError, naming the tensor and the flag); with ignore_mismatched_sizes=True any such tensor, embeddings
+    included, keeps its fresh initialisation and is listed."""
     case = load_case("v3", "sequence-classification")
-    with pytest.raises(CheckpointError, match="word_embeddings"):
-        fw.model_class("sequence-classification").from_pretrained(case.directory, vocab_size=300,
-                                                                  ignore_mismatched_sizes=True)
+    cls = fw.model_class("sequence-classification")
+    with pytest.raises(CheckpointShapeError, match="word_embeddings.*vocab_size=300") as err:
+        cls.from_pretrained(case.directory, vocab_size=300)
+    assert isinstance(err.value, RuntimeError) and isinstance(err.value, CheckpointError)
+    assert "ignore_mismatched_sizes=True" in str(err.value)
+    plain = cls.from_pretrained(case.directory).canonical_state()
+    model = cls.from_pretrained(case.directory, vocab_size=300, ignore_mismatched_sizes=True)
+    name = "deberta.embeddings.word_embeddings.weight"
+    assert model.loading_report.reinitialized == [name]
+    state = model.canonical_state()
+    assert state[name].shape == (300, plain[name].shape[1])
+    std = model.config.initializer_range
+    assert 0.5 * std < state[name].std() < 1.5 * std  # drawn as the reference draws it, not copied
+    for other, value in plain.items():
+        if other != name:
+            np.testing.assert_array_equal(state[other], value, err_msg=other)
+    ids = case.model_inputs["input_ids"]
+    assert model(input_ids=ids).logits.shape == (ids.shape[0], model.config.num_labels)
+
+
+def test_output_loading_info_lists_missing_unexpected_and_mismatched(fw):
+    """from_pretrained(..., output_loading_info=True) returns (model, info) as the reference: a base checkpoint
+    in a classifier lists the head as missing; a re-initialised classifier is mismatched."""
+    base = load_case("v3", "base")
+    model, info = fw.model_class("sequence-classification").from_pretrained(base.directory,
+                                                                            output_loading_info=True)
+    assert sorted(info) == ["error_msgs", "mismatched_keys", "missing_keys", "unexpected_keys"]
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight", "pooler.dense.bias",
+                                            "pooler.dense.weight"]
+    assert info["unexpected_keys"] == [] and info["mismatched_keys"] == [] and info["error_msgs"] == []
+    assert model.task == "sequence-classification"
+    case = load_case("v3", "sequence-classification")
+    n = deberta_xf.DebertaV2Config.from_pretrained(case.directory).num_labels + 2
+    _, info = fw.model_class("sequence-classification").from_pretrained(
+        case.directory, num_labels=n, ignore_mismatched_sizes=True, output_loading_info=True)
+    hidden = TINY_HIDDEN(case)
+    assert sorted(info["mismatched_keys"]) == [("classifier.bias", (n - 2,), (n,)),
+                                               ("classifier.weight", (n - 2, hidden), (n, hidden))]
+    assert info["missing_keys"] == []
+    _, info = fw.model_class("base").from_pretrained(case.directory, output_loading_info=True)
+    assert sorted(info["unexpected_keys"]) == ["classifier.bias", "classifier.weight", "pooler.dense.bias",
+                                               "pooler.dense.weight"]
+
+
+def test_torch_dtype_is_the_older_name_of_dtype():
+    torch = pytest.importorskip("torch")
+    case = load_case("v3", "base")
+    cls = REGISTRY["torch"].model_class("base")
+    assert cls.from_pretrained(case.directory, torch_dtype=torch.float16).dtype == torch.float16
+    assert cls.from_pretrained(case.directory, torch_dtype="bfloat16").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="torch_dtype"):
+        cls.from_pretrained(case.directory, dtype="float16", torch_dtype=torch.float16)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,7 +513,7 @@ def test_tf_input_and_output_embeddings(tf_mod, tmp_path):
     model = tf_mod.TFDebertaV2ForMaskedLM.from_config(tiny_config(), seed=0)
     emb = model.get_input_embeddings()
     path = emb.embeddings.path
-    assert emb.weight is emb.embeddings and model.get_output_embeddings() is emb
+    assert emb.weight is emb.embeddings.value and model.get_output_embeddings() is emb  # the tf.Variable
     bias = model.get_bias()
     assert set(bias) == {"bias"} and isinstance(bias["bias"], tf.Variable)  # the reference TF's type
     assert bias["bias"] is model.cls.predictions.bias.value and model.get_lm_head() is model.cls.predictions

@@ -25,7 +25,7 @@ import functools
 import math
 import os
 import secrets
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,8 @@ from deberta_xf.configuration import DebertaV2Config
 from deberta_xf.errors import CheckpointError
 from deberta_xf.flax.fused_attention import fused_attention, position_tables
 from deberta_xf.limits import check_memory
-from deberta_xf.loading import dtype_name, load_checkpoint, resized_rows, resolve_config, save_arrays
+from deberta_xf.loading import (dtype_name, loading_info, open_checkpoint, resized_rows, resolve_config,
+                                save_sharded)
 from deberta_xf.outputs import ModelOutput, finish, output_flags
 from deberta_xf.relative_position import attention_distance_window
 
@@ -548,11 +549,18 @@ def _jit_forward(model, inputs: dict, output_hidden_states: bool, output_attenti
     return model(**inputs, output_hidden_states=output_hidden_states, output_attentions=output_attentions)
 
 
+def default_rngs(rngs: Optional[nnx.Rngs]) -> nnx.Rngs:
+    """A model's random streams: those given, else seed 0 for parameters and dropout (the reference's Flax models
+    take ``seed=0`` by default, so ``FlaxDebertaV2Model(config)`` builds the same model every time)."""
+    return nnx.Rngs(params=0, dropout=0) if rngs is None else rngs
+
+
 class FlaxDebertaV2PreTrainedModel(nnx.Module):
     """Base of every Flax DeBERTa-v2 model: init, ``from_pretrained``, ``save_pretrained``, ``jit_call``."""
 
     task = "base"
     base_model_prefix = "deberta"
+    main_input_name = "input_ids"
 
     def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None):
         """``dtype``: the parameters' dtype (None: float32); ``compute_dtype``: the layers' (None: ``dtype``)."""
@@ -610,7 +618,7 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
                         dtype: Any = None, seed: int = 0, ignore_mismatched_sizes: bool = False,
                         attn_implementation: Optional[str] = None, compute_dtype: Any = None,
-                        **config_overrides: Any):
+                        output_loading_info: bool = False, **config_overrides: Any):
         """Load a checkpoint directory (``config.json`` + any supported weights file, ``flax_model.msgpack``
         first) or a weights file (then ``config`` is required).
 
@@ -618,49 +626,60 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
         checkpoint; a head missing from it is freshly initialised (with a warning). ``dtype`` is the parameters'
         dtype (None: float32, ``"auto"``: the checkpoint's stored floating dtype); ``compute_dtype`` the layers'
         (None: ``dtype``).
-        ``ignore_mismatched_sizes=True`` re-initialises head tensors of another shape. ``attn_implementation``:
+        ``ignore_mismatched_sizes=True`` re-initialises tensors of another shape. ``attn_implementation``:
         "eager" | "sdpa" | "fused" (None: the config's ``_attn_implementation``, eager by default). Returned in
-        eval mode.
+        eval mode; with ``output_loading_info=True``, as ``(model, {"missing_keys", "unexpected_keys",
+        "mismatched_keys", "error_msgs"})``.
         """
         cfg = resolve_config(pretrained_model_name_or_path, config)
         attn_implementation = attn_implementation or cfg._attn_implementation
         if config_overrides:
             cfg = DebertaV2Config.from_dict(cfg.to_dict(), **config_overrides)
         cfg = with_attn_implementation(cfg, attn_implementation)
-        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, FRAMEWORK, config=cfg,
-                                 ignore_mismatched_sizes=ignore_mismatched_sizes)
-        if dtype_name(dtype) == "auto":
-            dtype = loaded.stored_dtype
-        model = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, compute_dtype=compute_dtype,
-                                           rngs=nnx.Rngs(params=seed, dropout=seed)))
-        model._assign(loaded.arrays, init_seed=seed)  # every parameter becomes concrete
+        with open_checkpoint(pretrained_model_name_or_path, cls.task, FRAMEWORK, config=cfg,
+                             ignore_mismatched_sizes=ignore_mismatched_sizes) as checkpoint:
+            if dtype_name(dtype) == "auto":
+                dtype = checkpoint.stored_dtype
+            model = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, compute_dtype=compute_dtype,
+                                               rngs=nnx.Rngs(params=seed, dropout=seed)))
+            # every parameter becomes concrete, each tensor converted as it is read
+            model._assign(checkpoint.arrays(stacklevel=4), init_seed=seed)
         nnx.reseed(model, dropout=seed)  # and so do the dropout streams' keys and counts
-        model._loaded_from = Static((loaded.report, loaded.weights_path))
-        return model
+        model._loaded_from = Static((checkpoint.report, checkpoint.weights_path))
+        return (model, loading_info(checkpoint.report)) if output_loading_info else model
 
     def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
         """Copy canonical arrays (PyTorch names and layouts) into the parameters of the same names, in place."""
-        self._assign(arrays)
+        self._assign(arrays.items())
 
-    def _assign(self, arrays: dict[str, np.ndarray], init_seed: int | None = None) -> None:
-        """Set parameters from canonical arrays through the schema's layout table. With ``init_seed``, parameters
+    def _assign(self, arrays: Iterable[tuple[str, np.ndarray]], init_seed: int | None = None) -> None:
+        """Set parameters from (canonical name, canonical array) pairs through the schema's layout table, each
+        array converted as it comes (a stream of them is never all in memory). With ``init_seed``, parameters
         missing from ``arrays`` (a head absent from the checkpoint) are freshly initialised as the reference
         does; without it they keep their values."""
         names = flax_names(self.config, self.task)
+        params = {names[_path_key(path)]: (path, variable)
+                  for path, variable in nnx.to_flat_state(nnx.state(self, nnx.Param))}
+        values = {}
+        for name, array in arrays:
+            if name not in params:
+                continue
+            path, variable = params[name]
+            value = jnp.asarray(schema.to_framework(name, np.asarray(array), FRAMEWORK), self.dtype)
+            if tuple(value.shape) != tuple(variable.shape):
+                raise CheckpointError(f"tensor {name!r} of shape {list(np.shape(array))} does not fit the "
+                                      f"parameter {_path_key(path)} of shape {list(variable.shape)} (flax layout)")
+            values[name] = value
         key = None if init_seed is None else jax.random.key(init_seed)
         updates = []
-        for path, variable in nnx.to_flat_state(nnx.state(self, nnx.Param)):
-            name = names[_path_key(path)]
-            if name in arrays:
-                value = jnp.asarray(schema.to_framework(name, np.asarray(arrays[name]), FRAMEWORK), self.dtype)
+        for name, (path, variable) in params.items():
+            if name in values:
+                value = values.pop(name)
             elif key is not None:
                 key, subkey = jax.random.split(key)
                 value = _initial_value(name, tuple(variable.shape), self.config, subkey).astype(self.dtype)
             else:
                 continue
-            if tuple(value.shape) != tuple(variable.shape):
-                raise CheckpointError(f"tensor {name!r} of shape {list(np.shape(arrays[name]))} does not fit the "
-                                      f"parameter {_path_key(path)} of shape {list(variable.shape)} (flax layout)")
             updates.append((path, variable.replace(value)))
         nnx.update(self, nnx.from_flat_state(updates))
 
@@ -673,10 +692,25 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
             out[name] = np.array(schema.contiguous(schema.from_framework(name, np.asarray(variable[...]), FRAMEWORK)))
         return out
 
-    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "msgpack") -> None:
-        """Write ``config.json`` and ``flax_model.msgpack`` (or canonical ``model.safetensors`` with
-        format="safetensors")."""
-        save_arrays(save_directory, self.config, self.task, FRAMEWORK, self.canonical_state(), format)
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str = "10GB",
+                        safe_serialization: bool = False, format: Optional[str] = None) -> None:
+        """Write ``config.json`` and ``flax_model.msgpack`` (canonical ``model.safetensors`` with
+        ``safe_serialization=True`` or format="safetensors"). Past ``max_shard_size`` (bytes, or "10GB", the
+        reference's Flax default, "500MiB") safetensors is written as ``model-00001-of-0000N.safetensors`` shards and
+        ``model.safetensors.index.json``; msgpack has no index here: a model larger than one shard is refused,
+        naming the formats that shard."""
+        format = format or ("safetensors" if safe_serialization else "msgpack")
+        save_sharded(save_directory, self.config, self.task, FRAMEWORK, self.canonical_state(), format,
+                     max_shard_size)
+
+    @property
+    def base_model(self) -> nnx.Module:
+        """The encoder model (``self.deberta``), or the model itself for FlaxDebertaV2Model."""
+        return getattr(self, self.base_model_prefix, self)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False  # an encoder: no ``generate``, no generation_config.json
 
     # ---------------------------------------------------------------------------------------------------------
     # The reference's model methods: embeddings, parameter counts, gradient checkpointing
@@ -703,6 +737,9 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
         old = self.get_input_embeddings()
         if new_num_tokens is None and pad_to_multiple_of is None:
             return old
+        if pad_to_multiple_of is not None and not isinstance(pad_to_multiple_of, int):
+            raise ValueError(f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is "
+                             "not and integer. Please make sure to pass an integer")  # the reference's words
         table = np.asarray(old.embedding[...], np.float32)
         new_num_tokens = table.shape[0] if new_num_tokens is None else int(new_num_tokens)
         if pad_to_multiple_of is not None:
@@ -766,8 +803,9 @@ class FlaxDebertaV2PreTrainedModel(nnx.Module):
 # =============================================================================================================
 # The encoder model
 class FlaxDebertaV2Model(FlaxDebertaV2PreTrainedModel):
-    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: Optional[nnx.Rngs] = None):
         super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
+        rngs = default_rngs(rngs)
         self.embeddings = FlaxDebertaV2Embeddings(config, dtype=self._compute_dtype.value, rngs=rngs)
         self.encoder = FlaxDebertaV2Encoder(config, dtype=self._compute_dtype.value, rngs=rngs)
         self._cast_parameters()
@@ -917,8 +955,9 @@ def sequence_classification_loss(num_labels: int, problem_type: Optional[str], l
 class FlaxDebertaV2ForMaskedLM(FlaxDebertaV2PreTrainedModel):
     task = "masked-lm"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: Optional[nnx.Rngs] = None):
         super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
+        rngs = default_rngs(rngs)
         self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
         if config.legacy:
             self.cls = FlaxLegacyDebertaV2OnlyMLMHead(config, dtype=self._compute_dtype.value, rngs=rngs)
@@ -946,8 +985,9 @@ class FlaxDebertaV2ForMaskedLM(FlaxDebertaV2PreTrainedModel):
 class FlaxDebertaV2ForSequenceClassification(FlaxDebertaV2PreTrainedModel):
     task = "sequence-classification"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: Optional[nnx.Rngs] = None):
         super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
+        rngs = default_rngs(rngs)
         self.num_labels = config.num_labels
         self.problem_type = config.problem_type
         self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
@@ -973,8 +1013,9 @@ class FlaxDebertaV2ForSequenceClassification(FlaxDebertaV2PreTrainedModel):
 class FlaxDebertaV2ForTokenClassification(FlaxDebertaV2PreTrainedModel):
     task = "token-classification"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: Optional[nnx.Rngs] = None):
         super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
+        rngs = default_rngs(rngs)
         self.num_labels = config.num_labels
         self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
         self.dropout = dropout(config.hidden_dropout_prob, rngs)
@@ -998,8 +1039,9 @@ class FlaxDebertaV2ForTokenClassification(FlaxDebertaV2PreTrainedModel):
 class FlaxDebertaV2ForQuestionAnswering(FlaxDebertaV2PreTrainedModel):
     task = "question-answering"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: Optional[nnx.Rngs] = None):
         super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
+        rngs = default_rngs(rngs)
         self.num_labels = config.num_labels
         self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
         self.qa_outputs = linear(config, config.hidden_size, config.num_labels, self._compute_dtype.value, rngs)
@@ -1028,8 +1070,9 @@ class FlaxDebertaV2ForQuestionAnswering(FlaxDebertaV2PreTrainedModel):
 class FlaxDebertaV2ForMultipleChoice(FlaxDebertaV2PreTrainedModel):
     task = "multiple-choice"
 
-    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: nnx.Rngs):
+    def __init__(self, config: DebertaV2Config, *, dtype=None, compute_dtype=None, rngs: Optional[nnx.Rngs] = None):
         super().__init__(config, dtype=dtype, compute_dtype=compute_dtype)
+        rngs = default_rngs(rngs)
         self.deberta = FlaxDebertaV2Model(config, dtype=dtype, compute_dtype=compute_dtype, rngs=rngs)
         self.pooler = FlaxContextPooler(config, dtype=self._compute_dtype.value, rngs=rngs)
         self.classifier = linear(config, config.hidden_size, 1, self._compute_dtype.value, rngs)

@@ -11,7 +11,7 @@ import copy
 import logging
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 from deberta_xf import schema
 from deberta_xf.configuration import DebertaV2Config
 from deberta_xf.limits import check_memory
-from deberta_xf.loading import dtype_name, load_checkpoint, resolve_config, save_arrays
+from deberta_xf.loading import dtype_name, loading_info, open_checkpoint, resolve_config, save_sharded
 from deberta_xf.outputs import ModelOutput, finish, output_flags
 from deberta_xf.relative_position import DistanceTable, distance_table
 
@@ -416,7 +416,7 @@ _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
                  "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def torch_dtype(dtype: Any) -> Optional[torch.dtype]:
+def as_torch_dtype(dtype: Any) -> Optional[torch.dtype]:
     """None / a string / a numpy, torch or other framework's dtype -> a torch dtype (``"auto"`` is resolved by
     ``from_pretrained`` before this)."""
     if dtype is None or isinstance(dtype, torch.dtype):
@@ -466,6 +466,13 @@ class DebertaV2PreTrainedModel(nn.Module):
 
     task = "base"
     base_model_prefix = "deberta"
+    main_input_name = "input_ids"
+    # The reference's class attributes that its tests and Trainer read: nothing is left out of a save or expected
+    # missing on load, and the tied decoder is the word embeddings' own parameter (no second tensor to tie).
+    _keys_to_ignore_on_save = None
+    _keys_to_ignore_on_load_missing = None
+    _tied_weights_keys = None
+    _supports_sdpa = True
 
     def __init__(self, config: DebertaV2Config):
         super().__init__()
@@ -474,6 +481,9 @@ class DebertaV2PreTrainedModel(nn.Module):
 
     def post_init(self) -> None:
         self.apply(self._init_weights)
+        if getattr(self.config, "gradient_checkpointing", False):  # the reference's old config flag, consumed
+            self.gradient_checkpointing_enable()
+            self.config._extra.pop("gradient_checkpointing")
         self.eval()  # inference mode unless the user calls .train()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -502,42 +512,53 @@ class DebertaV2PreTrainedModel(nn.Module):
             torch.manual_seed(seed)
         model = cls(config)
         if dtype is not None:
-            model.to(torch_dtype(dtype))
+            model.to(as_torch_dtype(dtype))
         return model.eval()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
                         dtype: Any = None, ignore_mismatched_sizes: bool = False,
-                        attn_implementation: str | None = None, **config_overrides: Any):
+                        attn_implementation: str | None = None, output_loading_info: bool = False,
+                        torch_dtype: Any = None, **config_overrides: Any):
         """Load a checkpoint directory (``config.json`` + any supported weights file) or a weights file.
 
         The parameters are float32, or ``dtype`` (``"auto"``: the checkpoint's stored floating dtype; a string,
-        numpy or torch dtype). ``ignore_mismatched_sizes=True`` re-initialises head tensors whose shape differs
+        numpy or torch dtype). ``ignore_mismatched_sizes=True`` re-initialises tensors whose shape differs
         from the checkpoint's (listed in ``model.loading_report.reinitialized``). ``attn_implementation``:
-        "eager" (default) | "sdpa" | "fused" (docs/attention.md). Returned in eval mode.
+        "eager" (default) | "sdpa" | "fused" (docs/attention.md). Returned in eval mode; with
+        ``output_loading_info=True``, as ``(model, {"missing_keys", "unexpected_keys", "mismatched_keys",
+        "error_msgs"})``. ``torch_dtype``: the reference's older name of ``dtype``.
         """
+        if torch_dtype is not None:
+            if dtype is not None:
+                raise ValueError("pass dtype or torch_dtype (its older name), not both")
+            dtype = torch_dtype
         cfg = resolve_config(pretrained_model_name_or_path, config)
         if config_overrides:
             cfg = DebertaV2Config.from_dict(cfg.to_dict(), **config_overrides)
         cfg = with_attn_implementation(cfg, attn_implementation)
-        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "torch", config=cfg,
-                                 ignore_mismatched_sizes=ignore_mismatched_sizes)
-        model = cls(cfg)
-        model.load_canonical(loaded.arrays)
-        model.loading_report = loaded.report
-        model.weights_path = loaded.weights_path
+        with open_checkpoint(pretrained_model_name_or_path, cls.task, "torch", config=cfg,
+                             ignore_mismatched_sizes=ignore_mismatched_sizes) as checkpoint:
+            model = cls(cfg)
+            model._copy_arrays(checkpoint.arrays(stacklevel=4))  # each tensor as it is read: one in memory at a time
+        model.loading_report = checkpoint.report
+        model.weights_path = checkpoint.weights_path
         dtype = dtype_name(dtype)
         if dtype == "auto":
-            dtype = loaded.stored_dtype
+            dtype = checkpoint.stored_dtype
         if dtype is not None:
-            model.to(torch_dtype(dtype))
-        return model.eval()
+            model.to(as_torch_dtype(dtype))
+        model.eval()
+        return (model, loading_info(checkpoint.report)) if output_loading_info else model
 
     def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
         """Copy canonical arrays (PyTorch layout already) into the parameters of the same names."""
+        self._copy_arrays(arrays.items())
+
+    def _copy_arrays(self, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
         params = dict(self.named_parameters())
         with torch.no_grad():
-            for name, array in arrays.items():
+            for name, array in arrays:
                 param = params[name]
                 param.copy_(torch.from_numpy(schema.contiguous(array)).to(param.dtype))
 
@@ -549,9 +570,22 @@ class DebertaV2PreTrainedModel(nn.Module):
             out[name] = (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
         return out
 
-    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "safetensors") -> None:
-        """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with format="bin")."""
-        save_arrays(save_directory, self.config, self.task, "torch", self.canonical_state(), format)
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str = "5GB",
+                        safe_serialization: bool = True, format: Optional[str] = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (``pytorch_model.bin`` with ``safe_serialization=False``
+        or format="bin"), as the reference: past ``max_shard_size`` (bytes, or "5GB", "500MiB") the weights are
+        ``model-00001-of-0000N.safetensors`` shards and ``model.safetensors.index.json``."""
+        format = format or ("safetensors" if safe_serialization else "bin")
+        save_sharded(save_directory, self.config, self.task, "torch", self.canonical_state(), format, max_shard_size)
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The encoder model (``self.deberta``), or the model itself for DebertaV2Model."""
+        return getattr(self, self.base_model_prefix, self)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False  # an encoder: no ``generate``, no generation_config.json
 
     @property
     def device(self) -> torch.device:
@@ -573,6 +607,21 @@ class DebertaV2PreTrainedModel(nn.Module):
     def get_output_embeddings(self) -> Optional[nn.Module]:
         return None  # the masked-LM model overrides this
 
+    def tie_weights(self) -> None:
+        """The reference's call after changing embeddings; nothing to do here: a tied decoder reads the word
+        embeddings' own parameter at every call."""
+
+    def enable_input_require_grads(self) -> None:
+        """Make the word embeddings' output require grad (as the reference, for adapters trained on a frozen model
+        with gradient checkpointing)."""
+        def make_inputs_require_grads(module, input, output):
+            output.requires_grad_(True)
+
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(make_inputs_require_grads)
+
+    def disable_input_require_grads(self) -> None:
+        self._require_grads_hook.remove()
+
     def _resize_output(self, new_num_tokens: int, mean_resizing: bool) -> None:
         """Resize the head's vocabulary-sized tensors (the masked-LM model overrides this)."""
 
@@ -585,6 +634,9 @@ class DebertaV2PreTrainedModel(nn.Module):
         old = self.get_input_embeddings()
         if new_num_tokens is None and pad_to_multiple_of is None:
             return old
+        if pad_to_multiple_of is not None and not isinstance(pad_to_multiple_of, int):
+            raise ValueError(f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is "
+                             "not and integer. Please make sure to pass an integer")  # the reference's words
         new_num_tokens = old.weight.shape[0] if new_num_tokens is None else int(new_num_tokens)
         if pad_to_multiple_of is not None:
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
