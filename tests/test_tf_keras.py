@@ -150,7 +150,10 @@ def _upstream_inputs():
 
 def test_upstream_model_calls(tmp_path):
     """TFDebertaV2Model(config=...), a list of inputs, bare ids, ``model(...)[0]``, the config's return_dict, and
-    save_pretrained(saved_model=False) / from_pretrained giving the same outputs."""
+    save_pretrained(saved_model=False) / from_pretrained giving the same outputs; save_pretrained(saved_model=True,
+    version=2) also writes a SavedModel whose serving signatures (int32 and int64 inputs) give the model's outputs."""
+    import tensorflow as tf
+
     ids, mask, types = _upstream_inputs()
     model = tfm.TFDebertaV2Model(config=deberta_xf.DebertaV2Config(**UPSTREAM))
     assert model([ids, mask]).last_hidden_state.shape == (13, 7, 32)
@@ -159,10 +162,24 @@ def test_upstream_model_calls(tmp_path):
     np.testing.assert_array_equal(out[0].numpy(), out.last_hidden_state.numpy())
     model.save_pretrained(tmp_path, saved_model=False)
     assert os.path.exists(tmp_path / "config.json") and os.path.exists(tmp_path / "tf_model.h5")
+    assert not os.path.exists(tmp_path / "saved_model")
     again = tfm.TFDebertaV2Model.from_pretrained(tmp_path)
     np.testing.assert_array_equal(again(ids, attention_mask=mask)[0].numpy(), out[0].numpy())
-    with pytest.raises(NotImplementedError, match="saved_model=True"):
-        model.save_pretrained(tmp_path, saved_model=True)
+
+    model.save_pretrained(tmp_path / "sm", saved_model=True, version=2)
+    assert os.path.exists(tmp_path / "sm" / "tf_model.h5")
+    loaded = tf.saved_model.load(str(tmp_path / "sm" / "saved_model" / "2"))
+    assert set(loaded.signatures) == {"serving_default", "int64_serving"}
+    want = model(ids, attention_mask=mask, token_type_ids=types).last_hidden_state.numpy()
+    served = loaded.signatures["serving_default"](input_ids=ids, attention_mask=mask, token_type_ids=types)
+    assert set(served) == {"last_hidden_state"}  # hidden states / attentions only when the config asks
+    np.testing.assert_allclose(served["last_hidden_state"].numpy(), want, atol=1e-5)
+    served = loaded.signatures["int64_serving"](
+        **{k: tf.cast(v[:4, :5], tf.int64) for k, v in dict(input_ids=ids, attention_mask=mask,
+                                                              token_type_ids=types).items()})  # other sizes
+    np.testing.assert_allclose(served["last_hidden_state"].numpy(),
+                               model(ids[:4, :5], attention_mask=mask[:4, :5], token_type_ids=types[:4, :5])[0].numpy(),
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("task", list(LOSS_SHAPES))

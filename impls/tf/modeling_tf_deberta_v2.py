@@ -38,7 +38,7 @@ import inspect
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -50,7 +50,7 @@ from deberta_xf import schema  # noqa: E402
 from deberta_xf.configuration import DebertaV2Config  # noqa: E402
 from deberta_xf.formats import TensorInfo  # noqa: E402
 from deberta_xf.limits import check_memory
-from deberta_xf.loading import dtype_name, load_checkpoint, resized_rows, resolve_config, \
+from deberta_xf.loading import dtype_name, loading_info, open_checkpoint, resized_rows, resolve_config, \
     save_checkpoint  # noqa: E402
 from deberta_xf.outputs import ModelOutput, finish, output_flags  # noqa: E402
 from deberta_xf.relative_position import attention_distance_window, c2p_index, make_log_bucket_position, \
@@ -59,6 +59,19 @@ from deberta_xf.relative_position import attention_distance_window, c2p_index, m
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
     raise ImportError(f"the TF DeBERTa-v2 implementation needs the Keras TensorFlow backend, but Keras runs on "
                       f"{keras.backend.backend()!r} (set KERAS_BACKEND=tensorflow before importing keras)")
+
+
+def _register_model_output_with_keras_tree() -> None:
+    """Keras rebuilds a layer's outputs with ``keras.tree`` (optree, namespace "keras") when the layer is called on
+    ``keras.Input`` tensors (functional models); a dict subclass is a leaf there unless registered, so a
+    ModelOutput is registered as a node, its fields in order."""
+    import optree
+
+    optree.register_pytree_node(ModelOutput, lambda out: (tuple(out.values()), tuple(out), tuple(out)),
+                                lambda keys, values: ModelOutput(zip(keys, values)), namespace="keras")
+
+
+_register_model_output_with_keras_tree()
 
 
 # =============================================================================================================
@@ -111,6 +124,10 @@ def dropout(x: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
 
 
 _SKIP_RANDOM_INIT = [False]  # True while from_pretrained builds a model whose every weight the checkpoint holds
+
+
+# Tensors larger than this are assigned to their variable in blocks of rows (from_pretrained's peak memory).
+_ASSIGN_BLOCK_BYTES = 1 << 25
 
 
 @contextlib.contextmanager
@@ -185,9 +202,10 @@ class Embedding(keras.layers.Layer):
         self.built = True
 
     @property
-    def weight(self):
-        """The table, under the reference TF's name for it (``get_input_embeddings().weight``)."""
-        return self.embeddings
+    def weight(self) -> tf.Variable:
+        """The table under the reference TF's name for it (``get_input_embeddings().weight``), as the reference
+        gives it: a ``tf.Variable`` (the storage of the Keras variable ``embeddings``: ``.value()``, ``assign``)."""
+        return self.embeddings.value
 
     def call(self, ids):
         return tf.gather(self.embeddings, ids)
@@ -288,10 +306,14 @@ def _static_position_index(position_buckets: int, max_relative_positions: int, a
 
 @functools.lru_cache(maxsize=64)
 def _difference_tables(position_buckets: int, max_relative_positions: int, att_span: int):
-    """c2p and p2c columns as functions of ``d = i - j`` for ``d`` in ``[-T, T]``, beyond which they saturate.
+    """c2p and p2c columns as functions of ``d = i - j`` for ``d`` in ``[-T, T]``, and whether they saturate there.
 
     The same functions as :func:`deberta_xf.relative_position.build_relative_position` (log buckets when both
-    ``position_buckets`` and the max distance are > 0) and :func:`c2p_index` / :func:`p2c_index`.
+    ``position_buckets`` and the max distance are > 0) and :func:`c2p_index` / :func:`p2c_index`. Bucketing is
+    monotonic in ``d`` when the max distance exceeds half the buckets (every published config), and the columns
+    are clamped: at +-T they have reached the clamp bounds, so beyond T they are the values at +-T. With a max
+    distance below half the buckets (e.g. keras-hub's test config: ``max_position_embeddings`` 5, 256 buckets) the
+    log buckets turn back beyond ``mid``: not saturated.
     """
     T = max(att_span, max_relative_positions) + 1
     d = np.arange(-T, T + 1, dtype=np.int64)
@@ -299,31 +321,45 @@ def _difference_tables(position_buckets: int, max_relative_positions: int, att_s
         position_buckets > 0 and max_relative_positions > 0) else d
     c2p, p2c = c2p_index(rel, att_span), p2c_index(rel, att_span)
     last = 2 * att_span - 1
-    # bucketing is monotonic in d and the columns are clamped: at +-T they must have reached the clamp bounds,
-    # so clipping i - j to [-T, T] in the graph changes nothing
-    assert (c2p[0], c2p[-1], p2c[0], p2c[-1]) == (0, last, last, 0), "relative positions do not saturate"
-    return T, c2p.astype(np.int32), p2c.astype(np.int32)
+    saturated = (c2p[0], c2p[-1], p2c[0], p2c[-1]) == (0, last, last, 0)
+    return T, c2p.astype(np.int32), p2c.astype(np.int32), saturated
+
+
+def _log_bucket_position(distance: tf.Tensor, bucket_size: int, max_position: int) -> tf.Tensor:
+    """:func:`deberta_xf.relative_position.make_log_bucket_position` in graph ops, in the same float32 arithmetic
+    (for the distances beyond the tables of a config whose buckets do not saturate)."""
+    mid = bucket_size // 2
+    abs_pos = tf.cast(tf.where((distance < mid) & (distance > -mid), mid - 1, tf.abs(distance)), tf.float32)
+    log_max = np.log(np.float32((max_position - 1) / mid), dtype=np.float32)
+    log_pos = tf.math.ceil(tf.math.log(abs_pos / np.float32(mid)) / log_max * np.float32(mid - 1)) + np.float32(mid)
+    signed = log_pos * tf.cast(tf.sign(distance), tf.float32)
+    return tf.cast(tf.where(abs_pos <= mid, tf.cast(distance, tf.float32), signed), tf.int32)
 
 
 def relative_position_indices(config: DebertaV2Config, seq_length) -> PositionIndex:
     """The :class:`PositionIndex` of one sequence length.
 
     ``seq_length``: a Python int (static shape: NumPy constants) or a scalar tensor (dynamic shape inside
-    ``tf.function``: a lookup in the NumPy tables of :func:`_difference_tables`).
+    ``tf.function``: a lookup in the NumPy tables of :func:`_difference_tables`, and for a config whose buckets do
+    not saturate, the bucket formula in graph ops beyond them).
     """
     if isinstance(seq_length, (int, np.integer)):
         static = _static_position_index(config.position_buckets, config.max_relative_positions_resolved,
                                         config.att_span, config.pos_att_types, int(seq_length))
         return PositionIndex(**{k: (v if k == "rows" else tf.constant(v)) for k, v in static.items()})
-    T, c2p_table, p2c_table = _difference_tables(config.position_buckets, config.max_relative_positions_resolved,
-                                                 config.att_span)
+    buckets, max_distance, span = config.position_buckets, config.max_relative_positions_resolved, config.att_span
+    T, c2p_table, p2c_table, saturated = _difference_tables(buckets, max_distance, span)
     distance = tf.maximum(tf.range(seq_length - 1, -seq_length - 1, -1), 1 - seq_length)  # L-1 .. -(L-1), -(L-1)
-    distance = tf.clip_by_value(distance, -T, T)
-    out: dict[str, Any] = {"rows": (0, 2 * config.att_span)}
-    if "c2p" in config.pos_att_types:
-        out["c2p"] = tf.gather(c2p_table, distance + T)
-    if "p2c" in config.pos_att_types:
-        out["p2c"] = tf.gather(p2c_table, distance + T)
+    inside = tf.clip_by_value(distance, -T, T) + T
+    beyond = None if saturated else _log_bucket_position(distance, buckets, max_distance)
+    out: dict[str, Any] = {"rows": (0, 2 * span)}
+    for kind, table, sign in (("c2p", c2p_table, 1), ("p2c", p2c_table, -1)):
+        if kind in config.pos_att_types:
+            columns = tf.gather(table, inside)
+            if beyond is not None:  # c2p_index / p2c_index of the buckets beyond +-T
+                columns = tf.where(tf.abs(distance) <= T, columns,
+                                   tf.clip_by_value(sign * beyond + span, 0, 2 * span - 1))
+            out[kind] = columns
     return PositionIndex(**out)
 
 
@@ -622,9 +658,21 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 _CANONICAL_LEAF = {"kernel": "weight", "embeddings": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
 
 
+_MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+
 def dtype_policy(dtype: Any) -> str:
-    """None / a string / a numpy, TF, torch or JAX dtype -> a Keras dtype policy name ("float32" for None)."""
-    return dtype_name(dtype) or "float32"
+    """A Keras dtype policy name: None -> Keras' global policy (``keras.config.set_dtype_policy`` /
+    ``keras.mixed_precision.set_global_policy``, "float32" unless set); a Keras ``DTypePolicy`` -> its name;
+    ``"mixed_float16"`` / ``"mixed_bfloat16"`` (float32 variables, half-precision compute) as they are; a string or a
+    numpy, TF, torch or JAX dtype -> ``"float32"``, ``"float16"`` or ``"bfloat16"``."""
+    if dtype is None:
+        dtype = keras.config.dtype_policy()
+    if isinstance(dtype, keras.DTypePolicy):
+        dtype = dtype.name
+    if isinstance(dtype, str) and dtype in _MIXED_POLICIES:
+        return dtype
+    return dtype_name(dtype)
 
 
 def _is_nested_numbers(x) -> bool:
@@ -685,6 +733,9 @@ def _replace_variable(layer: keras.layers.Layer, attribute: str, values: np.ndar
     variables[index] = new  # ... which takes the old one's place
 
 
+_LABEL_OUTPUTS = {"labels": "logits", "start_positions": "start_logits", "end_positions": "end_logits"}
+
+
 def _snake_case(name: str) -> str:
     return keras.src.utils.naming.to_snake_case(name)
 
@@ -694,11 +745,12 @@ class TFDebertaV2PreTrainedModel(keras.Model):
 
     task = "base"
     base_model_prefix = "deberta"
+    main_input_name = "input_ids"
 
     def __init__(self, config: DebertaV2Config, dtype: Any = None, name: Optional[str] = None, **kwargs):
         super().__init__(name=name or _snake_case(type(self).__name__), dtype=dtype_policy(dtype), **kwargs)
         self.config = config.validate()  # the one aggregated ConfigError, before any layer is built
-        check_memory(self.config, self.task, dtype, "tf")  # refused before any variable is allocated
+        check_memory(self.config, self.task, self.variable_dtype, "tf")  # refused before any variable is allocated
         self._allow_non_tensor_positional_args = True  # a list of inputs may hold None and flags (reference order)
 
     def __call__(self, *args, **kwargs):
@@ -754,6 +806,18 @@ class TFDebertaV2PreTrainedModel(keras.Model):
     def test_step(self, data):
         return super().test_step(self._labels_into_inputs(data))
 
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """With the model's own loss the labels are in ``x``: compiled metrics compare each label with its output,
+        as the reference TF does (``labels`` -> ``logits``; question answering: ``start_positions`` ->
+        ``start_logits`` and ``end_positions`` -> ``end_logits``, both into the same metrics)."""
+        if not (self._uses_own_loss() and isinstance(x, Mapping) and isinstance(y_pred, Mapping)):
+            return super().compute_metrics(x, y, y_pred, sample_weight)
+        if self._compile_metrics is not None:
+            for name in self._label_names():
+                if x.get(name) is not None:
+                    self._compile_metrics.update_state(x[name], y_pred[_LABEL_OUTPUTS[name]], sample_weight)
+        return self.get_metrics_result()
+
     def predict_step(self, data):
         out = super().predict_step(data)
         return dict(out) if isinstance(out, ModelOutput) else out  # a plain dict: Keras concatenates the batches
@@ -768,24 +832,27 @@ class TFDebertaV2PreTrainedModel(keras.Model):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: Any = None,
-                        dtype: Any = None, ignore_mismatched_sizes: bool = False, **config_overrides: Any):
+                        dtype: Any = None, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False,
+                        **config_overrides: Any):
         """Load a checkpoint directory (``config.json`` + weights: ``tf_model.h5`` first, then any other supported
         file) or a weights file (then ``config`` is required). ``dtype`` is the variables' dtype (``"auto"``: the
-        checkpoint's); ``ignore_mismatched_sizes=True`` re-initialises head tensors of another shape."""
+        checkpoint's); ``ignore_mismatched_sizes=True`` re-initialises tensors of another shape;
+        ``output_loading_info=True`` returns ``(model, {"missing_keys", "unexpected_keys", "mismatched_keys",
+        "error_msgs"})`` as the reference."""
         cfg = resolve_config(pretrained_model_name_or_path, config)
         if config_overrides:
             cfg = DebertaV2Config.from_dict(cfg.to_dict(), **config_overrides)
-        loaded = load_checkpoint(pretrained_model_name_or_path, cls.task, "tf", config=cfg,
-                                 ignore_mismatched_sizes=ignore_mismatched_sizes)
-        dtype = dtype_name(dtype)
-        if dtype == "auto":
-            dtype = loaded.stored_dtype
-        with _weights_from_checkpoint(set(loaded.arrays) >= set(schema.expected_shapes(cfg, cls.task))):
-            model = cls(cfg, dtype=dtype)
-        model.load_canonical(loaded.arrays)
-        model.loading_report = loaded.report
-        model.weights_path = loaded.weights_path
-        return model
+        with open_checkpoint(pretrained_model_name_or_path, cls.task, "tf", config=cfg,
+                             ignore_mismatched_sizes=ignore_mismatched_sizes) as checkpoint:
+            dtype = dtype_name(dtype)
+            if dtype == "auto":
+                dtype = checkpoint.stored_dtype
+            with _weights_from_checkpoint(set(checkpoint.mapping) >= set(schema.expected_shapes(cfg, cls.task))):
+                model = cls(cfg, dtype=dtype)
+            model._assign_arrays(checkpoint.arrays(stacklevel=4))  # each tensor as it is read
+        model.loading_report = checkpoint.report
+        model.weights_path = checkpoint.weights_path
+        return (model, loading_info(checkpoint.report)) if output_loading_info else model
 
     # ---------------------------------------------------------------------------------------------------------
     # The reference's model methods: embeddings, parameter counts, gradient checkpointing (``.dtype`` is Keras'
@@ -913,10 +980,23 @@ class TFDebertaV2PreTrainedModel(keras.Model):
 
     def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
         """Assign canonical (PyTorch-layout) arrays to the variables of the same names."""
+        self._assign_arrays(arrays.items())
+
+    def _assign_arrays(self, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
         variables = self.canonical_variables()
-        for name, array in arrays.items():
+        for name, array in arrays:
             variable = variables[name]
-            variable.assign(np.asarray(schema.to_framework(name, array, "tf")).astype(variable.dtype))
+            value = np.asarray(schema.to_framework(name, array, "tf")).astype(variable.dtype, copy=False)
+            rows = max(1, _ASSIGN_BLOCK_BYTES // max(1, value[0].nbytes)) if value.ndim else 0
+            if value.ndim == 0 or value.shape[0] <= rows:
+                variable.assign(value)
+            else:  # in blocks of rows: TensorFlow's copies of the value are one block each, not the whole tensor
+                for start in range(0, value.shape[0], rows):
+                    block = value[start:start + rows]
+                    # the raw op returns nothing: no read of the variable that would make the next block copy it
+                    tf.raw_ops.ResourceStridedSliceAssign(
+                        ref=variable.value.handle, begin=[start] + [0] * (value.ndim - 1),
+                        end=[start + len(block), *value.shape[1:]], strides=[1] * value.ndim, value=block)
 
     def canonical_state(self) -> dict[str, np.ndarray]:
         """Canonical name -> numpy array in canonical layout (float32 copies of bf16 variables)."""
@@ -928,14 +1008,12 @@ class TFDebertaV2PreTrainedModel(keras.Model):
             out[name] = schema.contiguous(schema.from_framework(name, value, "tf"))
         return out
 
-    def save_pretrained(self, save_directory: str | os.PathLike, format: str = "tf_h5", saved_model: bool = False) \
-            -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, saved_model: bool = False, version: int = 1,
+                        signatures: Any = None, format: str = "tf_h5") -> None:
         """Write ``config.json`` and ``tf_model.h5`` (the reference's layout), or ``model.weights.h5`` (Keras 3)
-        with ``format="keras_h5"``. Tensors are streamed one at a time. ``saved_model``: the reference TF's flag
-        for also writing a SavedModel; only False (its default) is supported (``model.export(dir)`` is Keras')."""
-        if saved_model:
-            raise NotImplementedError("save_pretrained(saved_model=True) is not supported: save_pretrained writes "
-                                      "tf_model.h5; for a SavedModel use Keras' model.export(directory)")
+        with ``format="keras_h5"``. Tensors are streamed one at a time. ``saved_model=True`` also writes a
+        TensorFlow SavedModel into ``<save_directory>/saved_model/<version>`` with the reference's signatures
+        (:meth:`save_saved_model`; ``signatures`` replaces them)."""
         self.check_variables()
         variables = self.canonical_variables()
         expected = schema.expected_shapes(self.config, self.task)
@@ -944,7 +1022,54 @@ class TFDebertaV2PreTrainedModel(keras.Model):
         def get(name: str) -> np.ndarray:
             return schema.from_framework(name, np.asarray(variables[name].numpy()), "tf")
 
+        if saved_model:
+            self.save_saved_model(os.path.join(os.fspath(save_directory), "saved_model", str(version)), signatures)
         save_checkpoint(save_directory, self.config, self.task, "tf", infos, get, format)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Serving (the reference TF's input_signature / serving / serving_output, saved by save_pretrained's
+    # saved_model=True)
+    @property
+    def input_signature(self) -> dict[str, tf.TensorSpec]:
+        """The serving inputs, as the reference: ``input_ids``, ``attention_mask``, ``token_type_ids``, int32
+        [batch, seq] ([batch, choices, seq] for multiple choice), every size dynamic."""
+        rank = 3 if self.task == "multiple-choice" else 2
+        return {name: tf.TensorSpec([None] * rank, tf.int32, name=name)
+                for name in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def serving_output(self, output: ModelOutput) -> dict[str, tf.Tensor]:
+        """The reference's serving output: the fields of ``output``, with ``hidden_states`` / ``attentions`` only
+        when the config asks for them, each stacked into one tensor ([layers + 1, ...] / [layers, ...])."""
+        out = {}
+        for key, value in output.items():
+            if key in ("hidden_states", "attentions"):
+                if not getattr(self.config, f"output_{key}", False):
+                    continue
+                value = tf.stack(value)
+            out[key] = value
+        return out
+
+    def serving(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The model on a dict of serving inputs (:attr:`input_signature`), in inference mode."""
+        return self.serving_output(self(**inputs, return_dict=True, training=False))
+
+    def save_saved_model(self, directory: str | os.PathLike, signatures: Any = None) -> str:
+        """Write a TensorFlow SavedModel of the model into ``directory``, loadable without deberta_xf
+        (``tf.saved_model.load(directory).signatures["serving_default"](input_ids=..., ...)``). Its signatures are
+        the reference's: ``serving_default`` on :attr:`input_signature` (int32) and ``int64_serving`` on the same
+        inputs as int64, each returning :meth:`serving_output`'s dict; ``signatures`` (a dict of concrete
+        functions, or one) replaces them. Returns the directory."""
+        directory = os.fspath(directory)
+        module = tf.Module()
+        module.model = self  # tracks the variables
+        module.serving = tf.function(self.serving)
+        if signatures is None:
+            int64_spec = {k: tf.TensorSpec(s.shape, tf.int64, name=s.name) for k, s in self.input_signature.items()}
+            signatures = {"serving_default": module.serving.get_concrete_function(self.input_signature),
+                          "int64_serving": module.serving.get_concrete_function(int64_spec)}
+        os.makedirs(directory, exist_ok=True)
+        tf.saved_model.save(module, directory, signatures=signatures)
+        return directory
 
     # ---------------------------------------------------------------------------------------------------------
     def _prepare(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
@@ -992,7 +1117,7 @@ class _TaskModel(TFDebertaV2PreTrainedModel, abc.ABC):
     def __init__(self, config: DebertaV2Config, dtype: Any = None, name: Optional[str] = None, **kwargs):
         super().__init__(config, dtype=dtype, name=name, **kwargs)
         with keras.name_scope(self.name):
-            self.deberta = TFDebertaV2Model(config, dtype=dtype, name="deberta")
+            self.deberta = TFDebertaV2Model(config, dtype=self.dtype_policy, name="deberta")
             self.build_head(config, self.dtype_policy)
         self.built = True
 
