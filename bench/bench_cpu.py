@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,25 +49,10 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir))
+from bench_tf import interleaved_medians  # noqa: E402  (medians and minima of calls timed in rotating rounds)
 V3_BASE = os.path.join(HERE, os.pardir, "fixtures", "published-configs", "deberta-v3-base.json")
 ROWS = ("reference", "eager", "sdpa", "compiled", "flax", "tf")
 GEMM_OPS = ("aten::addmm", "aten::bmm", "aten::mm", "aten::baddbmm")
-
-
-def interleaved_medians(fns: dict, runs: int, warmup: int) -> dict[str, float]:
-    """Median wall time of each function over interleaved rounds (each round runs every function once, the order
-    rotating from round to round)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(runs):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return {n: statistics.median(t) for n, t in times.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,7 +170,7 @@ def per_op_timings(rows: list[str], batch: int, seq: int, runs: int) -> dict[str
             fa, fb = tf.constant(a), tf.constant(b)
             tmm = tf.function(lambda x, y: tf.matmul(x, y), jit_compile=True)
             fns["xla (tf)"] = lambda: tmm(fa, fb).numpy()
-        medians = interleaved_medians(fns, runs, warmup=2)
+        medians = interleaved_medians(fns, runs, warmup=2)[0]
         out[label] = {name: 2 * m * k * n / seconds / 1e9 for name, seconds in medians.items()}
     return out
 
@@ -233,7 +217,7 @@ def main(argv=None) -> int:
         first_call_s = time.perf_counter() - start
         agree = {name: float(np.abs(out - outputs[baseline])[keep].max()) for name, out in outputs.items()}
         medians = interleaved_medians({name: (lambda r=run: r(ids, mask)) for name, run in runners.items()},
-                                      args.runs, args.warmup)
+                                      args.runs, args.warmup)[0]
         row = {"shape": shape, "seconds": medians, "max_abs_vs_baseline": agree, "first_calls_s": first_call_s}
         if "eager" in runners:
             row["ours"] = profile_split(runners["eager"], ids, mask)
