@@ -218,3 +218,40 @@ def test_upstream_heads_and_loss_computation(task):
         assert all(isinstance(v, tf.Variable) for v in model.get_bias().values())
     else:
         assert model.get_output_embeddings() is None and model.get_bias() is None
+
+
+def test_saved_model_is_written_atomically_and_replaces_only_a_saved_model(tmp_path, monkeypatch):
+    """The SavedModel appears complete or not at all: a failing save leaves nothing (and an earlier SavedModel as
+    it was); saving again replaces a SavedModel; a folder of other files at that path is refused and kept."""
+    import tensorflow as tf
+
+    model = tfm.TFDebertaV2Model(config=deberta_xf.DebertaV2Config(**UPSTREAM))
+    ids, mask, _ = _upstream_inputs()
+    target = tmp_path / "m" / "saved_model" / "1"
+
+    def broken_save(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    with monkeypatch.context() as m:
+        m.setattr(tf.saved_model, "save", broken_save)
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            model.save_pretrained(tmp_path / "m", saved_model=True)
+    assert not (tmp_path / "m").exists()  # nothing left: no partial SavedModel, no folder created for it
+    model.save_pretrained(tmp_path / "m", saved_model=True)
+    first = sorted(os.listdir(target))
+    assert "saved_model.pb" in first and "variables" in first
+    with monkeypatch.context() as m:
+        m.setattr(tf.saved_model, "save", broken_save)
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            model.save_saved_model(target)
+    assert sorted(os.listdir(target)) == first  # the earlier SavedModel is untouched
+    model.save_saved_model(target)  # a SavedModel is replaced
+    served = tf.saved_model.load(str(target)).signatures["serving_default"]
+    np.testing.assert_allclose(served(input_ids=ids, attention_mask=mask, token_type_ids=tf.zeros_like(ids))[
+        "last_hidden_state"].numpy(), model(ids, attention_mask=mask).last_hidden_state.numpy(), atol=1e-5)
+    user = tmp_path / "notes"
+    user.mkdir()
+    (user / "todo.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a SavedModel"):
+        model.save_saved_model(user)
+    assert (user / "todo.txt").read_text() == "mine" and sorted(os.listdir(user)) == ["todo.txt"]

@@ -48,6 +48,7 @@ import tensorflow as tf  # noqa: E402
 
 from deberta_xf import schema  # noqa: E402
 from deberta_xf.configuration import DebertaV2Config  # noqa: E402
+from deberta_xf.fileio import atomic_directory  # noqa: E402
 from deberta_xf.formats import TensorInfo  # noqa: E402
 from deberta_xf.limits import check_memory
 from deberta_xf.loading import dtype_name, loading_info, open_checkpoint, resized_rows, resolve_config, \
@@ -733,6 +734,18 @@ def _replace_variable(layer: keras.layers.Layer, attribute: str, values: np.ndar
     variables[index] = new  # ... which takes the old one's place
 
 
+_SAVED_MODEL_ENTRIES = {"saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", "keras_metadata.pb", "variables",
+                        "assets"}
+
+
+def _replaceable_saved_model(path: str) -> None:
+    """An earlier SavedModel (a directory of SavedModel entries only) may be replaced by a new one; anything else
+    at its path is not ours to delete."""
+    entries = set(os.listdir(path)) if os.path.isdir(path) and not os.path.islink(path) else set()
+    if not entries & {"saved_model.pb", "saved_model.pbtxt"} or entries - _SAVED_MODEL_ENTRIES:
+        raise FileExistsError(f"{path} exists and is not a SavedModel: refusing to replace it")
+
+
 _LABEL_OUTPUTS = {"labels": "logits", "start_positions": "start_logits", "end_positions": "end_logits"}
 
 
@@ -1067,8 +1080,10 @@ class TFDebertaV2PreTrainedModel(keras.Model):
             int64_spec = {k: tf.TensorSpec(s.shape, tf.int64, name=s.name) for k, s in self.input_signature.items()}
             signatures = {"serving_default": module.serving.get_concrete_function(self.input_signature),
                           "int64_serving": module.serving.get_concrete_function(int64_spec)}
-        os.makedirs(directory, exist_ok=True)
-        tf.saved_model.save(module, directory, signatures=signatures)
+        # written beside ``directory`` and renamed onto it when complete: a failure leaves no partial SavedModel and
+        # an earlier SavedModel there as it was; anything else at that path is refused, never replaced
+        with atomic_directory(directory, force=True, replaceable=_replaceable_saved_model) as tmp:
+            tf.saved_model.save(module, tmp, signatures=signatures)
         return directory
 
     # ---------------------------------------------------------------------------------------------------------
