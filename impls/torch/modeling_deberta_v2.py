@@ -7,11 +7,12 @@ nGiE convolution of v2) -> task heads. Module attribute names are the canonical 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -461,6 +462,37 @@ def with_attn_implementation(config: DebertaV2Config, attn_implementation: str |
     return config
 
 
+# torch.nn.init's in-place initialisers: what the layers' own reset_parameters call
+TORCH_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                        "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                        "sparse_")
+_init_weights_enabled = True  # False under no_init_weights(): post_init skips _init_weights
+
+
+def _no_op_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor
+
+
+@contextlib.contextmanager
+def no_init_weights() -> Iterator[None]:
+    """Build models whose parameters are allocated but not initialised (as the reference's context of that name):
+    torch.nn.init's initialisers do nothing and ``post_init`` skips ``_init_weights``, so no time and no random
+    numbers are spent on weights that a checkpoint then overwrites. Buffers are computed as always. Everything is
+    restored on exit, also on an exception."""
+    global _init_weights_enabled
+    saved = {name: getattr(nn.init, name) for name in TORCH_INIT_FUNCTIONS}
+    enabled = _init_weights_enabled
+    try:
+        for name in TORCH_INIT_FUNCTIONS:
+            setattr(nn.init, name, _no_op_init)
+        _init_weights_enabled = False
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+        _init_weights_enabled = enabled
+
+
 class DebertaV2PreTrainedModel(nn.Module):
     """Base of every PyTorch DeBERTa-v2 model: weight init, ``from_pretrained`` and ``save_pretrained``."""
 
@@ -480,7 +512,8 @@ class DebertaV2PreTrainedModel(nn.Module):
         check_memory(self.config, self.task, None, "torch")  # built in float32: refused before allocating
 
     def post_init(self) -> None:
-        self.apply(self._init_weights)
+        if _init_weights_enabled:
+            self.apply(self._init_weights)
         if getattr(self.config, "gradient_checkpointing", False):  # the reference's old config flag, consumed
             self.gradient_checkpointing_enable()
             self.config._extra.pop("gradient_checkpointing")
@@ -539,8 +572,17 @@ class DebertaV2PreTrainedModel(nn.Module):
         cfg = with_attn_implementation(cfg, attn_implementation)
         with open_checkpoint(pretrained_model_name_or_path, cls.task, "torch", config=cfg,
                              ignore_mismatched_sizes=ignore_mismatched_sizes) as checkpoint:
-            model = cls(cfg)
-            model._copy_arrays(checkpoint.arrays(stacklevel=4))  # each tensor as it is read: one in memory at a time
+            # A checkpoint with every parameter: nothing is drawn for weights it overwrites. Else built as
+            # from_config builds it, so a seed gives the fresh (missing or re-initialised) tensors it always gave.
+            complete = not (checkpoint.missing_head or checkpoint.report.reinitialized)
+            with no_init_weights() if complete else contextlib.nullcontext():
+                model = cls(cfg)
+            written = model._copy_arrays(checkpoint.arrays(stacklevel=4))  # each tensor as read: one at a time
+        if complete:
+            unwritten = [name for name, _ in model.named_parameters() if name not in written]
+            if unwritten:
+                raise RuntimeError(f"internal error: {checkpoint.weights_path}: parameters built uninitialised but "
+                                   f"not loaded from the checkpoint: {', '.join(unwritten)}")
         model.loading_report = checkpoint.report
         model.weights_path = checkpoint.weights_path
         dtype = dtype_name(dtype)
@@ -555,12 +597,16 @@ class DebertaV2PreTrainedModel(nn.Module):
         """Copy canonical arrays (PyTorch layout already) into the parameters of the same names."""
         self._copy_arrays(arrays.items())
 
-    def _copy_arrays(self, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
+    def _copy_arrays(self, arrays: Iterable[tuple[str, np.ndarray]]) -> set[str]:
+        """Copy each (name, array) into the parameter of that name; returns the names written."""
         params = dict(self.named_parameters())
+        written = set()
         with torch.no_grad():
             for name, array in arrays:
                 param = params[name]
                 param.copy_(torch.from_numpy(schema.contiguous(array)).to(param.dtype))
+                written.add(name)
+        return written
 
     def canonical_state(self) -> dict[str, np.ndarray]:
         """Canonical name -> numpy array (float32 copies of bf16 parameters)."""
