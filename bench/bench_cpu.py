@@ -147,14 +147,14 @@ def gemm_shapes(batch: int, seq: int, hidden: int = 768, ffn: int = 3072) -> dic
 
 def per_op_timings(rows: list[str], batch: int, seq: int, runs: int) -> dict[str, dict[str, float]]:
     """GFLOP/s of each layer matrix product in torch and, where their rows are run, XLA:CPU via jax and TF."""
+    import torch
+
     rng = np.random.default_rng(0)
     out: dict[str, dict[str, float]] = {}
     for label, (m, k, n) in gemm_shapes(batch, seq).items():
         a = rng.standard_normal((m, k), dtype=np.float32)
         b = rng.standard_normal((k, n), dtype=np.float32)
         fns = {}
-        import torch
-
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         fns["torch"] = lambda: torch.mm(ta, tb)
         if "flax" in rows:

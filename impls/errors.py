@@ -57,6 +57,11 @@ class MemoryLimitError(DebertaXfError):
     """A model whose parameters would need more memory than the machine has available (deberta_xf.limits)."""
 
 
+class UnsupportedFeatureError(DebertaXfError, NotImplementedError):
+    """A feature deberta_xf deliberately does not provide: a DebertaXfError that is also the
+    ``NotImplementedError`` the reference raises."""
+
+
 def _is_own_import_error(exc: ImportError) -> bool:
     """An ImportError of this package's own modules is a bug (traceback), not a missing optional dependency."""
     return (exc.name or "").split(".")[0] == "deberta_xf"

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import sentencepiece
 from tokenizers import AddedToken
 
+from deberta_xf.errors import UnsupportedFeatureError
 from deberta_xf.fileio import atomic_write_bytes
 from deberta_xf.tokenization_utils import (
     VOCAB_FILE,
@@ -122,11 +123,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         added_tokens_decoder: Optional[dict[int, AddedToken]] = None,
         **kwargs,
     ) -> None:
-        init_kwargs = dict(
-            do_lower_case=do_lower_case, split_by_punct=split_by_punct, bos_token=bos_token, eos_token=eos_token,
-            unk_token=unk_token, sep_token=sep_token, pad_token=pad_token, cls_token=cls_token,
-            mask_token=mask_token, sp_model_kwargs=sp_model_kwargs, added_tokens_decoder=added_tokens_decoder,
-        )
+        init_kwargs = self._constructor_arguments(locals())
         self.sp_model_kwargs = dict(sp_model_kwargs or {})
         self.sp_model = load_sentencepiece(vocab_file, self.sp_model_kwargs)
         self.vocab_file = os.fspath(vocab_file)
@@ -309,8 +306,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
     ) -> list[str]:
         """Text to tokens (sentencepiece pieces and added-token strings), without [CLS]/[SEP].
         `split_special_tokens` (default: the tokenizer's attribute): added-token strings are tokenized as text."""
-        if split_special_tokens is None:
-            split_special_tokens = self.split_special_tokens
+        split_special_tokens = self._split_special_tokens(split_special_tokens)
         return self._encode_text(text, add_prefix_space or is_split_into_words, str, split_special_tokens)
 
     def _input_ids(self, text, is_split_into_words: bool, add_prefix_space: bool, split_special: bool) -> list[int]:
@@ -362,7 +358,7 @@ class DebertaV2Tokenizer(DebertaV2TokenizerBase):
         """The reference's slow path: each row truncated, given its special tokens, then padded (a single
         input in `prepare_for_model`, a batch by `pad` once every row is built)."""
         if options.return_offsets_mapping:  # as the reference's slow tokenizer
-            raise NotImplementedError(
+            raise UnsupportedFeatureError(
                 "return_offsets_mapping is not available with the sentencepiece tokenizer; "
                 "use DebertaV2TokenizerFast"
             )

@@ -128,11 +128,7 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
         added_tokens_decoder: Optional[dict[int, AddedToken]] = None,
         **kwargs,
     ) -> None:
-        init_kwargs = dict(
-            do_lower_case=do_lower_case, split_by_punct=split_by_punct, bos_token=bos_token, eos_token=eos_token,
-            unk_token=unk_token, sep_token=sep_token, pad_token=pad_token, cls_token=cls_token,
-            mask_token=mask_token, added_tokens_decoder=added_tokens_decoder,
-        )
+        init_kwargs = self._constructor_arguments(locals())
         self.vocab_file = None if vocab_file is None else os.fspath(vocab_file)
         # Kept (and saved) as the reference keeps it; the Metaspace pre-tokenizer always prepends "▁" here.
         self.add_prefix_space = kwargs.get("add_prefix_space", False)
@@ -239,9 +235,7 @@ class DebertaV2TokenizerFast(DebertaV2TokenizerBase):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"`{name}` must be a string, got {type(value).__name__}")
         self._set_truncation_and_padding(None, None)
-        self._tokenizer.encode_special_tokens = (
-            self.split_special_tokens if split_special_tokens is None else split_special_tokens
-        )
+        self._tokenizer.encode_special_tokens = self._split_special_tokens(split_special_tokens)
         return self._tokenizer.encode(text, pair or None, add_special_tokens=add_special_tokens).tokens
 
     def _set_truncation_and_padding(self, truncation: Optional[dict], padding: Optional[dict]) -> None:

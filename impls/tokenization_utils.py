@@ -24,6 +24,7 @@ Each subclass provides the encoding itself (`_encode(inputs, CallOptions)`), the
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import Any, NamedTuple, Optional
 
 from tokenizers import AddedToken
 
-from deberta_xf.errors import DebertaXfError
+from deberta_xf.errors import DebertaXfError, UnsupportedFeatureError
 from deberta_xf.fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -594,9 +595,18 @@ class DebertaV2TokenizerBase:
 
     # --- construction and files ---
 
+    def _constructor_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The named arguments of the constructor, from its `locals()` taken on entry, less the files
+        (`vocab_files_names`): the reference's `init_kwargs` besides the extra keywords. An argument added to a
+        constructor is kept without being listed again."""
+        parameters = list(inspect.signature(type(self).__init__).parameters.values())[1:]  # after `self`
+        named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return {name: arguments[name] for name in named if name not in self.vocab_files_names}
+
     def _init_common(self, special_tokens: dict[str, Any], kwargs: dict[str, Any], init_kwargs: dict[str, Any]) -> None:
         """Store the special tokens and the generic options; the rest of `kwargs` is kept for saving.
-        `init_kwargs`: the constructor's named arguments, kept with `kwargs` as the reference's `init_kwargs`."""
+        `init_kwargs`: the constructor's named arguments (`_constructor_arguments`), kept with `kwargs` as the
+        reference's `init_kwargs`."""
         for key in kwargs:  # as the reference: a keyword may not shadow a method (`add_special_tokens=True`)
             if callable(getattr(type(self), key, None)):
                 raise AttributeError(f"{key} conflicts with the method {key} in {type(self).__name__}")
@@ -674,7 +684,7 @@ class DebertaV2TokenizerBase:
         written to a temporary name and renamed when complete. Returns the paths written. `legacy_format` (fast
         tokenizer, as the reference): True writes only the sentencepiece files, False only `tokenizer.json`."""
         if push_to_hub:
-            raise NotImplementedError("push_to_hub: deberta_xf does not upload; save to a directory instead")
+            raise UnsupportedFeatureError("push_to_hub: deberta_xf does not upload; save to a directory instead")
         if legacy_format is False and not self.is_fast:
             raise ValueError(
                 "Only fast tokenizers (DebertaV2TokenizerFast) can be saved in non legacy format (legacy_format=False)"
@@ -1072,9 +1082,13 @@ class DebertaV2TokenizerBase:
             return_special_tokens_mask=return_special_tokens_mask,
             return_length=return_length,
             token_type_ids_requested=return_token_type_ids,
-            split_special_tokens=self.split_special_tokens if split_special_tokens is None else split_special_tokens,
+            split_special_tokens=self._split_special_tokens(split_special_tokens),
             verbose=verbose,
         )
+
+    def _split_special_tokens(self, value: Optional[bool]) -> bool:
+        """A call's `split_special_tokens`: the tokenizer's attribute when the call passes None."""
+        return self.split_special_tokens if value is None else value
 
     def _encode_with(self, inputs: list, batched: bool, kwargs: dict) -> BatchEncoding:
         """`_encode` with `kwargs` split into the call options and the subclass's own keywords."""
@@ -1165,7 +1179,7 @@ class DebertaV2TokenizerBase:
         """Ids (e.g. from `convert_tokens_to_ids`) to model inputs, as the reference's `prepare_for_model`
         (the same Python path for slow and fast): truncation, special tokens, padding, masks."""
         if return_offsets_mapping:
-            raise NotImplementedError(
+            raise UnsupportedFeatureError(
                 "return_offsets_mapping is not available in prepare_for_model; call the tokenizer instead"
             )
         if return_token_type_ids and not add_special_tokens:

@@ -533,6 +533,27 @@ def test_slow_tokenizer_has_no_offsets_and_checks_token_type_ids():
         tok("x", add_special_tokens=False, return_token_type_ids=True)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_refusals_raise_unsupported_feature_error(kind, tmp_path):
+    """The features deberta_xf deliberately lacks raise UnsupportedFeatureError: a NotImplementedError, as the
+    reference raises, and a DebertaXfError (the command line's bad-input exit)."""
+    from deberta_xf.errors import DebertaXfError, UnsupportedFeatureError
+
+    assert issubclass(UnsupportedFeatureError, NotImplementedError)
+    assert issubclass(UnsupportedFeatureError, DebertaXfError)
+    tok = tokenizer(kind, "default")
+    refusals = [
+        (lambda: tok.save_pretrained(str(tmp_path / "out"), push_to_hub=True), "push_to_hub"),
+        (lambda: tok.prepare_for_model([5, 6], return_offsets_mapping=True), "prepare_for_model"),
+    ]
+    if kind == "slow":
+        refusals.append((lambda: tok("x", return_offsets_mapping=True), "DebertaV2TokenizerFast"))
+    for call, message in refusals:
+        with pytest.raises(UnsupportedFeatureError, match=message):
+            call()
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
 # === Files, pickling, imports ===
 
 
