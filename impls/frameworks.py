@@ -78,11 +78,19 @@ class Framework(abc.ABC):
 
         return self.implementation().MODEL_CLASSES[check_task(task)]
 
-    def available(self) -> str | None:
-        """None when the implementation can run, else why not ("tensorflow is not installed", ...)."""
+    def missing_package(self) -> str | None:
+        """Which package the framework needs is not installed ("tensorflow is not installed (pip install ...)"),
+        found without importing any of them; None when all are."""
         for package in self.packages:
             if importlib.util.find_spec(package) is None:
                 return f"{package} is not installed (pip install 'deberta-xf[{self.extra}]')"
+        return None
+
+    def available(self) -> str | None:
+        """None when the implementation can run, else why not ("tensorflow is not installed", ...)."""
+        missing = self.missing_package()
+        if missing:
+            return missing
         try:
             self.implementation()
         except ImportError as err:  # the implementation module itself is missing, or a dependency of it
