@@ -20,11 +20,13 @@ The source is only ever opened for reading.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
 import re
 import shutil
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -52,6 +54,9 @@ FREE_NAME_FORMATS = ("safetensors", "bin")
 RTD_PREFIX = "mask_predictions."
 HEAD_PREFIXES = ("cls.", "lm_predictions.", "pooler.", "classifier.", "qa_outputs.")
 _FINITE_CHUNK = 1 << 24  # elements per NaN/Inf check, so the check needs no tensor-sized temporary
+# The least that the read-ahead may hold (the largest tensor when larger): the 884M v2-xlarge's peak RSS stays at
+# the size of its largest tensor (the word embeddings) plus the one being written.
+READ_AHEAD_BYTES = 64 << 20
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,17 +338,109 @@ class WriteSummary:
     digests: dict[str, bytes] = dataclasses.field(default_factory=dict)  # name -> tensor_digest of what was written
 
 
-def write_checkpoint(plan: ConversionPlan, directory: str,
-                     progress: Callable[[int, int], Callable[[int], None]] | None = None) -> WriteSummary:
-    """Write DST's content (weights, config.json, tokenizer files) into ``directory``, one tensor at a time.
+class ReadAhead:
+    """The producer a format writer asks for tensors: each is made (read, checked, cast, laid out) in a background
+    thread in the order the writer announced (:func:`deberta_xf.formats.announce`), so that reading and layout
+    changes overlap the writing. Bounded: the thread starts the next tensor only while it, the tensors made and not
+    yet taken and the one the writer holds (until it asks for the next) fit in ``budget`` bytes, or when there are
+    none of those (a tensor larger than the budget is made alone). A tensor asked for out of the announced order is made
+    directly (the thread stopped first: the reader is never used by two threads). An error raised while making a
+    tensor is raised again when the writer asks for that tensor. ``taken(nbytes)`` (optional) is called in the
+    writer's thread as each tensor is handed over (the progress bar)."""
 
-    ``progress(total_tensors, total_bytes)`` returns a callback called with each tensor's byte count.
+    def __init__(self, make: Callable[[str], np.ndarray], sizes: dict[str, int], budget: int,
+                 taken: Callable[[int], None] | None = None):
+        self._make, self._sizes, self._budget, self._taken = make, sizes, budget, taken
+        self._ready: collections.deque = collections.deque()  # (name, array or None, error or None), in order
+        self._order: collections.deque = collections.deque()  # the names announced and not yet taken
+        self._waiting = 0                                       # bytes made and not yet taken
+        self._held = 0                                          # bytes of the tensor the writer works on
+        self._stop = False
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def prefetch(self, names: Sequence[str]) -> None:
+        self.close()
+        self._order, self._stop = collections.deque(names), False
+        self._thread = threading.Thread(target=self._run, args=(list(names),), name="deberta-xf-read-ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, names: list[str]) -> None:
+        for name in names:
+            with self._changed:
+                self._changed.wait_for(lambda: self._stop or not (self._ready or self._held) or
+                                       self._held + self._waiting + self._sizes[name] <= self._budget)
+                if self._stop:
+                    return
+            try:
+                item = (name, self._make(name), None)
+            except BaseException as err:  # raised again in the writer's thread, when it asks for this tensor
+                item = (name, None, err)
+            failed = item[2] is not None
+            with self._changed:
+                self._ready.append(item)
+                self._waiting += self._sizes[name]
+                self._changed.notify_all()
+            del item  # the writer's once taken: not kept alive here while the next one waits
+            if failed:
+                return
+
+    def __call__(self, name: str) -> np.ndarray:
+        with self._changed:  # the writer is done with the tensor it asked for before
+            self._held = 0
+            self._changed.notify_all()
+        if self._thread is not None and self._order and self._order[0] == name:
+            array = self._take(name)
+        else:
+            self.close()
+            array = self._make(name)
+        if self._taken is not None:
+            self._taken(self._sizes[name])
+        return array
+
+    def _take(self, name: str) -> np.ndarray:
+        self._order.popleft()
+        with self._changed:
+            self._changed.wait_for(lambda: self._ready)
+            _, array, error = self._ready.popleft()
+            self._waiting -= self._sizes[name]
+            self._held = self._sizes[name]
+            self._changed.notify_all()
+        if error is not None:
+            self.close()
+            raise error
+        return array
+
+    def close(self) -> None:
+        """Stop the thread (after the tensor it is making) and drop what it made."""
+        if self._thread is not None:
+            with self._changed:
+                self._stop = True
+                self._changed.notify_all()
+            self._thread.join()
+            self._thread = None
+        self._ready.clear()
+        self._order.clear()
+        self._waiting = self._held = 0
+
+
+def write_checkpoint(plan: ConversionPlan, directory: str,
+                     progress: Callable[[int, int], Callable[[int], None]] | None = None,
+                     digest: bool = False) -> WriteSummary:
+    """Write DST's content (weights, config.json, tokenizer files) into ``directory``, streamed (see
+    :class:`ReadAhead`).
+
+    ``progress(total_tensors, total_bytes)`` returns a callback called with each tensor's byte count. ``digest``:
+    also take each tensor's :func:`~deberta_xf.convert.verify.tensor_digest` in the file's layout as it is
+    written (``WriteSummary.digests``, what verification compares the read-back tensors with).
     """
     start = time.perf_counter()
     tick = progress(len(plan.infos), plan.total_bytes) if progress else None
     digests: dict[str, bytes] = {}
+    layout = plan.target_format.layout
     with open_checked(plan.weights_path) as reader:
-        def produce(name: str) -> np.ndarray:
+        def make(name: str) -> np.ndarray:
             src = plan.names[name]
             try:
                 array = reader.read(src)
@@ -370,14 +467,21 @@ def write_checkpoint(plan: ConversionPlan, directory: str,
                             f"{plan.weights_path}: tensor {src!r} overflows {dtype_name(want.dtype)} (largest "
                             f"magnitude {largest:.4g}); choose a wider --dtype") from None
                 del original
-            digests[name] = tensor_digest(array)  # verification compares the read-back tensors with these
-            if tick:
-                tick(want.nbytes)
-            return array
+            # The file's layout (e.g. TF's transposed kernels) made here, in the read-ahead thread: the writer's
+            # own to_framework then finds it in place, and the digest hashes the bytes as they are written.
+            stored = schema.contiguous(schema.to_framework(name, array, layout))
+            if digest:
+                digests[name] = tensor_digest(stored)
+            return schema.from_framework(name, stored, layout)
 
-        # the task: the layout of the task's class in the TF formats (multiple choice is not inferable from names)
-        files = write_sharded(directory, plan.target_format, plan.infos, produce,
-                              plan.max_shard_size or plan.total_bytes + 1, task=plan.task)
+        sizes = {name: info.nbytes for name, info in plan.infos.items()}
+        read_ahead = ReadAhead(make, sizes, max(max(sizes.values(), default=0), READ_AHEAD_BYTES), tick)
+        try:
+            # the task: the layout of the task's class in the TF formats (multiple choice is not inferable from names)
+            files = write_sharded(directory, plan.target_format, plan.infos, read_ahead,
+                                  plan.max_shard_size or plan.total_bytes + 1, task=plan.task)
+        finally:
+            read_ahead.close()
     write_config(plan, directory)
     for filename in plan.tokenizer_files:
         shutil.copyfile(os.path.join(plan.source_dir, filename), os.path.join(directory, filename))
@@ -457,7 +561,7 @@ def convert_checkpoint(source: str, destination: str, to: str, *, format: str | 
     result = ConversionResult(plan)
     try:
         with atomic_directory(destination, force=force, replaceable=replaceable_checkpoint) as tmp:
-            result.written = write_checkpoint(plan, tmp, progress)
+            result.written = write_checkpoint(plan, tmp, progress, digest=verifier is not None)
             log(describe_written(plan, result.written))
             if verifier is not None:
                 result.verification = verifier.run(tmp, status=status, digests=result.written.digests)

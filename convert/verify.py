@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -48,7 +47,7 @@ from deberta_xf import errors, schema
 from deberta_xf.errors import DebertaXfError
 from deberta_xf.compare import FP32_THRESHOLDS, Comparison, compare_arrays, output_order, threshold, token_mask
 from deberta_xf.formats import open_checked
-from deberta_xf.frameworks import Framework, get_framework
+from deberta_xf.frameworks import get_framework
 
 if TYPE_CHECKING:  # the plan is made by deberta_xf.convert.convert, which imports this module
     from deberta_xf.convert.convert import ConversionPlan
@@ -122,7 +121,8 @@ def make_inputs(config, task: str, directory: str | None) -> tuple[dict[str, np.
 
 
 def tensor_digest(array: np.ndarray) -> bytes:
-    """A 128-bit BLAKE2b digest of a tensor's dtype, shape and bytes (C order): equal digests, identical tensors."""
+    """A 128-bit BLAKE2b digest of a tensor's dtype, shape and bytes (C order): equal digests, identical tensors.
+    Free of copies for a C-contiguous array (a conversion hashes each tensor in the layout its file stores)."""
     digest = hashlib.blake2b(f"{array.dtype.str}{array.dtype.name}{list(array.shape)}".encode(), digest_size=16)
     digest.update(schema.contiguous(array).reshape(-1).view(np.uint8))
     return digest.digest()
@@ -176,19 +176,6 @@ class VerificationReport:
 def _without_loss(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     outputs.pop("loss", None)
     return outputs
-
-
-def _not_installed(framework: Framework) -> str | None:
-    """Why ``framework`` cannot run here (a package it needs, or its implementation, is missing), found without
-    importing it: each framework is imported only in the process that runs it (:func:`run_in_subprocess`)."""
-    for package in framework.packages:
-        if importlib.util.find_spec(package) is None:
-            return f"{package} is not installed (pip install 'deberta-xf[{framework.extra}]')"
-    top = framework.module.split(".")[0]
-    if importlib.util.find_spec(top) is None:
-        return (f"the {framework.name!r} implementation needs the {framework.extra!r} extra ({top} is not installed): "
-                f"pip install 'deberta-xf[{framework.extra}]'")
-    return None
 
 
 class SubprocessError(Exception):
@@ -271,7 +258,7 @@ class Verifier:
         self.targets = [get_framework(name) for name in names]  # get_framework names the known ones
         checks = [("source", self.frameworks["source"])] + [("converted", fw) for fw in self.targets]
         for role, framework in checks:
-            missing = _not_installed(framework)
+            missing = framework.missing_package()  # not imported here: only in the process that runs it
             if missing:
                 raise DebertaXfError(
                     f"verification needs the {framework.name!r} framework to load the {role} checkpoint, and it is not "
@@ -360,6 +347,7 @@ class Verifier:
         problems = []
         identical = 0
         path = os.path.join(directory, plan.weights_filename)
+        layout = plan.target_format.layout
         with open_checked(plan.weights_path) as source, open_checked(path) as written:
             infos = written.infos()
             # Written names back to the plan's names, as every loader does (a format may store the other MLM
@@ -379,12 +367,14 @@ class Verifier:
                     problems.append(f"{name}: written as {infos[stored].dtype}{list(infos[stored].shape)}, expected "
                                     f"{want_info.dtype}{list(want_info.shape)}")
                     continue
-                got = tensor_digest(written.read(stored))
+                # compared in the file's layout, as the digests were taken (write_checkpoint)
+                got = tensor_digest(schema.to_framework(name, written.read(stored), layout))
                 if digests is not None and name in digests:
                     want = digests[name]
                 else:
                     array = source.read(src)
-                    want = tensor_digest(array if array.dtype == want_info.dtype else array.astype(want_info.dtype))
+                    array = array if array.dtype == want_info.dtype else array.astype(want_info.dtype)
+                    want = tensor_digest(schema.to_framework(name, array, layout))
                 if got != want:
                     problems.append(f"{name}: differs from the source")
                 else:

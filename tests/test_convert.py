@@ -752,11 +752,12 @@ def test_destination_inside_the_source_is_refused(tmp_path):
 
 
 def test_missing_framework_for_verification(tmp_path, monkeypatch):
-    monkeypatch.setattr(REGISTRY["torch"], "module", "no_such_torch_package.modeling")
+    monkeypatch.setattr(REGISTRY["torch"], "packages", ("no_such_torch_package",))
     dst = str(tmp_path / "out")
     code, out, err = cli(case_dir("v3", "base"), dst, "--to", "torch")
     assert code == 2
     assert "verification needs the 'torch' framework" in err and "pip install 'deberta-xf[torch]'" in err
+    assert "no_such_torch_package is not installed" in err
     assert "--no-verify" in err
     assert_nothing_written(dst)
     code, out, err = cli(case_dir("v3", "base"), dst, "--to", "torch", "--no-verify")

@@ -27,7 +27,7 @@ import functools
 import importlib
 import json
 import os
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -202,12 +202,25 @@ def produce(get: Producer, name: str, infos: Mapping[str, TensorInfo], path: str
     return array
 
 
+def announce(get: Producer, names: Sequence[str]) -> None:
+    """Tell a producer that reads ahead (one with a ``prefetch(names)`` method, as the conversion's) the order in
+    which the writer will ask for the tensors; every writer calls this before its first ``get``."""
+    prefetch = getattr(get, "prefetch", None)
+    if prefetch is not None:
+        prefetch(list(names))
+
+
 @dataclasses.dataclass(frozen=True)
 class Format:
     name: str
     module: str            # convert.<module> with open_reader(path, **kw) and write(path, infos, get, **kw)
     filenames: tuple[str, ...]
     framework: str         # the framework that writes it by default
+
+    @property
+    def layout(self) -> str:
+        """The framework whose parameter layout the file stores (schema.LAYOUT: TF's transposed kernels, ...)."""
+        return self.framework
 
     def _mod(self):
         return importlib.import_module(self.module)

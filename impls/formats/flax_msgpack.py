@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import msgpack
 import numpy as np
 
-from deberta_xf.formats import (BFLOAT16, Producer, TensorInfo, TensorReader, check_infos, check_shape,
+from deberta_xf.formats import (BFLOAT16, Producer, TensorInfo, TensorReader, announce, check_infos, check_shape,
                                 produce)
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
@@ -392,6 +392,15 @@ def _tree(path: str, names) -> dict:
     return root
 
 
+def _leaves(node: dict):
+    """The canonical names of a tree's leaves, in the order :func:`write` visits them."""
+    for _, child in sorted(node.items()):
+        if isinstance(child, dict):
+            yield from _leaves(child)
+        else:
+            yield child
+
+
 def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=None, **_: object) -> None:
     """Write canonical tensors as ``flax_model.msgpack`` (flax names and layouts), atomically and streamed."""
     tree = _tree(path, infos)
@@ -417,4 +426,5 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=No
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
+            announce(get, list(_leaves(tree)))
             write_node(f, tree)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from deberta_xf.formats import Producer, TensorInfo, TensorReader, produce
+from deberta_xf.formats import Producer, TensorInfo, TensorReader, announce, produce
 from deberta_xf.formats.tf_h5 import H5Reader, create_h5, dataset_info, scan_links, write_dataset
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
@@ -170,6 +170,7 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, task: str |
                     group_path = f"{group_path}/{component}" if group_path else component
                     if layer_name is not None and f"{group_path}/vars" not in f:
                         f.create_group(f"{group_path}/vars").attrs["name"] = layer_name
+            announce(get, names)
             for name in (progress(names) if progress else names):
                 array = produce(get, name, infos, path)
                 group_path, index = locations[name]

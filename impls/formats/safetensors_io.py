@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from deberta_xf.formats import (BFLOAT16, Producer, TensorInfo, TensorReader, check_infos, check_shape,
+from deberta_xf.formats import (BFLOAT16, Producer, TensorInfo, TensorReader, announce, check_infos, check_shape,
                                 produce)
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
@@ -262,6 +262,7 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, metadata: M
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
+            announce(get, names)
             for name in (progress(names) if progress else names):
                 array = produce(get, name, infos, path)
                 if array.size:

@@ -33,7 +33,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, check_dtype, check_shape, produce
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, announce, check_dtype, check_shape, produce
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
 from deberta_xf.fileio import atomic_path
@@ -447,6 +447,7 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, task: str |
                 save_attributes(group, "weight_names", [w.encode("utf8") for w in weight_names])
                 groups[layer] = group
             where = {name: (layer, var) for layer, entries in by_layer.items() for var, name in entries}
+            announce(get, names)
             for name in order:
                 array = produce(get, name, infos, path)
                 layer, var = where[name]

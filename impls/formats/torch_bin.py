@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, check_infos, produce
+from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, announce, check_infos, produce
 from deberta_xf.formats.safetensors_io import ShardedReader
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
@@ -257,6 +257,7 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=No
             alignment = str(serialization._get_storage_alignment())
             writer.write_record(".storage_alignment", alignment, len(alignment))
             writer.write_record("byteorder", "little", len("little"))
+            announce(get, names)
             for name in (progress(names) if progress else names):
                 if sink.error is not None:
                     break  # nothing more reaches the file; the error is raised below
