@@ -103,6 +103,43 @@ def test_tf_assigns_large_tensors_in_blocks_exactly(monkeypatch):
         assert np.array_equal(state[name], array), name
 
 
+# A memory-mapped pytorch_model.bin does not stay resident as its tensors are read
+READ_BIN = """
+import sys
+import numpy as np
+from deberta_xf.formats import open_weights
+
+def resident(field="VmRSS"):  # VmHWM: this process's peak (ru_maxrss would carry the parent's over fork + exec)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) << 10 for line in status if line.startswith(field))
+
+with open_weights(sys.argv[1]) as reader:
+    before = resident()
+    for _ in range(2):  # a second pass reads the pages handed back again, from the file
+        for name in reader.infos():
+            array = reader.read(name)
+            assert np.all(array == float(name.split("_")[1])), name
+            del array
+    print(before, resident(), resident("VmHWM"))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc (Linux)")
+def test_reading_a_mapped_bin_hands_its_pages_back(tmp_path):
+    from deberta_xf.formats import write_arrays
+
+    tensors = {f"t_{i}": np.full((1024, 16384 + 1000 * i), float(i), np.float32) for i in range(4)}  # 64-80 MiB each
+    path = str(tmp_path / "pytorch_model.bin")
+    write_arrays(path, tensors, format="bin")
+    del tensors
+    out = subprocess.run([sys.executable, "-c", READ_BIN, path], capture_output=True, text=True, check=True).stdout
+    before, after, peak = map(int, out.split())
+    size = os.path.getsize(path)
+    assert size > 256 * MIB
+    assert after - before < 32 * MIB  # the file's pages were handed back (else: + the whole file, ~300 MiB)
+    assert peak - before < 2 * 81 * MIB  # at most one tensor and about one chunk of its pages at a time
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The benchmark's peak memory counts child processes
 HOLD = """

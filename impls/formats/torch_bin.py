@@ -7,7 +7,9 @@ that would run code is refused with a clear error instead of being executed.
 from __future__ import annotations
 
 import collections
+import ctypes
 import io
+import mmap
 import os
 import pickle
 import struct
@@ -96,6 +98,54 @@ def _check_zip(path: str) -> bool:
         return all(info.compress_type == zipfile.ZIP_STORED for info in infos)
 
 
+class _MappedFile:
+    """Where ``torch.load(mmap=True)`` mapped a file into this process (from /proc/self/maps), to hand back the
+    pages a tensor was read from (``madvise(MADV_DONTNEED)``): file pages touched through a mapping count in the
+    process's resident memory until then, so reading every tensor would otherwise end up holding the whole file.
+    The mapping is private and never written, so a page handed back is read again from the file if touched. Where
+    /proc/self/maps or madvise is missing (not Linux), nothing is handed back."""
+
+    CHUNK = 64 << 20  # bytes copied between two hand-backs
+
+    def __init__(self, path: str):
+        self._ranges: list[tuple[int, int]] = []
+        self._madvise = None
+        real = os.path.realpath(path)
+        try:
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+                for line in maps:
+                    fields = line.split(None, 5)
+                    if len(fields) == 6 and fields[5].rstrip("\n") == real:
+                        start, end = (int(x, 16) for x in fields[0].split("-"))
+                        self._ranges.append((start, end))
+            libc = ctypes.CDLL(None, use_errno=True)
+            self._madvise = libc.madvise
+            self._madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        except (OSError, AttributeError):
+            self._ranges = []
+
+    def copy(self, tensor) -> np.ndarray:
+        """``tensor`` (a view of the mapped file) copied into a new array, its pages handed back as the copy goes
+        (every 64 MiB), so that a large tensor is not resident twice."""
+        view = tensor_to_numpy(tensor)
+        if not view.flags.c_contiguous or not self._ranges or not hasattr(mmap, "MADV_DONTNEED"):
+            return np.array(view)
+        out = np.empty(view.shape, view.dtype)
+        source, target = view.reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8)
+        address = view.__array_interface__["data"][0]
+        for start in range(0, source.size, self.CHUNK):
+            end = min(start + self.CHUNK, source.size)
+            target[start:end] = source[start:end]
+            self._release(address + start, address + end)
+        return out
+
+    def _release(self, start: int, end: int) -> None:
+        """Hand back the pages of [start, end) (whole pages, rounded outwards), when they lie in the mapping."""
+        start, end = start - start % mmap.PAGESIZE, end + (-end % mmap.PAGESIZE)
+        if any(low <= start and end <= high for low, high in self._ranges):
+            self._madvise(start, end - start, mmap.MADV_DONTNEED)
+
+
 class TorchBinReader(TensorReader):
     format = "bin"
 
@@ -103,8 +153,8 @@ class TorchBinReader(TensorReader):
         super().__init__(path)
         torch = _torch()
         try:
-            mmap = zipfile.is_zipfile(path) and _check_zip(path)
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            mapped = zipfile.is_zipfile(path) and _check_zip(path)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
         except CheckpointError:
             raise
         except pickle.UnpicklingError as err:
@@ -139,6 +189,7 @@ class TorchBinReader(TensorReader):
             infos[name] = TensorInfo(tuple(t.shape), dtype)
         self._infos = check_infos(path, infos)
         self._state = dict(state)
+        self._mapped = _MappedFile(path) if mapped else None
 
     def infos(self) -> dict[str, TensorInfo]:
         return dict(self._infos)
@@ -146,10 +197,12 @@ class TorchBinReader(TensorReader):
     def read(self, name: str) -> np.ndarray:
         if name not in self._state:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
-        return np.array(tensor_to_numpy(self._state[name]))
+        tensor = self._state[name]
+        return self._mapped.copy(tensor) if self._mapped is not None else np.array(tensor_to_numpy(tensor))
 
     def close(self) -> None:
         self._state = {}
+        self._mapped = None
 
 
 def open_reader(path: str) -> TensorReader:
