@@ -9,14 +9,17 @@ temporary directory (``--layers`` shrinks it for a quick run). Then, each step i
 
   copy      a plain file copy of model.safetensors (shutil.copyfile, copied inside the kernel), and the same
             through user space (64 MiB reads and writes): the floors for moving these bytes
-  -> tf     deberta-xf convert SRC A --to tf   --no-verify   (model.safetensors  -> tf_model.h5)
-  -> flax   deberta-xf convert A   B --to flax --no-verify   (tf_model.h5        -> flax_model.msgpack)
-  -> torch  deberta-xf convert B   C --to torch --no-verify  (flax_model.msgpack -> model.safetensors)
+  trip 1    deberta-xf convert SRC A --to tf --no-verify     (model.safetensors  -> tf_model.h5)
+            deberta-xf convert A   B --to flax               (tf_model.h5        -> flax_model.msgpack)
+            deberta-xf convert B   C --to torch              (flax_model.msgpack -> model.safetensors)
+  trip 2    the same through --format bin, keras_h5, safetensors (pytorch_model.bin, model.weights.h5)
 
+(each format read once and written once; a step's input is deleted after it, so the disk holds at most the
+source and two conversions)
 and reports for each the wall time and the peak resident memory of that process and the processes it runs
 (:func:`measure`: ``ru_maxrss`` from ``os.wait4``, and the sum over the processes alive at once, sampled), against
 the checkpoint size and the copy. Targets: peak RSS < 0.25 x checkpoint size for the
-streamed formats, wall time < 3 x the copy. The round trip's tensors are checked to equal the source bit for bit
+streamed formats, wall time < 3 x the copy. Each round trip's tensors are checked to equal the source bit for bit
 afterwards. ``--verify`` also times a verified conversion of model.safetensors to each format (``--verify-only``:
 only those; ``--src DIR``: of that checkpoint instead of a generated one).
 The page cache is warm for every step (the source was just written) and dirty pages are flushed (os.sync)
@@ -44,6 +47,13 @@ VERIFIED = (("torch", "safetensors", "model.safetensors"), ("torch", "bin", "pyt
             ("tf", "tf_h5", "tf_model.h5"), ("tf", "keras_h5", "model.weights.h5"),
             ("flax", "msgpack", "flax_model.msgpack"))
 
+
+# The conversions timed (--to, --format, the file written): two round trips from model.safetensors, so that every
+# format is read once and written once (the last step of each writes safetensors again, compared with the source).
+ROUND_TRIPS = ((("tf", "tf_h5", "tf_model.h5"), ("flax", "msgpack", "flax_model.msgpack"),
+                ("torch", "safetensors", "model.safetensors")),
+               (("torch", "bin", "pytorch_model.bin"), ("tf", "keras_h5", "model.weights.h5"),
+                ("torch", "safetensors", "model.safetensors")))
 
 # What any tool that reads and writes the bytes itself has to do at least (shutil.copyfile copies inside the kernel).
 USERSPACE_COPY = """
@@ -215,30 +225,30 @@ def main(argv=None) -> int:
                   f"({wall:.1f} s to generate) in {work}", flush=True)
 
         steps = [
-            ("python + imports (convert --help)", CLI + ["convert", "--help"], None),
+            ("python + imports (convert --help)", CLI + ["convert", "--help"], None, None),
             ("copy model.safetensors", [sys.executable, "-c", "import shutil, sys; shutil.copyfile(*sys.argv[1:])",
-                                        src_file, os.path.join(work, "copy.safetensors")], None),
+                                        src_file, os.path.join(work, "copy.safetensors")], None, None),
             ("copy through user space (64 MiB reads)", [sys.executable, "-c", USERSPACE_COPY, src_file,
-                                                        os.path.join(work, "copy.safetensors")], None),
-            ("safetensors -> tf_model.h5", CLI + ["convert", src, os.path.join(work, "tf"), "--to", "tf",
-                                                 "--no-verify"], "tf/tf_model.h5"),
-            ("tf_model.h5 -> flax_model.msgpack", CLI + ["convert", os.path.join(work, "tf"),
-                                                        os.path.join(work, "flax"), "--to", "flax", "--no-verify"],
-             "flax/flax_model.msgpack"),
-            ("flax_model.msgpack -> safetensors", CLI + ["convert", os.path.join(work, "flax"),
-                                                        os.path.join(work, "torch"), "--to", "torch", "--no-verify"],
-             "torch/model.safetensors"),
+                                                        os.path.join(work, "copy.safetensors")], None, None),
         ]
-        if args.verify_only:
-            steps = steps[:3]
+        if not args.verify_only:  # the two round trips: each format read once and written once
+            for number, trip in enumerate(ROUND_TRIPS, 1):
+                previous, before = src, "model.safetensors"
+                for to, fmt, filename in trip:
+                    directory = os.path.join(work, f"trip{number}-{fmt}")
+                    steps.append((f"{before} -> {filename}", CLI + ["convert", previous, directory, "--to", to,
+                                                                     "--format", fmt, "--no-verify"],
+                                  os.path.relpath(os.path.join(directory, filename), work),
+                                  None if previous == src else previous))  # deleted after the step
+                    previous, before = directory, filename
         if args.verify or args.verify_only:
             for to, fmt, filename in VERIFIED:
                 steps.append((f"safetensors -> {filename}, verified", CLI + [
                     "convert", src, os.path.join(work, f"{fmt}-verified"), "--to", to, "--format", fmt],
-                    f"{fmt}-verified/{filename}"))
+                    f"{fmt}-verified/{filename}", None))
         rows = []
         copy_wall = None
-        for label, command, output in steps:
+        for label, command, output, consumed in steps:
             walls, rss = [], 0
             for attempt in range(args.repeat):
                 if output and attempt:
@@ -251,6 +261,8 @@ def main(argv=None) -> int:
                     os.unlink(os.path.join(work, "copy.safetensors"))
             wall = min(walls)
             written = os.path.getsize(os.path.join(work, output)) if output else None
+            if consumed:  # the step's input, written by the step before: no longer needed
+                shutil.rmtree(consumed)
             if label.startswith("copy"):
                 copy_wall = copy_wall or wall  # the ratios are to shutil.copyfile
             rows.append({"step": label, "wall_s": wall, "wall_s_all": walls, "peak_rss_bytes": rss,
@@ -260,11 +272,12 @@ def main(argv=None) -> int:
                 print("    " + "\n    ".join(line for line in out.splitlines() if "verif" in line or "tensors:" in line))
 
         bad = False
-        if not args.verify_only:
-            compare = subprocess.run(me + ["--_compare", src_file, os.path.join(work, "torch", "model.safetensors")],
-                                     capture_output=True, text=True)
-            bad = compare.returncode != 0
-            print(f"round trip safetensors -> tf -> flax -> safetensors: {compare.stdout.strip() or compare.stderr}")
+        for number, trip in enumerate([] if args.verify_only else ROUND_TRIPS, 1):
+            last = os.path.join(work, f"trip{number}-{trip[-1][1]}", trip[-1][2])
+            compare = subprocess.run(me + ["--_compare", src_file, last], capture_output=True, text=True)
+            bad = bad or compare.returncode != 0
+            print(f"round trip safetensors -> {' -> '.join(fmt for _, fmt, _ in trip)}: "
+                  f"{compare.stdout.strip() or compare.stderr}")
 
         print(f"\ncheckpoint {size / 1e9:.2f} GB ({n_params / 1e6:.1f}M params, fp32); targets: peak RSS < "
               f"0.25 x size = {0.25 * size / 2**20:.0f} MiB, wall < 3 x copy")
