@@ -12,7 +12,9 @@ differ, and both come from :data:`LAYOUT` through :func:`param_kind`, :func:`to_
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 import re
 from typing import Mapping
 
@@ -56,21 +58,51 @@ def param_kind(name: str) -> str:
     raise KeyError(f"{name}: not a canonical DeBERTa-v2 parameter name")
 
 
-def contiguous(array: np.ndarray, block: int = 256) -> np.ndarray:
+def contiguous(array: np.ndarray, block: int | None = None) -> np.ndarray:
     """A C-contiguous copy (or the array itself when it already is one).
 
-    A transposed 2-D view is copied in row blocks: ~4x faster than ``np.ascontiguousarray`` on large kernels,
-    whose column-order reads miss the cache."""
+    A transposed 2-D view (a TF/Flax kernel) is copied ``block`` source rows at a time, so that each destination row
+    receives one 64-byte cache line per copy (16 float32 by default) while the reads stay sequential: 3-4x faster
+    than ``np.ascontiguousarray``, whose column-order reads miss the cache. A large one (8 MiB and up) is split
+    into row ranges copied by one thread per core (NumPy copies without the GIL)."""
     array = np.asarray(array)
     if array.flags.c_contiguous:
         return array
-    if array.ndim == 2 and array.T.flags.c_contiguous:
-        source = array.T  # contiguous [cols, rows]
-        out = np.empty(array.shape, dtype=array.dtype)
-        for i in range(0, source.shape[0], block):
-            out[:, i:i + block] = source[i:i + block].T
+    if not (array.ndim == 2 and array.T.flags.c_contiguous):
+        return np.ascontiguousarray(array)
+    source = array.T  # contiguous [cols, rows]
+    out = np.empty(array.shape, dtype=array.dtype)
+    block = block or max(1, 64 // array.itemsize)
+
+    def copy_rows(low: int, high: int) -> None:
+        for i in range(low, high, block):
+            stop = min(i + block, high)
+            out[:, i:stop] = source[i:stop].T
+
+    rows = source.shape[0]
+    workers = min(_copy_threads(), max(1, rows // block)) if array.nbytes >= _PARALLEL_BYTES else 1
+    bounds = [rows * k // workers // block * block for k in range(workers)] + [rows]
+    if workers == 1:
+        copy_rows(0, rows)
         return out
-    return np.ascontiguousarray(array)
+    with concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="deberta-xf-transpose") as pool:
+        others = [pool.submit(copy_rows, low, high) for low, high in zip(bounds[1:-1], bounds[2:])]
+        copy_rows(bounds[0], bounds[1])
+        for done in others:
+            done.result()
+    return out
+
+
+_PARALLEL_BYTES = 8 << 20  # a transposed copy this large is split over threads
+
+
+def _copy_threads() -> int:
+    """Threads for one large transposed copy: the cores this process may run on, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
 
 
 def _permute(array: np.ndarray, rule: object) -> np.ndarray:

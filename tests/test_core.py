@@ -221,6 +221,30 @@ def test_layout_table_round_trips():
         "deberta/encoder/layer/0/attention/output/LayerNorm/bias"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int8", "bfloat16"])
+def test_contiguous_copies_transposed_kernels_exactly(dtype, monkeypatch):
+    """schema.contiguous: the blocked (and, from 8 MiB, threaded) copy of a transposed view equals NumPy's, for
+    shapes that are not multiples of the block or of the thread split; other arrays are copied or passed through."""
+    from deberta_xf.formats import BFLOAT16
+
+    rng = np.random.default_rng(0)
+    want = BFLOAT16 if dtype == "bfloat16" else np.dtype(dtype)
+    for shape in [(1, 1), (7, 5), (17, 300), (300, 17), (1537, 771), (3001, 1400)]:  # the last is > 8 MiB in float64
+        source = (rng.normal(size=shape) * 50).astype(np.float32).astype(want)
+        for threads in (1, 3):
+            monkeypatch.setattr(schema, "_copy_threads", lambda n=threads: n)
+            monkeypatch.setattr(schema, "_PARALLEL_BYTES", 1 if threads > 1 else 8 << 20)
+            out = schema.contiguous(source.T)
+            assert out.flags.c_contiguous and out.dtype == want and out.shape == shape[::-1]
+            assert out.tobytes() == np.ascontiguousarray(source.T).tobytes(), (shape, threads)
+    contiguous = rng.normal(size=(4, 3))
+    assert schema.contiguous(contiguous) is contiguous  # already C order: no copy
+    strided = rng.normal(size=(4, 6))[:, ::2]  # neither C nor a transposed C array
+    assert schema.contiguous(strided).flags.c_contiguous and (schema.contiguous(strided) == strided).all()
+    conv = rng.normal(size=(8, 4, 3)).transpose(2, 1, 0)
+    assert schema.contiguous(conv).flags.c_contiguous and (schema.contiguous(conv) == conv).all()
+
+
 def test_load_report_lists_missing_unexpected_mismatched():
     config = DebertaV2Config.from_pretrained(load_case("v3", "masked-lm").directory)
     shapes = dict(schema.expected_shapes(config, "masked-lm"))
