@@ -404,7 +404,8 @@ def _leaves(node: dict):
 def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=None, **_: object) -> None:
     """Write canonical tensors as ``flax_model.msgpack`` (flax names and layouts), atomically and streamed."""
     tree = _tree(path, infos)
-    names = iter(progress(list(infos)) if progress else infos)  # the tree walk visits names in this order
+    order = list(_leaves(tree))  # the names in the order write_node visits them
+    names = iter(progress(order) if progress else order)
 
     def write_node(f, node: dict) -> None:
         f.write(_map_header(len(node)))
@@ -426,5 +427,5 @@ def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=No
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            announce(get, list(_leaves(tree)))
+            announce(get, order)
             write_node(f, tree)

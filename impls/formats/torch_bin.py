@@ -111,6 +111,8 @@ class _MappedFile:
         self._ranges: list[tuple[int, int]] = []
         self._madvise = None
         real = os.path.realpath(path)
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
         try:
             with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
                 for line in maps:
@@ -128,7 +130,7 @@ class _MappedFile:
         """``tensor`` (a view of the mapped file) copied into a new array, its pages handed back as the copy goes
         (every 64 MiB), so that a large tensor is not resident twice."""
         view = tensor_to_numpy(tensor)
-        if not view.flags.c_contiguous or not self._ranges or not hasattr(mmap, "MADV_DONTNEED"):
+        if not view.flags.c_contiguous or not self._ranges:
             return np.array(view)
         out = np.empty(view.shape, view.dtype)
         source, target = view.reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8)
