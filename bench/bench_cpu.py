@@ -22,7 +22,7 @@ reference's by op, split into matrix products (addmm, bmm, mm: work both must do
 (gathers, scaling, masking, softmax, copies); ``GEMM floor`` is our GEMM time over the reference's total, the
 ratio no change outside the matrix products can go below. And the **per-op timings** of the encoder layer's matrix
 products at the same shapes in each framework (torch, XLA:CPU through jax and through TF), which show whether the
-Flax/TF ratios come from XLA:CPU's GEMM kernels.
+Flax/TF ratios come from XLA:CPU's GEMM kernels (timed in per-framework blocks: :func:`blocked_medians`).
 
 ``--convert`` also runs bench/bench_convert.py (884M-parameter checkpoint, every format pair against a file copy)
 in a subprocess and appends its table.
@@ -170,9 +170,27 @@ def per_op_timings(rows: list[str], batch: int, seq: int, runs: int) -> dict[str
             fa, fb = tf.constant(a), tf.constant(b)
             tmm = tf.function(lambda x, y: tf.matmul(x, y), jit_compile=True)
             fns["xla (tf)"] = lambda: tmm(fa, fb).numpy()
-        medians = interleaved_medians(fns, runs, warmup=2)[0]
+        medians = blocked_medians(fns, runs)
         out[label] = {name: 2 * m * k * n / seconds / 1e9 for name, seconds in medians.items()}
     return out
+
+
+def blocked_medians(fns: dict, runs: int, rounds: int = 3, settle: int = 2) -> dict[str, float]:
+    """Median time of one call of each function, timed in blocks of ``settle`` untimed and ``runs`` timed calls, one
+    block per function per round (rotating order). Calls of a few milliseconds cannot be interleaved one by one
+    across frameworks: torch's OpenMP workers keep spinning for a while after each op and take a core from the
+    XLA call that follows (on 2 cores this halved XLA's measured GEMM speed); the untimed calls absorb that."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            for _ in range(settle):
+                fns[name]()
+            for _ in range(runs):
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
