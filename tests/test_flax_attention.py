@@ -356,3 +356,21 @@ def test_kernel_tiles_match_reference_formulation():
     for block in (None, 8):
         out = fused.fused_attention(q, k, v, mask, c2p, c2p_table, p2c, p2c_table, block=block)
         assert np.abs(np.asarray(out) - np.asarray(expected)).max() <= bound, block
+
+
+@pytest.mark.parametrize("length, rows", [(8, 15), (8, 5), (13, 25), (40, 9), (64, 64), (6, 1)])
+def test_relative_scores_both_ways_are_the_per_pair_dot_products(length, rows):
+    """relative_scores picks by shape between gathering the rows by distance before scoring (2L <= 1.5 R) and
+    scoring the R rows before gathering the columns (long sequences); both give states[a] . pos[row(a - b)] for
+    every pair (a, b)."""
+    rng = np.random.default_rng(length * 100 + rows)
+    states = rng.standard_normal((2, 3, length, 4)).astype(np.float32)
+    pos = rng.standard_normal((3, rows, 4)).astype(np.float32)
+    by_distance = rng.integers(0, rows, size=2 * length).astype(np.int32)  # any row for each distance L-1..-(L-1)
+    got = np.asarray(flax_deberta.relative_scores(jnp.asarray(states), jnp.asarray(pos), jnp.asarray(by_distance)))
+    a, b = np.meshgrid(np.arange(length), np.arange(length), indexing="ij")
+    rows_of_pairs = by_distance[length - 1 - (a - b)]  # [L, L]
+    want = np.einsum("zhad,hjd->zhaj", states.astype(np.float64), pos.astype(np.float64))
+    want = np.take_along_axis(want, np.broadcast_to(rows_of_pairs, want.shape[:2] + (length, length)), axis=-1)
+    assert got.shape == (2, 3, length, length)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
