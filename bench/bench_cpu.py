@@ -10,7 +10,7 @@ outputs are compared), fp32, inference, some padding in the batch. Rows:
   eager       ours, ``attn_implementation="eager"`` (the default; bit-identical to the reference)
   sdpa        ours, ``attn_implementation="sdpa"``
   compiled    ``torch.compile(ours)`` (inductor, default mode; compiled once per shape before timing)
-  flax        ``FlaxDebertaV2Model`` through ``nnx.jit`` (``model.jit_call``)
+  flax        ``FlaxDebertaV2Model`` through ``model.jit_call`` (``jax.jit`` over ``nnx.split(model)``)
   tf          ``TFDebertaV2Model`` under ``tf.function(jit_compile=True)`` (XLA)
 
 Each time is the median of ``--runs`` calls after ``--warmup`` untimed ones, all rows timed in interleaved rounds

@@ -23,7 +23,7 @@ from deberta_xf.flax import modeling_flax_deberta_v2 as flax_deberta  # noqa: E4
 from deberta_xf.flax.modeling_flax_deberta_v2 import MODEL_CLASSES  # noqa: E402
 from deberta_xf.schema import expected_shapes  # noqa: E402
 from deberta_xf.frameworks import REGISTRY  # noqa: E402
-from deberta_xf.compare import flatten_outputs  # noqa: E402
+from deberta_xf.compare import flatten_outputs, threshold  # noqa: E402
 from reference_cases import FIXTURE_FRACTION, KERNEL_FRACTION, assert_matches, load_case  # noqa: E402
 
 # Our Flax against our PyTorch port, both live on this machine, on random configurations: fp32 rounding differs
@@ -127,11 +127,34 @@ def test_training_mode_enables_dropout():
     assert np.abs(a - b).max() > 1e-3  # the dropout stream advances between calls
     c = np.asarray(model.jit_call(**case.model_inputs).last_hidden_state)
     d = np.asarray(model.jit_call(**case.model_inputs).last_hidden_state)
-    assert np.abs(c - d).max() > 1e-3 and np.abs(c - b).max() > 1e-3  # also through nnx.jit
+    assert np.abs(c - d).max() > 1e-3 and np.abs(c - b).max() > 1e-3  # also through jit_call
     model.eval()
     assert in_eval_mode(model)
     np.testing.assert_array_equal(np.asarray(model(**case.model_inputs).last_hidden_state),
                                   np.asarray(model(**case.model_inputs).last_hidden_state))
+
+
+def test_jit_call_carries_the_dropout_stream_like_an_eager_call():
+    """jit_call returns the model's non-parameter state (the dropout streams' counters) and writes it back: a
+    compiled training call draws the masks an eager call would, and the next call continues the stream."""
+    case = load_case("v3", "base")
+    eager = deberta_xf.FlaxDebertaV2Model.from_pretrained(case.directory, seed=3)
+    compiled = deberta_xf.FlaxDebertaV2Model.from_pretrained(case.directory, seed=3)
+    eager.train()
+    compiled.train()
+    first, second = (np.asarray(eager(**case.model_inputs).last_hidden_state) for _ in range(2))
+    jitted_first = np.asarray(compiled.jit_call(**case.model_inputs).last_hidden_state)
+    then_eager = np.asarray(compiled(**case.model_inputs).last_hidden_state)
+    assert np.abs(first - second).max() > 1e-3  # two different masks
+    bound = KERNEL_FRACTION * threshold("last_hidden_state", "base")  # the same masks: only XLA's fusions differ
+    np.testing.assert_allclose(jitted_first, first, rtol=0, atol=bound)
+    np.testing.assert_allclose(then_eager, second, rtol=0, atol=bound)
+    params_before = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(compiled, nnx.Param))}
+    compiled.eval()
+    compiled.jit_call(**case.model_inputs)
+    params_after = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(compiled, nnx.Param))}
+    assert params_after.keys() == params_before.keys()
+    assert all(np.array_equal(params_after[k], params_before[k]) for k in params_before)  # weights untouched
 
 
 # Config options the fixtures do not cover, against our PyTorch port (bit-exact with the reference on every fixture)
