@@ -4,11 +4,11 @@
     python bench/bench_flax.py --device gpu --dtype bfloat16 --batch 32 --seq 512    # tokens/s on a GPU
 
 Both models hold the same random weights (the Flax model's, copied into the PyTorch one by canonical name). The
-Flax forward runs through ``model.jit_call`` (``jax.jit`` over ``nnx.split(model)``; compiled once per shape before timing); PyTorch runs
-eagerly under ``torch.inference_mode``. Calls alternate between the two so machine noise hits both alike. Prints
-the median of ``--repeats`` runs of each, the ratio Flax / PyTorch (<= 1.0: Flax is not slower), tokens/s, and
-the largest difference of the last hidden states at real tokens (parity at this size). fp32 runs pin full-precision
-matmuls in both (``Precision.HIGHEST`` in the model; TF32 off in torch).
+Flax forward runs through ``model.jit_call`` (``jax.jit`` over ``nnx.split(model)``; compiled once per shape
+before timing); PyTorch runs eagerly under ``torch.inference_mode``. Calls alternate between the two so machine
+noise hits both alike. Prints the median of ``--repeats`` runs of each, the ratio Flax / PyTorch (<= 1.0: Flax is
+not slower), tokens/s, and the largest difference of the last hidden states at real tokens (parity at this
+size). fp32 runs pin full-precision matmuls in both (``Precision.HIGHEST`` in the model; TF32 off in torch).
 """
 
 from __future__ import annotations

@@ -58,6 +58,18 @@ def param_kind(name: str) -> str:
     raise KeyError(f"{name}: not a canonical DeBERTa-v2 parameter name")
 
 
+_PARALLEL_BYTES = 8 << 20  # a transposed copy this large is split over threads
+
+
+def _copy_threads() -> int:
+    """Threads for one large transposed copy: the cores this process may run on, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
 def contiguous(array: np.ndarray, block: int | None = None) -> np.ndarray:
     """A C-contiguous copy (or the array itself when it already is one).
 
@@ -81,28 +93,16 @@ def contiguous(array: np.ndarray, block: int | None = None) -> np.ndarray:
 
     rows = source.shape[0]
     workers = min(_copy_threads(), max(1, rows // block)) if array.nbytes >= _PARALLEL_BYTES else 1
-    bounds = [rows * k // workers // block * block for k in range(workers)] + [rows]
     if workers == 1:
         copy_rows(0, rows)
         return out
+    bounds = [rows * k // workers // block * block for k in range(workers)] + [rows]  # block-aligned ranges
     with concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="deberta-xf-transpose") as pool:
         others = [pool.submit(copy_rows, low, high) for low, high in zip(bounds[1:-1], bounds[2:])]
         copy_rows(bounds[0], bounds[1])
         for done in others:
             done.result()
     return out
-
-
-_PARALLEL_BYTES = 8 << 20  # a transposed copy this large is split over threads
-
-
-def _copy_threads() -> int:
-    """Threads for one large transposed copy: the cores this process may run on, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
 
 
 def _permute(array: np.ndarray, rule: object) -> np.ndarray:

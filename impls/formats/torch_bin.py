@@ -110,9 +110,9 @@ class _MappedFile:
     def __init__(self, path: str):
         self._ranges: list[tuple[int, int]] = []
         self._madvise = None
-        real = os.path.realpath(path)
         if not hasattr(mmap, "MADV_DONTNEED"):
             return
+        real = os.path.realpath(path)
         try:
             with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
                 for line in maps:
