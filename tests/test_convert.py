@@ -944,14 +944,22 @@ def test_max_shard_size_is_checked(tmp_path, argv, message):
 
 # ---------------------------------------------------------------------------------------------------------------
 # pytorch_model.bin written streamed (one tensor in memory), read by torch.load as torch.save's output is
-def test_streamed_bin_is_what_torch_load_reads(tmp_path):
+@pytest.mark.parametrize("layout", ["plain", "zip64"])
+def test_streamed_bin_is_what_torch_load_reads(tmp_path, monkeypatch, layout):
     """Every dtype a checkpoint may hold (fp32, fp16, bf16, int64 buffers), a scalar and an empty tensor: torch.load
     (weights_only, with and without mmap) returns a state dict of exactly these tensors, in order, and the archive
-    holds the records torch.save writes."""
+    holds the records torch.save writes, each member's data on a 64-byte boundary as torch.save puts it. "zip64"
+    writes every size, offset and count through the ZIP64 records (as a checkpoint over 4 GiB needs them) and
+    computes every CRC beside its write, as it is for members of 4 MiB and more."""
+    import struct
     import torch
     import zipfile
 
-    from deberta_xf.formats import BFLOAT16, array_source, torch_bin
+    from deberta_xf.formats import BFLOAT16, array_source, stored_zip, torch_bin
+
+    if layout == "zip64":
+        for name in ("ZIP64_LIMIT", "ZIP64_COUNT", "_OVERLAP_BYTES"):
+            monkeypatch.setattr(stored_zip, name, 1)
 
     rng = np.random.default_rng(0)
     arrays = {"deberta.embeddings.word_embeddings.weight": rng.standard_normal((7, 4)).astype(np.float32),
@@ -975,6 +983,37 @@ def test_streamed_bin_is_what_torch_load_reads(tmp_path):
 
     assert records(path) == records(saved)
     assert zipfile.ZipFile(path).testzip() is None  # every member's CRC is right
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        assert archive.infolist()[-1].header_offset > 0 and len(archive.infolist()) == 6 + len(arrays)
+        for info in archive.infolist():
+            f.seek(info.header_offset + 26)
+            name_length, extra_length = struct.unpack("<HH", f.read(4))
+            assert (info.header_offset + 30 + name_length + extra_length) % 64 == 0, info.filename
+    with open(path, "rb") as f:
+        data = f.read()
+    end = struct.unpack("<IHHHHIIH", data[-22:])  # the end of central directory record
+    if layout == "zip64":  # its fields say "see the ZIP64 record", which the locator before it points at
+        assert end[3:7] == (0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF), end
+        locator = struct.unpack("<IIQI", data[-42:-22])
+        assert locator[0] == 0x07064B50 and data[locator[2]:locator[2] + 4] == b"PK\x06\x06", locator
+    else:
+        assert end[3] == len(archive.infolist()) and end[6] + end[5] == len(data) - 22, end
+
+
+def test_writing_a_bin_does_not_import_torch(tmp_path):
+    """pytorch_model.bin is written without PyTorch (only reading needs torch.load); torch.load reads it."""
+    import torch
+
+    path = tmp_path / "pytorch_model.bin"
+    script = ("import sys\n"
+              "import numpy as np\n"
+              "from deberta_xf.formats import array_source, torch_bin\n"
+              "torch_bin.write(sys.argv[1], *array_source({'w': np.arange(6, dtype=np.float32).reshape(2, 3)}))\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = torch.load(path, weights_only=True)
+    assert list(state) == ["w"] and torch.equal(state["w"], torch.arange(6.0).reshape(2, 3))
 
 
 @pytest.mark.reference

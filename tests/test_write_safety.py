@@ -279,13 +279,19 @@ def leftovers(directory) -> list[str]:
 
 
 @pytest.mark.parametrize("to, module, filename", [("torch", "safetensors_io", "model.safetensors"),
+                                                   ("torch", "torch_bin", "pytorch_model.bin"),
                                                    ("flax", "flax_msgpack", "flax_model.msgpack")])
 def test_convert_onto_a_full_disk_leaves_nothing(tmp_path, monkeypatch, to, module, filename):
+    """(pytorch_model.bin: every member's CRC computed beside its write, so the disk fills while that thread runs.)"""
     import importlib
 
+    from deberta_xf.formats import stored_zip
+
+    monkeypatch.setattr(stored_zip, "_OVERLAP_BYTES", 1)
     full_disk(monkeypatch, 50_000, importlib.import_module(f"deberta_xf.formats.{module}"))  # weights: ~100 kB
     dst = tmp_path / "out"
-    code, out, err = cli(SRC, str(dst), "--to", to, "--no-verify")
+    fmt = ["--format", "bin"] if module == "torch_bin" else []
+    code, out, err = cli(SRC, str(dst), "--to", to, *fmt, "--no-verify")
     assert code == 2 and "Traceback" not in err
     assert f"error: {dst / filename}: No space left on device" in err, err
     assert os.listdir(tmp_path) == []
@@ -419,7 +425,7 @@ def test_save_pretrained_full_disk_and_read_only_leave_the_directory_as_it_was(t
 def test_every_writer_reports_efbig_half_way(tmp_path, fmt):
     """The kernel's EFBIG in the middle of a write (ulimit -f at ~half the data, in a child process): every writer
     raises the OSError naming the destination and leaves nothing; none crashes (HDF5 writing to a path, and torch's
-    zip writer failing in its destructor, used to take the process down)."""
+    zip writer failing in its destructor, used to take the process down before pytorch_model.bin got its own)."""
     dst = tmp_path / "out"
     dst.mkdir()
     script = (

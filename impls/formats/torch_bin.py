@@ -1,17 +1,17 @@
 """``pytorch_model.bin`` (and sharded ``pytorch_model.bin.index.json``): pickled state dicts.
 
 Loaded only with ``torch.load(weights_only=True)`` (memory-mapped when the file is a zip archive), so a pickle
-that would run code is refused with a clear error instead of being executed.
+that would run code is refused with a clear error instead of being executed. Written without PyTorch, streamed,
+in torch.save's archive layout.
 """
 
 from __future__ import annotations
 
-import collections
 import ctypes
-import io
 import mmap
 import os
 import pickle
+import secrets
 import struct
 import zipfile
 from typing import Mapping
@@ -20,6 +20,7 @@ import numpy as np
 
 from deberta_xf.formats import BFLOAT16, Producer, TensorInfo, TensorReader, announce, check_infos, produce
 from deberta_xf.formats.safetensors_io import ShardedReader
+from deberta_xf.formats.stored_zip import ALIGNMENT, StoredZipWriter
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
 from deberta_xf.fileio import atomic_path
@@ -29,7 +30,7 @@ def _torch():
     try:
         import torch
     except ImportError:
-        raise CheckpointError("reading or writing pytorch_model.bin needs PyTorch: pip install 'deberta-xf[torch]'") \
+        raise CheckpointError("reading pytorch_model.bin needs PyTorch: pip install 'deberta-xf[torch]'") \
             from None
     return torch
 
@@ -214,115 +215,82 @@ def open_reader(path: str) -> TensorReader:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Writing, streamed: torch.save needs every tensor at once, so the archive is written the way torch.save lays it out
-# (``data.pkl``, ``.format_version``, ``.storage_alignment``, ``byteorder``, then ``data/<key>`` per storage, through
-# torch's own zip writer), with the pickle made from the infos alone and each tensor's bytes written as it is
-# produced: about one tensor in memory. ``torch.load(weights_only=True)`` reads it as it reads torch.save's output.
+# Writing, streamed and without PyTorch: torch.save needs every tensor at once, so the archive is written the way
+# torch.save lays it out (``data.pkl``, ``.format_version``, ``.storage_alignment``, ``byteorder``, ``data/<key>``
+# per storage, ``version``, ``.data/serialization_id``; data on 64-byte boundaries), with the pickle made from the
+# infos alone and each tensor's bytes written as it is produced: about one tensor in memory. The pickle holds what
+# torch.save's holds (an OrderedDict of ``torch._utils._rebuild_tensor_v2`` calls on persistent storage ids), written
+# opcode by opcode, so writing needs no torch import. ``torch.load(weights_only=True)`` reads it as it reads
+# torch.save's output.
 _STORAGE_TYPES = {"float16": "HalfStorage", "float32": "FloatStorage", "float64": "DoubleStorage",
                   "bfloat16": "BFloat16Storage", "int8": "CharStorage", "int16": "ShortStorage", "int32": "IntStorage",
                   "int64": "LongStorage", "uint8": "ByteStorage", "bool": "BoolStorage"}
+_FORMAT_VERSION = b"1"     # torch.save's .format_version
+_ARCHIVE_VERSION = b"3\n"  # the zip container's version record, as torch.save writes it
 
 
-class _StorageRef:
-    """A storage in the pickle: written as torch's persistent id ``("storage", type, key, "cpu", numel)``."""
-
-    def __init__(self, key: str, storage_type, numel: int):
-        self.persistent_id = ("storage", storage_type, key, "cpu", numel)
+def _pickle_str(text: str) -> bytes:
+    encoded = text.encode("utf-8")
+    return b"X" + struct.pack("<I", len(encoded)) + encoded  # BINUNICODE
 
 
-class _TensorRef:
-    """A tensor in the pickle: ``torch._utils._rebuild_tensor_v2(storage, 0, shape, stride, False, {})``."""
+def _pickle_int(value: int) -> bytes:
+    if 0 <= value < 256:
+        return b"K" + bytes([value])  # BININT1
+    if -(1 << 31) <= value < (1 << 31):
+        return b"J" + struct.pack("<i", value)  # BININT
+    encoded = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(encoded)]) + encoded  # LONG1
 
-    def __init__(self, rebuild, storage: _StorageRef, shape: tuple[int, ...]):
+
+def _pickle_tuple(items) -> bytes:
+    return b"(" + b"".join(items) + b"t"  # MARK ... TUPLE
+
+
+_NEW_ORDERED_DICT = b"ccollections\nOrderedDict\n)R"  # GLOBAL, EMPTY_TUPLE, REDUCE: OrderedDict()
+
+
+def _state_pickle(infos: Mapping[str, TensorInfo], keys: Mapping[str, str]) -> bytes:
+    """``pickle.dumps(OrderedDict(name -> tensor), protocol=2)`` as torch.save writes it (each tensor a persistent
+    storage id ``("storage", torch.<Type>Storage, key, "cpu", numel)`` rebuilt as contiguous from offset 0)."""
+    parts = [b"\x80\x02", _NEW_ORDERED_DICT, b"("]  # PROTO 2, the dict, MARK for its SETITEMS
+    for name, info in infos.items():
+        shape = tuple(int(n) for n in info.shape)
         stride, step = [], 1
         for size in reversed(shape):
             stride.append(step)
             step *= size
-        self.args = (storage, 0, tuple(shape), tuple(reversed(stride)), False, collections.OrderedDict())
-        self.rebuild = rebuild
-
-    def __reduce__(self):
-        return self.rebuild, self.args
-
-
-def _state_pickle(torch, infos: Mapping[str, TensorInfo], keys: Mapping[str, str]) -> bytes:
-    state = collections.OrderedDict()
-    for name, info in infos.items():
-        storage_type = getattr(torch, _STORAGE_TYPES[np.dtype(info.dtype).name])
-        storage = _StorageRef(keys[name], storage_type, int(np.prod(info.shape, dtype=np.int64)))
-        state[name] = _TensorRef(torch._utils._rebuild_tensor_v2, storage, info.shape)
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            return obj.persistent_id if isinstance(obj, _StorageRef) else None
-
-    buffer = io.BytesIO()
-    Pickler(buffer, protocol=2).dump(state)  # torch.save's default protocol
-    return buffer.getvalue()
-
-
-class _LatchedWrites:
-    """The file torch's zip writer writes to: the first OSError (a full disk, a file-size limit) is kept and later
-    writes are dropped, so that the writer finishes normally (a C++ exception in its destructor would abort the
-    process) and the error is raised afterwards."""
-
-    def __init__(self, file):
-        self.file = file
-        self.error: OSError | None = None
-
-    def write(self, data) -> int:
-        if self.error is None:
-            try:
-                self.file.write(data)
-            except OSError as err:
-                self.error = err
-        return memoryview(data).nbytes
-
-    def flush(self) -> None:
-        if self.error is None:
-            try:
-                self.file.flush()
-            except OSError as err:
-                self.error = err
+        storage = _pickle_tuple([_pickle_str("storage"),
+                                 f"ctorch\n{_STORAGE_TYPES[np.dtype(info.dtype).name]}\n".encode(),
+                                 _pickle_str(keys[name]), _pickle_str("cpu"), _pickle_int(step)])
+        args = _pickle_tuple([storage + b"Q", _pickle_int(0),  # BINPERSID: the storage, then the storage offset
+                              _pickle_tuple(map(_pickle_int, shape)), _pickle_tuple(map(_pickle_int, reversed(stride))),
+                              b"\x89", _NEW_ORDERED_DICT])  # requires_grad=False (NEWFALSE), backward hooks
+        parts += [_pickle_str(name), b"ctorch._utils\n_rebuild_tensor_v2\n", args, b"R"]  # REDUCE
+    parts += [b"u", b"."]  # SETITEMS, STOP
+    return b"".join(parts)
 
 
 def write(path: str, infos: Mapping[str, TensorInfo], get: Producer, progress=None, **_: object) -> None:
     """Write a ``pytorch_model.bin`` that ``torch.load`` reads as a state dict, one tensor in memory at a time."""
-    torch = _torch()
     for name, info in infos.items():
         if np.dtype(info.dtype).name not in _STORAGE_TYPES:
             raise CheckpointError(f"{path}: cannot store tensor {name!r} of dtype {info.dtype} in pytorch_model.bin")
     names = list(infos)
-    serialization = torch.serialization
-    if not (hasattr(serialization, "get_crc32_options") and hasattr(serialization, "_get_storage_alignment")):
-        state = {name: numpy_to_tensor(get(name)).clone() for name in (progress(names) if progress else names)}
-        with atomic_path(path) as tmp:  # an older torch without the writer's settings: torch.save, not streamed
-            torch.save(state, tmp)
-        return
     keys = {name: str(i) for i, name in enumerate(names)}
-    data = _state_pickle(torch, infos, keys)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        # torch.save's own writer and settings (to a file object, so the archive folder is "archive", not tmp's name)
-        sink = _LatchedWrites(f)
-        writer = torch._C.PyTorchFileWriter(sink, serialization.get_crc32_options(),
-                                            serialization._get_storage_alignment())
-        try:
-            writer.write_record("data.pkl", data, len(data))
-            writer.write_record(".format_version", "1", 1)
-            alignment = str(serialization._get_storage_alignment())
-            writer.write_record(".storage_alignment", alignment, len(alignment))
-            writer.write_record("byteorder", "little", len("little"))
-            announce(get, names)
-            for name in (progress(names) if progress else names):
-                if sink.error is not None:
-                    break  # nothing more reaches the file; the error is raised below
-                array = produce(get, name, infos, path)
-                raw = schema.contiguous(array).reshape(-1).view(np.uint8)
-                storage = torch.from_numpy(raw).untyped_storage()
-                writer.write_record(f"data/{keys[name]}", storage, raw.nbytes)
-                del array, raw, storage
-            writer.write_end_of_file()
-        finally:
-            del writer  # closes the file (also after an error)
-        if sink.error is not None:
-            raise sink.error
+        archive = StoredZipWriter(f)
+        folder = "archive"  # torch.save's folder name when it writes to a file object
+        archive.write(f"{folder}/data.pkl", _state_pickle(infos, keys))
+        archive.write(f"{folder}/.format_version", _FORMAT_VERSION)
+        archive.write(f"{folder}/.storage_alignment", str(ALIGNMENT).encode())
+        archive.write(f"{folder}/byteorder", b"little")
+        announce(get, names)
+        for name in (progress(names) if progress else names):
+            array = produce(get, name, infos, path)
+            archive.write(f"{folder}/data/{keys[name]}", schema.contiguous(array).reshape(-1).view(np.uint8))
+            del array
+        archive.write(f"{folder}/version", _ARCHIVE_VERSION)
+        serialization_id = "%020d%020d" % (secrets.randbits(64), secrets.randbits(64))  # torch's: two 64-bit numbers
+        archive.write(f"{folder}/.data/serialization_id", serialization_id.encode())
+        archive.close()
