@@ -975,6 +975,10 @@ def test_streamed_bin_is_what_torch_load_reads(tmp_path, monkeypatch, layout):
         for name, want in arrays.items():
             got = torch_bin.tensor_to_numpy(state[name])
             assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), name
+    with torch_bin.open_reader(path) as reader:  # ours: torch.load places the tensors, the bytes are read from the file
+        for name, want in arrays.items():
+            got = reader.read(name)
+            assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), name
     saved = str(tmp_path / "saved.bin")
     torch.save({k: torch_bin.numpy_to_tensor(v) for k, v in arrays.items()}, saved)
 

@@ -202,6 +202,22 @@ def produce(get: Producer, name: str, infos: Mapping[str, TensorInfo], path: str
     return array
 
 
+_READ_CHUNK = 64 * 1024 * 1024  # bytes per read() call (a single call may return less; Linux stops at 2 GiB)
+
+
+def read_into(file, offset: int, out: np.ndarray) -> bool:
+    """Fill the bytes of the C-contiguous array ``out`` from ``file`` (opened ``"rb"``) at ``offset``: our own copy,
+    read into new memory (the file may be replaced later). False where the file ends first."""
+    view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+    file.seek(offset)
+    while done < len(view):
+        n = file.readinto(view[done:done + _READ_CHUNK])
+        if not n:
+            return False
+        done += n
+    return True
+
+
 def announce(get: Producer, names: Sequence[str]) -> None:
     """Tell a producer that reads ahead (one with a ``prefetch(names)`` method, as the conversion's) the order in
     which the writer will ask for the tensors; every writer calls this before its first ``get``."""

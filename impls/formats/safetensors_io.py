@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from deberta_xf.formats import (BFLOAT16, Producer, TensorInfo, TensorReader, announce, check_infos, check_shape,
-                                produce)
+                                produce, read_into)
 from deberta_xf import schema
 from deberta_xf.errors import CheckpointError
 from deberta_xf.fileio import atomic_path
@@ -28,7 +28,6 @@ _DTYPES = {
 }
 _CODES = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
-_READ_CHUNK = 64 * 1024 * 1024
 _MAX_INDEX = 64 * 1024 * 1024
 
 
@@ -160,15 +159,9 @@ class SafetensorsReader(TensorReader):
             return np.zeros(info.shape, dtype=info.dtype)
         if self._file is None:
             self._file = open(self.path, "rb")
-        buf = np.empty(end - begin, dtype=np.uint8)  # our own copy: the file may be replaced later
-        view = memoryview(buf)
-        self._file.seek(self._data_start + begin)
-        done = 0
-        while done < len(buf):  # a single read() may return less than asked (2 GiB per syscall on Linux)
-            n = self._file.readinto(view[done:done + _READ_CHUNK])
-            if not n:
-                raise CheckpointError(f"{self.path}: truncated safetensors file: tensor {name!r} ends early")
-            done += n
+        buf = np.empty(end - begin, dtype=np.uint8)
+        if not read_into(self._file, self._data_start + begin, buf):
+            raise CheckpointError(f"{self.path}: truncated safetensors file: tensor {name!r} ends early")
         return buf.view(info.dtype).reshape(info.shape)
 
     def close(self) -> None:
