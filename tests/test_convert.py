@@ -1020,6 +1020,60 @@ def test_writing_a_bin_does_not_import_torch(tmp_path):
     assert list(state) == ["w"] and torch.equal(state["w"], torch.arange(6.0).reshape(2, 3))
 
 
+BIN_ARRAYS = """
+import numpy as np
+from deberta_xf.formats import BFLOAT16
+rng = np.random.default_rng(7)
+ARRAYS = {"deberta.embeddings.word_embeddings.weight": rng.standard_normal((300, 64)).astype(np.float32),
+          "half": rng.standard_normal(5).astype(np.float16), "empty": np.zeros((0, 3), np.float32),
+          "bf16": rng.standard_normal((2, 3)).astype(np.float32).astype(BFLOAT16), "scalar": np.array(2.5),
+          "deberta.embeddings.position_ids": np.arange(6, dtype=np.int64)[None]}
+"""
+# Reads in a process without torch, every file through the child process (the size threshold set to 0).
+BIN_IN_CHILD = BIN_ARRAYS + """
+import sys
+from deberta_xf.errors import CheckpointError
+from deberta_xf.formats import torch_bin
+torch_bin._CHILD_FROM_BYTES = 0
+with torch_bin.open_reader(sys.argv[1]) as reader:
+    assert list(reader.infos()) == list(ARRAYS), list(reader.infos())
+    for name, want in ARRAYS.items():
+        got = reader.read(name)
+        assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), name
+try:
+    torch_bin.open_reader(sys.argv[2])
+except CheckpointError as err:
+    print(err)
+assert "torch" not in sys.modules, "torch was imported here"
+"""
+
+
+def test_a_large_bin_is_unpickled_by_torch_in_its_own_process(tmp_path):
+    """A pytorch_model.bin from 256 MiB on is loaded (torch.load weights_only) in a child process, so that PyTorch's
+    own memory does not add to the conversion's: the tensors read here are the same bytes, in the same order; a
+    pickle that would run code is refused with the message an in-process load gives, and its code does not run."""
+    import torch
+
+    from deberta_xf.errors import CheckpointError
+    from deberta_xf.formats import array_source, torch_bin
+
+    namespace: dict = {}
+    exec(BIN_ARRAYS, namespace)
+    good, evil = tmp_path / "pytorch_model.bin", tmp_path / "evil" / "pytorch_model.bin"
+    torch_bin.write(str(good), *array_source(namespace["ARRAYS"]))
+    evil.parent.mkdir()
+    _RunsCode.marker = str(tmp_path / "pwned")
+    torch.save({"w": torch.zeros(2), "payload": _RunsCode()}, str(evil))
+    proc = subprocess.run([sys.executable, "-c", BIN_IN_CHILD, str(good), str(evil)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith(f"{evil}: refused to load: this pickle holds objects other than tensors"), \
+        proc.stdout
+    assert not os.path.exists(_RunsCode.marker), "the pickle ran code"
+    with pytest.raises(CheckpointError, match="refused to load: this pickle holds objects other than tensors"):
+        torch_bin.open_reader(str(evil))  # here (torch imported): loaded in this process, the same refusal
+
+
 @pytest.mark.reference
 def test_streamed_bin_loads_in_the_reference(tmp_path):
     """A converted pytorch_model.bin (streamed writer) loads in transformers' DebertaV2ForMaskedLM with no missing or

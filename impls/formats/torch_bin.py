@@ -7,10 +7,13 @@ in torch.save's archive layout.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import secrets
 import struct
+import subprocess
+import sys
 import zipfile
 from typing import Mapping
 
@@ -98,48 +101,144 @@ def _check_zip(path: str) -> bool:
         return all(info.compress_type == zipfile.ZIP_STORED for info in infos)
 
 
-class _MappedFile:
-    """Where ``torch.load(mmap=True)`` mapped a file into this process (from /proc/self/maps): a tensor that lies in
-    the mapping is read from the file at the same bytes (``readinto`` new memory), not copied through the mapping.
-    Pages touched through a mapping stay resident until handed back and cost a page fault each 4 KiB; a read does
-    neither, and runs as fast as the safetensors reader's. torch.load still did the unpickling (weights_only) and
-    placed every tensor; this only takes their bytes. Where /proc/self/maps is missing (not Linux), or a tensor lies
-    outside the mapping or is not contiguous, it is copied from torch's view."""
+def _corrupt(path: str, err: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:300] if str(err) else ''})")
 
-    def __init__(self, path: str):
-        self._path = path
-        self._file = None
-        self._ranges: list[tuple[int, int, int]] = []  # (start, end, file offset of start)
-        real = os.path.realpath(path)
-        try:
-            with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-                for line in maps:
-                    fields = line.split(None, 5)
-                    if len(fields) == 6 and fields[5].rstrip("\n") == real:
-                        start, end = (int(x, 16) for x in fields[0].split("-"))
-                        self._ranges.append((start, end, int(fields[2], 16)))
-        except (OSError, ValueError):
-            self._ranges = []
 
-    def copy(self, tensor) -> np.ndarray:
-        """``tensor`` (a view of the mapped file) as a new array."""
+def _load_state(path: str, mapped: bool) -> tuple[dict, dict[str, TensorInfo]]:
+    """``torch.load(weights_only=True)`` (memory-mapped where ``mapped``), checked to be a state dict of dense tensors
+    of the dtypes a checkpoint may hold: (name -> tensor, name -> info)."""
+    torch = _torch()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: this pickle holds objects other than tensors and could run code when "
+            f"unpickled (torch.load weights_only=True: {first})") from None
+    except Exception as err:  # noqa: BLE001 - torch.load of arbitrary bytes raises almost anything
+        raise _corrupt(path, err) from None
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got "
+                              f"{type(state).__name__}")
+    bad = [k for k in state if not isinstance(k, str)]
+    if bad:
+        raise CheckpointError(f"{path}: state-dict keys that are not strings: {', '.join(map(repr, bad[:10]))}")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:10]))}")
+    infos = {}
+    for name, t in state.items():
+        if t.layout != torch.strided or t.is_quantized or getattr(t, "is_sparse", False):
+            raise CheckpointError(f"{path}: tensor {name!r} is not a dense tensor ({t.layout})")
+        infos[name] = TensorInfo(tuple(t.shape), _dtype(path, name, str(t.dtype).replace("torch.", "")))
+    return dict(state), check_infos(path, infos)
+
+
+def _dtype(path: str, name: str, kind: str) -> np.dtype:
+    if kind == "bfloat16":
+        return BFLOAT16
+    if kind in _TORCH_DTYPES:
+        return np.dtype(_TORCH_DTYPES[kind])
+    raise CheckpointError(f"{path}: tensor {name!r} has dtype torch.{kind}; expected float16, float32, float64 or "
+                          f"bfloat16")
+
+
+def _placements(path: str, state: Mapping) -> dict[str, int] | None:
+    """Where in the file each tensor's bytes lie, from where ``torch.load(mmap=True)`` mapped the file into this
+    process (/proc/self/maps), so that they are read from the file (``readinto`` new memory) instead of through the
+    mapping: pages touched through a mapping stay resident and cost a page fault each 4 KiB; a read does neither and
+    runs as fast as the safetensors reader's. None where a tensor does not lie there contiguously (or not Linux)."""
+    real, ranges = os.path.realpath(path), []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == real:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end, int(fields[2], 16)))  # (start, end, file offset of start)
+    except (OSError, ValueError):
+        return None
+    offsets = {}
+    for name, tensor in state.items():
         view = tensor_to_numpy(tensor)
+        if view.nbytes == 0:
+            offsets[name] = 0  # nothing to read (an empty tensor's address lies anywhere)
+            continue
         address = view.__array_interface__["data"][0]
-        offset = next((address - start + at for start, end, at in self._ranges
+        offset = next((address - start + at for start, end, at in ranges
                        if start <= address and address + view.nbytes <= end), None)
-        if offset is None or not view.flags.c_contiguous or view.nbytes == 0:
-            return np.array(view)
-        out = np.empty(view.shape, view.dtype)
-        if self._file is None:
-            self._file = open(self._path, "rb")
-        if not read_into(self._file, offset, out):
-            raise CheckpointError(f"{self._path}: truncated: a tensor's data ends past the end of the file")
-        return out
+        if offset is None or not view.flags.c_contiguous:
+            return None
+        offsets[name] = offset
+    return offsets
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+
+def describe(path: str) -> dict:
+    """What a reader in another process needs (run by :data:`_CHILD`): ``{"tensors": [[name, dtype, shape, byte
+    offset], ...]}`` in the state dict's order, or ``{"tensors": None}`` where the tensors are not all placed in
+    the file as they are (not a zip of stored members, or not Linux)."""
+    mapped = zipfile.is_zipfile(path) and _check_zip(path)
+    state, infos = _load_state(path, mapped)
+    offsets = _placements(path, state) if mapped else None
+    if offsets is None:
+        return {"tensors": None}
+    return {"tensors": [[name, str(state[name].dtype).replace("torch.", ""), list(info.shape), offsets[name]]
+                        for name, info in infos.items()]}
+
+
+# A large file is loaded by torch.load in a child process: PyTorch itself takes ~200 MiB of resident memory (its
+# libraries' pages), which would add to the tensors held by a conversion. The child unpickles (weights_only), checks
+# and places the tensors exactly as a load in this process does, and reports where each one lies; this process then
+# reads the bytes from the file. Small files, and any file once torch is imported here, are loaded here.
+_CHILD_FROM_BYTES = 256 << 20
+_CHILD = """
+import json, sys
+from deberta_xf.errors import CheckpointError
+from deberta_xf.formats import torch_bin
+try:
+    result = torch_bin.describe(sys.argv[1])
+except CheckpointError as err:
+    result = {"error": str(err)}
+sys.stdout.write(json.dumps(result))
+"""
+
+
+_DESCRIBED: dict[tuple, list] = {}  # the last few files described, by path and stat: a conversion opens its source
+_DESCRIBED_KEEP = 4                # twice (plan, then write), and the second open needs no second child process
+
+
+def _describe_in_child(path: str) -> list | None:
+    """:func:`describe` run in a child process: its tensors, or None where it could not place them (or could not
+    import this package, then the load happens here). Its CheckpointError is raised here with the same message."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key in _DESCRIBED:
+        return _DESCRIBED[key]
+    tensors = _run_child(path)
+    if tensors is not None:
+        while len(_DESCRIBED) >= _DESCRIBED_KEEP:
+            del _DESCRIBED[next(iter(_DESCRIBED))]
+        _DESCRIBED[key] = tensors
+    return tensors
+
+
+def _run_child(path: str) -> list | None:
+    proc = subprocess.run([sys.executable, "-c", _CHILD, path], capture_output=True, text=True)
+    try:
+        result = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except ValueError:
+        result = None
+    if isinstance(result, dict) and "error" in result:
+        raise CheckpointError(str(result["error"]))
+    if isinstance(result, dict) and "tensors" in result:
+        return result["tensors"]
+    if "ModuleNotFoundError" in proc.stderr:
+        return None
+    how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+    last = proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip() else "no message"
+    raise CheckpointError(f"{path}: torch.load failed in its own process ({how}: {last})")
 
 
 class TorchBinReader(TensorReader):
@@ -147,60 +246,53 @@ class TorchBinReader(TensorReader):
 
     def __init__(self, path: str):
         super().__init__(path)
-        torch = _torch()
         try:
             mapped = zipfile.is_zipfile(path) and _check_zip(path)
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
         except CheckpointError:
             raise
-        except pickle.UnpicklingError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(
-                f"{path}: refused to load: this pickle holds objects other than tensors and could run code when "
-                f"unpickled (torch.load weights_only=True: {first})") from None
-        except Exception as err:  # noqa: BLE001 - torch.load of arbitrary bytes raises almost anything
-            raise CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0][:300] if str(err) else ''})") from None
-        if not isinstance(state, Mapping):
-            raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got "
-                                  f"{type(state).__name__}")
-        bad = [k for k in state if not isinstance(k, str)]
-        if bad:
-            raise CheckpointError(f"{path}: state-dict keys that are not strings: {', '.join(map(repr, bad[:10]))}")
-        bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-        if bad:
-            raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:10]))}")
-        infos = {}
-        for name, t in state.items():
-            if t.layout != torch.strided or t.is_quantized or getattr(t, "is_sparse", False):
-                raise CheckpointError(f"{path}: tensor {name!r} is not a dense tensor ({t.layout})")
-            kind = str(t.dtype).replace("torch.", "")
-            if kind == "bfloat16":
-                dtype = BFLOAT16
-            elif kind in _TORCH_DTYPES:
-                dtype = np.dtype(_TORCH_DTYPES[kind])
-            else:
-                raise CheckpointError(f"{path}: tensor {name!r} has dtype torch.{kind}; expected float16, float32, "
-                                      f"float64 or bfloat16")
-            infos[name] = TensorInfo(tuple(t.shape), dtype)
-        self._infos = check_infos(path, infos)
-        self._state = dict(state)
-        self._mapped = _MappedFile(path) if mapped else None
+        except Exception as err:  # noqa: BLE001 - a damaged zip directory raises several kinds of error
+            raise _corrupt(path, err) from None
+        self._state: dict = {}  # name -> tensor, for tensors read through torch
+        self._offsets: dict[str, int] = {}  # name -> where its bytes lie in the file, for the others
+        self._file = None
+        tensors = None
+        if mapped and "torch" not in sys.modules and os.path.getsize(path) >= _CHILD_FROM_BYTES \
+                and os.path.exists("/proc/self/maps"):
+            tensors = _describe_in_child(path)
+        if tensors is not None:
+            infos = {name: TensorInfo(tuple(shape), _dtype(path, name, kind)) for name, kind, shape, _ in tensors}
+            self._infos = check_infos(path, infos)
+            self._offsets = {name: offset for name, _, _, offset in tensors}
+            return
+        state, self._infos = _load_state(path, mapped)
+        offsets = _placements(path, state) if mapped else None
+        if offsets is None:
+            self._state = state
+        else:
+            self._offsets = offsets  # torch's tensors (and its mapping) are not needed any more
 
     def infos(self) -> dict[str, TensorInfo]:
         return dict(self._infos)
 
     def read(self, name: str) -> np.ndarray:
-        if name not in self._state:
+        if name in self._state:
+            return np.array(tensor_to_numpy(self._state[name]))
+        if name not in self._offsets:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
-        tensor = self._state[name]
-        return self._mapped.copy(tensor) if self._mapped is not None else np.array(tensor_to_numpy(tensor))
+        info = self._infos[name]
+        out = np.empty(info.shape, info.dtype)
+        if out.nbytes:
+            if self._file is None:
+                self._file = open(self.path, "rb")
+            if not read_into(self._file, self._offsets[name], out):
+                raise CheckpointError(f"{self.path}: truncated: tensor {name!r} ends past the end of the file")
+        return out
 
     def close(self) -> None:
-        self._state = {}
-        if self._mapped is not None:
-            self._mapped.close()
-            self._mapped = None
+        self._state, self._offsets = {}, {}
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def open_reader(path: str) -> TensorReader:
