@@ -225,7 +225,10 @@ def _describe_in_child(path: str) -> list | None:
 
 
 def _run_child(path: str) -> list | None:
-    proc = subprocess.run([sys.executable, "-c", _CHILD, path], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHILD, path], capture_output=True, text=True)
+    except OSError:  # no interpreter to start (an embedded Python): load here
+        return None
     try:
         result = json.loads(proc.stdout) if proc.returncode == 0 else None
     except ValueError:
@@ -257,7 +260,7 @@ class TorchBinReader(TensorReader):
         self._file = None
         tensors = None
         if mapped and "torch" not in sys.modules and os.path.getsize(path) >= _CHILD_FROM_BYTES \
-                and os.path.exists("/proc/self/maps"):
+                and os.path.exists("/proc/self/maps") and sys.executable:
             tensors = _describe_in_child(path)
         if tensors is not None:
             infos = {name: TensorInfo(tuple(shape), _dtype(path, name, kind)) for name, kind, shape, _ in tensors}
