@@ -125,16 +125,21 @@ with open_weights(sys.argv[1]) as reader:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc (Linux)")
-def test_reading_a_mapped_bin_leaves_none_of_it_resident(tmp_path):
+@pytest.mark.parametrize("where", ["child", "here"])
+def test_reading_a_mapped_bin_leaves_none_of_it_resident(tmp_path, where):
     """torch.load maps the file; the tensors are read from the file, never through the mapping, so reading every
-    tensor leaves none of the file's pages in this process."""
+    tensor leaves none of the file's pages in this process. "child": the reading process has not imported torch and
+    the file is over 256 MiB, so torch.load runs in a child process; "here": torch is imported, so it runs here."""
     from deberta_xf.formats import write_arrays
 
     tensors = {f"t_{i}": np.full((1024, 16384 + 1000 * i), float(i), np.float32) for i in range(4)}  # 64-80 MiB each
     path = str(tmp_path / "pytorch_model.bin")
     write_arrays(path, tensors, format="bin")
     del tensors
-    out = subprocess.run([sys.executable, "-c", READ_BIN, path], capture_output=True, text=True, check=True).stdout
+    script = READ_BIN + f"assert ('torch' in sys.modules) == {where == 'here'}\n"
+    if where == "here":
+        script = "import torch\n" + script
+    out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, check=True).stdout
     before, after, peak = map(int, out.split())
     size = os.path.getsize(path)
     assert size > 256 * MIB
